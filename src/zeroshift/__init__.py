@@ -1,0 +1,24 @@
+"""zeroshift: move a vision-language model's zero-shot ability into other models, cheaply."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import ZeroshiftError  # noqa: E402
+from .specs import dataset, load  # noqa: E402
+
+
+def load_features(path):
+    """Open a feature cache folder written by `embed` (rows memory-mapped, with labels or captions)."""
+    from .cache import load_features as _load
+
+    return _load(path)
+
+
+def embed(model, data, out=None, **kwargs):
+    """Embed a data source with a model (specs or objects) into a feature cache; returns Features."""
+    from .cache import embed as _embed
+
+    return _embed(model, data, out, **kwargs)
+
+
+__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed"]

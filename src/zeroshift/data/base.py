@@ -1,0 +1,60 @@
+"""The DataSource interface: images with their class names, labels or captions, in a fixed order.
+
+Metadata (labels, captions, keys) is available without decoding a single image, so caches, evaluation
+and training can read it cheaply; images are decoded one at a time by `load_image`.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+class DataSource(abc.ABC):
+    """A finite, ordered set of images. Row i has key `keys[i]`, and optionally `labels[i]`
+    (an index into `classes`, -1 when unknown) and `captions[i]`."""
+
+    spec: str
+    classes: list[str] | None = None
+    labels: np.ndarray | None = None  # [N] int64
+    captions: list[str] | None = None
+    keys: Sequence[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @abc.abstractmethod
+    def load_image(self, i: int) -> Image.Image:
+        """Row i as an RGB PIL image; raises BadImage when it cannot be decoded."""
+
+    def fingerprint(self) -> str:
+        """A hash that changes whenever the rows, their order or their content identity changes."""
+        h = hashlib.sha1()
+        h.update(json.dumps([self.spec, self.classes], sort_keys=True).encode())
+        for k in self.keys:
+            h.update(k.encode("utf-8", "surrogateescape"))
+            h.update(b"\0")
+        h.update(self._content_token().encode())
+        return h.hexdigest()[:16]
+
+    def _content_token(self) -> str:
+        """Extra identity (file sizes and mtimes, a checksum); sources override where cheap."""
+        return ""
+
+    def describe(self) -> dict:
+        """Small summary for manifests and reports."""
+        return {
+            "spec": self.spec,
+            "rows": len(self),
+            "classes": len(self.classes) if self.classes else 0,
+            "captions": self.captions is not None,
+            "fingerprint": self.fingerprint(),
+        }
+
+
+class BadImage(Exception):
+    """An image that could not be decoded; sources raise it, loaders skip, count and list it."""

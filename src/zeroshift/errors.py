@@ -1,0 +1,25 @@
+"""Errors that reach the user as one clear line (the CLI prints `error: <message>`)."""
+
+
+class ZeroshiftError(Exception):
+    """Base of every error zeroshift raises on purpose; its message is a complete sentence for a user."""
+
+
+class SpecError(ZeroshiftError):
+    """An unknown scheme or a malformed spec string."""
+
+
+class MissingBackend(ZeroshiftError):
+    """An optional dependency is not installed; the message says what to install."""
+
+
+class MissingWeights(ZeroshiftError):
+    """Weights or data files are absent; the message says where they come from."""
+
+
+class DataError(ZeroshiftError):
+    """A data source is empty, unreadable or inconsistent."""
+
+
+class CacheMismatch(ZeroshiftError):
+    """A feature cache or artefact was made by another model, preprocessing or data source."""

@@ -1,0 +1,103 @@
+"""The three interfaces everything else is built on: ImageEncoder, TextEncoder and VLM.
+
+An ImageEncoder maps a batch of transformed images [N, 3, H, W] to features [N, dim]; a TextEncoder
+maps a list of strings to [M, dim]; a VLM has both in one joint space. Outputs are raw (not
+normalised); consumers normalise where the method says so.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+class ImageEncoder(nn.Module):
+    """images [N, 3, H, W] -> features [N, dim]. `image_transform` turns an RGB PIL image into one input."""
+
+    spec: str
+    dim: int
+    image_transform: ImageTransform
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Inference: features [N, dim] as float32, no gradients."""
+        with torch.inference_mode():
+            return self(images).float()
+
+    def accelerated(self, runtime: str = "auto") -> "ImageEncoder":
+        """This encoder run by the given runtime ('torch', 'onnx' or 'auto'); see models/runtime.py."""
+        if runtime == "torch":
+            return self
+        from .runtime import accelerate
+
+        return accelerate(self, runtime=runtime)
+
+
+class TextEncoder(nn.Module):
+    """texts -> features [M, dim]."""
+
+    spec: str
+    dim: int
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Inference: features [M, dim] as float32, no gradients."""
+        with torch.inference_mode():
+            return self(list(texts)).float()
+
+
+class VLM(nn.Module):
+    """A vision-language model: images and texts into one joint space of size `dim`."""
+
+    spec: str
+    dim: int
+    image_transform: ImageTransform
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def accelerated(self, runtime: str = "auto") -> "VLM":
+        """This VLM with its image tower run by `runtime`; towers without one stay as they are."""
+        return self
+
+
+class TowersVLM(VLM):
+    """A VLM made of an image encoder and a text encoder whose outputs already share a space,
+    optionally through trainable heads (a bridge, a projection) on either side."""
+
+    def __init__(
+        self,
+        image: ImageEncoder,
+        text: TextEncoder,
+        spec: str,
+        image_head: nn.Module | None = None,
+        text_head: nn.Module | None = None,
+        dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.image, self.text = image, text
+        self.image_head = image_head or nn.Identity()
+        self.text_head = text_head or nn.Identity()
+        self.spec = spec
+        self.dim = dim if dim is not None else text.dim
+        self.image_transform = image.image_transform
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.image_head(self.image.encode_image(images)).float()
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.text_head(self.text.encode_text(texts)).float()
+
+    def accelerated(self, runtime: str = "auto") -> "TowersVLM":
+        self.image = self.image.accelerated(runtime)
+        return self

