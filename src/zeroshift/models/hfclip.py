@@ -1,0 +1,97 @@
+"""hf-clip:ID: a transformers CLIPModel (hub id or local folder saved with save_pretrained) as a VLM.
+
+The folder (or hub repo) must hold the model and its CLIPProcessor (image processor + tokenizer);
+images are preprocessed by that image processor, texts tokenised by that tokenizer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from ..errors import MissingWeights, SpecError
+from .vlm import ImageEncoder, TextEncoder, TowersVLM
+
+TEXT_BATCH = 256
+
+
+class ProcessorTransform:
+    """RGB PIL -> [3, H, W] through a transformers image processor."""
+
+    def __init__(self, image_processor) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self) -> str:
+        return f"ProcessorTransform({self.image_processor!r})"  # the processor's full configuration
+
+
+class HFClipImage(ImageEncoder):
+    """vision_model pooled output -> visual_projection: [N, projection_dim]."""
+
+    def __init__(self, vision_model: nn.Module, projection: nn.Module, dim: int, image_transform, spec: str) -> None:
+        super().__init__()
+        self.vision_model, self.projection = vision_model, projection
+        self.dim, self.image_transform, self.spec = dim, image_transform, spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pooled = self.vision_model(pixel_values=images).pooler_output  # [N, hidden]
+        return self.projection(pooled)
+
+
+class HFClipText(TextEncoder):
+    """text_model pooled (end-of-text) output -> text_projection: [M, projection_dim]."""
+
+    def __init__(self, text_model: nn.Module, projection: nn.Module, tokenizer, max_length: int,
+                 dim: int, spec: str) -> None:
+        super().__init__()
+        self.text_model, self.projection, self.tokenizer = text_model, projection, tokenizer
+        self.max_length, self.dim, self.spec = max_length, dim, spec
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        device = self.projection.weight.device
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(device)
+        pooled = self.text_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+        return self.projection(pooled)  # [M, dim]
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        with torch.inference_mode():
+            return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
+
+
+def create(arg: str) -> TowersVLM:
+    """Build a transformers CLIP VLM from a hub id or a local folder."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    if not arg:
+        raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
+    folder = Path(arg).expanduser()
+    if folder.exists():
+        source = str(folder.resolve())
+    elif arg.startswith(("/", ".", "~")):
+        raise MissingWeights(f"no CLIP model folder at {arg} (from spec 'hf-clip:{arg}')")
+    else:
+        source = arg
+    spec = f"hf-clip:{source}"
+    try:
+        model = CLIPModel.from_pretrained(source).float().eval()
+        processor = CLIPProcessor.from_pretrained(source)
+    except OSError as e:
+        cause = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise MissingWeights(
+            f"could not fetch weights for {spec}: no network? give a local folder saved with "
+            f"save_pretrained (model + CLIPProcessor): hf-clip:/path/to/folder [{cause}]"
+        ) from e
+    dim = int(model.config.projection_dim)
+    image = HFClipImage(model.vision_model, model.visual_projection, dim,
+                        ProcessorTransform(processor.image_processor), spec + "/image")
+    text = HFClipText(model.text_model, model.text_projection, processor.tokenizer,
+                      int(model.config.text_config.max_position_embeddings), dim, spec + "/text")
+    return TowersVLM(image, text, spec=spec, dim=dim).eval()

@@ -1,0 +1,118 @@
+"""openclip:ARCH[@TAG]: an open_clip model as a two-tower VLM.
+
+TAG is a pretrained name open_clip lists for ARCH (fetched from the hub), a local weights file, or
+`random` (the architecture with random weights). Without a TAG the first pretrained name open_clip
+lists for ARCH is used. ARCH may also be an open_clip `hf-hub:org/repo` name (no TAG).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import MissingWeights, SpecError
+from .vlm import ImageEncoder, ImageTransform, TextEncoder, TowersVLM
+
+TEXT_BATCH = 256
+
+
+class OpenClipImage(ImageEncoder):
+    """The visual tower of an open_clip model: images [N, 3, H, W] -> [N, embed_dim]."""
+
+    def __init__(self, visual: nn.Module, dim: int, image_transform: ImageTransform, spec: str) -> None:
+        super().__init__()
+        self.visual, self.dim, self.image_transform, self.spec = visual, dim, image_transform, spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
+class OpenClipText(TextEncoder):
+    """The text tower of an open_clip model (the model's encode_text with its tokenizer): [M, embed_dim]."""
+
+    def __init__(self, model: nn.Module, tokenizer, dim: int, spec: str) -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.dim, self.spec = model, tokenizer, dim, spec
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model.encode_text(self.tokenizer(list(texts)).to(device))
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        with torch.inference_mode():
+            return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
+
+
+def _missing(spec: str, arch: str, error: Exception) -> MissingWeights:
+    cause = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    return MissingWeights(
+        f"could not fetch weights for {spec}: no network? give a local file: "
+        f"openclip:{arch}@/path/to/weights.safetensors (or @random for random weights) [{cause}]"
+    )
+
+
+def resolve(arg: str) -> tuple[str, str | None, str]:
+    """`ARCH[@TAG]` -> (arch, pretrained for open_clip or None for random weights, canonical spec)."""
+    import open_clip
+
+    arch, sep, tag = arg.partition("@")
+    if not arch:
+        raise SpecError("openclip: needs an architecture, e.g. openclip:ViT-B-32@laion2b_s34b_b79k")
+    if arch.startswith("hf-hub:"):
+        if sep:
+            raise SpecError(f"openclip:{arch} names its weights already; drop the @{tag}")
+        return arch, None, f"openclip:{arch}"
+    if arch not in open_clip.list_models():
+        raise SpecError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if not sep:
+        if not tags:
+            raise SpecError(f"open_clip lists no pretrained weights for {arch}: "
+                            f"give openclip:{arch}@/path/to/weights or openclip:{arch}@random")
+        tag = tags[0]
+    if tag == "random":
+        return arch, None, f"openclip:{arch}@random"
+    if tag in tags:
+        return arch, tag, f"openclip:{arch}@{tag}"
+    file = Path(tag).expanduser()
+    if file.is_file():
+        return arch, str(file.resolve()), f"openclip:{arch}@{file.resolve()}"
+    if "/" in tag or "\\" in tag or file.suffix in (".safetensors", ".bin", ".pt", ".pth"):
+        raise MissingWeights(f"no weights file at {tag} for openclip:{arch}")
+    raise SpecError(f"unknown pretrained tag {tag!r} for {arch}; known: {', '.join(tags) or 'none'}, "
+                    "or a local file, or random")
+
+
+def create(arg: str) -> TowersVLM:
+    """Build an open_clip VLM from `ARCH[@TAG]`."""
+    import open_clip
+
+    arch, pretrained, spec = resolve(arg)
+    hub = arch.startswith("hf-hub:") or (pretrained is not None and not Path(pretrained).is_file())
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except (OSError, RuntimeError, ValueError) as e:
+        if hub:
+            raise _missing(spec, arch, e) from e
+        if pretrained is not None:
+            raise MissingWeights(f"could not load {pretrained} into open_clip {arch}: {str(e).splitlines()[0][:200]}") from e
+        raise
+    model.eval()
+    dim = _embed_dim(model, arch)
+    image = OpenClipImage(model.visual, dim, preprocess, spec + "/image")
+    text = OpenClipText(model, tokenizer, dim, spec + "/text")
+    return TowersVLM(image, text, spec=spec, dim=dim).eval()
+
+
+def _embed_dim(model: nn.Module, arch: str) -> int:
+    import open_clip
+
+    config = open_clip.get_model_config(arch) if not arch.startswith("hf-hub:") else None
+    if config and "embed_dim" in config:
+        return int(config["embed_dim"])
+    with torch.inference_mode():
+        return int(model.encode_text(open_clip.get_tokenizer(arch)(["a"])).shape[-1])

@@ -1,0 +1,63 @@
+"""st:NAME_OR_PATH: a sentence-transformers text encoder (a hub name or a folder saved with .save())."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..errors import MissingWeights, SpecError
+from .vlm import TextEncoder
+
+TEXT_BATCH = 256
+
+
+class STTextEncoder(TextEncoder):
+    """texts -> the model's sentence_embedding [M, dim] (with gradients through forward, for training)."""
+
+    def __init__(self, model: nn.Module, spec: str) -> None:
+        super().__init__()
+        self.model, self.spec = model, spec
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize
+        device = next(self.model.parameters()).device
+        features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in tokenize(list(texts)).items()}
+        return self.model(features)["sentence_embedding"]  # [M, dim]
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        texts = list(texts)
+        with torch.inference_mode():
+            return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
+
+
+def load(source: str, spec: str) -> STTextEncoder:
+    """A SentenceTransformer from a folder or hub name, on the CPU; hub failure -> MissingWeights."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(source, device="cpu")
+    except OSError as e:
+        cause = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise MissingWeights(
+            f"could not fetch weights for {spec}: no network? give a local folder saved with "
+            f"SentenceTransformer.save(): st:/path/to/folder [{cause}]"
+        ) from e
+    return STTextEncoder(model.eval(), spec).eval()
+
+
+def create(arg: str) -> STTextEncoder:
+    """Build a sentence-transformers text encoder from a hub name or a local folder."""
+    if not arg:
+        raise SpecError("st: needs a model name or folder, e.g. st:all-MiniLM-L6-v2")
+    folder = Path(arg).expanduser()
+    if folder.exists():
+        source = str(folder.resolve())
+    elif arg.startswith(("/", ".", "~")):
+        raise MissingWeights(f"no sentence-transformers folder at {arg} (from spec 'st:{arg}')")
+    else:
+        source = arg
+    return load(source, f"st:{source}")

@@ -1,0 +1,78 @@
+"""Small preprocessing helpers shared by the image backends: normalisations, resize-and-crop, probes.
+
+Backends with their own preprocessing (open_clip, timm, torchvision weights, transformers) use it;
+these helpers are for the ones that bring none (ONNX files, EfficientNet-Lite) and for code that
+needs a realistic input batch without data (export, checks, dimension probes).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2 as T
+
+# name -> (mean, std) on pixels scaled to [0, 1]
+NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # pixels scaled to [-1, 1]
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "unit": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # pixels in [0, 1]
+}
+
+
+def normalize(norm: str) -> T.Normalize:
+    """The Normalize step for a named normalisation (see NORMS)."""
+    if norm not in NORMS:
+        from ..errors import SpecError
+
+        raise SpecError(f"unknown normalisation {norm!r}; known: {', '.join(NORMS)}")
+    mean, std = NORMS[norm]
+    return T.Normalize(list(mean), list(std))
+
+
+def resize_crop(size: int, norm: str = "imagenet", crop_pct: float = 0.875,
+                interpolation: str = "bicubic") -> T.Compose:
+    """RGB PIL -> float [3, size, size]: resize the short side to size / crop_pct, centre crop, normalise."""
+    mode = T.InterpolationMode(interpolation)
+    return T.Compose([
+        T.Resize(round(size / crop_pct), interpolation=mode, antialias=True),
+        T.CenterCrop(size),
+        T.PILToTensor(),
+        T.ToDtype(torch.float32, scale=True),
+        normalize(norm),
+    ])
+
+
+class ArrayTransform:
+    """Wrap a PIL -> HWC numpy preprocessing function (a backend's own) into PIL -> CHW float tensor."""
+
+    def __init__(self, fn: Callable[[Image.Image], np.ndarray]) -> None:
+        self.fn = fn
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        array = np.ascontiguousarray(self.fn(image), dtype=np.float32)  # [H, W, 3]
+        return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # [3, H, W]
+
+    def __repr__(self) -> str:
+        return f"ArrayTransform({getattr(self.fn, '__module__', '')}.{getattr(self.fn, '__name__', self.fn)})"
+
+
+def probe_images(n: int, seed: int = 0, size: tuple[int, int] = (300, 260)) -> list[Image.Image]:
+    """`n` deterministic RGB images (smooth colour fields plus noise), realistic enough to probe a model."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    images = []
+    for _ in range(n):
+        a, b, c = rng.uniform(0, 2 * np.pi, 3)
+        base = np.stack([np.sin(3 * xx + a), np.cos(4 * yy + b), np.sin(2 * (xx + yy) + c)], -1)  # [h, w, 3]
+        pixels = 127.5 * (1 + base) + rng.normal(0, 20, (h, w, 3))
+        images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"))
+    return images
+
+
+def probe_batch(transform: Callable[[Image.Image], torch.Tensor], n: int, seed: int = 0) -> torch.Tensor:
+    """`n` probe images through `transform`, stacked: [n, 3, H, W]."""
+    return torch.stack([transform(image) for image in probe_images(n, seed)])
