@@ -58,3 +58,22 @@ class DataSource(abc.ABC):
 
 class BadImage(Exception):
     """An image that could not be decoded; sources raise it, loaders skip, count and list it."""
+
+
+class Subset(DataSource):
+    """Rows `indices` of another source, in that order, with their labels and captions."""
+
+    def __init__(self, source: DataSource, indices) -> None:
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.spec = f"{source.spec}[{len(self.indices)} rows]"
+        self.classes = source.classes
+        self.keys = [source.keys[i] for i in self.indices]
+        self.labels = None if source.labels is None else np.asarray(source.labels)[self.indices]
+        self.captions = None if source.captions is None else [source.captions[i] for i in self.indices]
+
+    def load_image(self, i: int) -> Image.Image:
+        return self.source.load_image(int(self.indices[i]))
+
+    def _content_token(self) -> str:
+        return self.source.fingerprint()
