@@ -1,0 +1,294 @@
+"""The on-disk feature cache: manifest, shards, checksums, and `Features`, the reader.
+
+A cache folder holds `shard-00000.npy` ([rows, dim], float16 or float32), one per `shard_rows`
+source rows in source order, each with `shard-00000.json` (its checksum and its bad rows), plus
+`labels.npy`, `meta.json` (classes, captions, keys) and `manifest.json`. Every file is written to a
+temporary name, fsync'd and renamed, so a reader never sees half a file, and the manifest says
+`complete: true` only once every shard is present and checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from .. import paths
+from ..errors import CacheMismatch, ZeroshiftError
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+META = "meta.json"
+LABELS = "labels.npy"
+DTYPES = ("float16", "float32")
+TMP_SUFFIX = ".tmp"
+
+
+class CacheError(ZeroshiftError):
+    """A feature cache that is incomplete, corrupted or holds unusable numbers."""
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.npy"
+
+
+def sidecar_name(i: int) -> str:
+    return f"shard-{i:05d}.json"
+
+
+def describe_transform(transform: Any) -> str:
+    """A stable text description of an image transform: its repr without memory addresses."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(transform))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a cache was computed from; two runs may share a cache only when these agree."""
+
+    model_spec: str
+    transform: str
+    data_spec: str
+    fingerprint: str
+    rows: int
+    dtype: str
+
+    def key(self) -> str:
+        """Hash of (model, transform, data fingerprint, dtype): the default folder name's core."""
+        blob = json.dumps([self.model_spec, self.transform, self.fingerprint, self.dtype])
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def token(self, shard_rows: int) -> str:
+        """Hash of the identity and the shard layout, stamped on each shard's sidecar."""
+        return hashlib.sha256(f"{self.key()}/{shard_rows}".encode()).hexdigest()[:16]
+
+
+def default_dir(identity: Identity) -> Path:
+    """paths.features_dir()/<model>--<data>--<key>, readable names trimmed, the key unique."""
+
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:40] or "x"
+
+    name = f"{slug(identity.model_spec)}--{slug(identity.data_spec)}--{identity.key()}"
+    return paths.features_dir() / name
+
+
+# ---------------------------------------------------------------- atomic files
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary sibling, fsync it and rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Delete temporary files left by an interrupted writer; returns how many."""
+    n = 0
+    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_npy(path: Path, array: np.ndarray) -> str:
+    """Write `array` as .npy atomically; returns the sha256 of the file's bytes."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON file's content, or None when it is absent or unreadable (a torn write never is)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_manifest(folder: Path) -> dict | None:
+    return read_json(Path(folder) / MANIFEST)
+
+
+def check_compatible(manifest: dict, identity: Identity, shard_rows: int, dim: int | None, folder: Path) -> None:
+    """Raise CacheMismatch naming what differs between `manifest` and this run."""
+    ours = {
+        "model": identity.model_spec, "image transform": identity.transform,
+        "data fingerprint": identity.fingerprint, "rows": identity.rows, "dtype": identity.dtype,
+        "shard_rows": shard_rows, "format": FORMAT,
+    }
+    theirs = {
+        "model": manifest.get("model_spec"), "image transform": manifest.get("transform"),
+        "data fingerprint": manifest.get("fingerprint"), "rows": manifest.get("rows"),
+        "dtype": manifest.get("dtype"), "shard_rows": manifest.get("shard_rows"),
+        "format": manifest.get("format"),
+    }
+    if dim is not None and manifest.get("dim") is not None:
+        ours["dim"], theirs["dim"] = dim, manifest["dim"]
+    diffs = [f"{k} {_short(theirs[k])} vs {_short(ours[k])}" for k in ours if ours[k] != theirs[k]]
+    if diffs:
+        raise CacheMismatch(
+            f"feature cache {folder} was made differently ({'; '.join(diffs)}, cache vs this run): "
+            "pass --overwrite (overwrite=True) or another --out"
+        )
+
+
+def _short(value: Any, n: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# ---------------------------------------------------------------- reading
+class Features:
+    """A complete feature cache. Rows of bad images are left out: `len`, `labels`, `captions`,
+    `index` and every array describe valid rows only, in source order."""
+
+    def __init__(self, path: str | os.PathLike, manifest: dict, summary: dict | None = None) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.summary = summary
+        self.dim: int = int(manifest["dim"])
+        self.spec: str = manifest["model_spec"]
+        self.dtype: str = manifest["dtype"]
+        shards = manifest["shards"]
+        self._names = [s["name"] for s in shards]
+        self._local: list[np.ndarray] = []  # per shard: local indices of valid rows
+        for s in shards:
+            valid = np.ones(s["rows"], dtype=bool)
+            valid[np.asarray(s["bad_rows"], dtype=np.int64)] = False
+            self._local.append(np.flatnonzero(valid))
+        counts = np.array([len(v) for v in self._local], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])  # [n_shards + 1]
+        self.index = np.concatenate(  # [N] source row of each valid row
+            [s["start"] + v for s, v in zip(shards, self._local)] or [np.zeros(0, np.int64)]
+        ).astype(np.int64)
+        meta = read_json(self.path / META) or {}
+        self.classes: list[str] | None = meta.get("classes")
+        captions, keys = meta.get("captions"), meta.get("keys")
+        self.captions: list[str] | None = None if captions is None else [captions[i] for i in self.index]
+        self.keys: list[str] | None = None if keys is None else [keys[i] for i in self.index]
+        self.labels: np.ndarray | None = None
+        if manifest.get("labels") and (self.path / LABELS).exists():
+            self.labels = np.load(self.path / LABELS)[self.index].astype(np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __repr__(self) -> str:
+        return f"Features({self.path}, rows={len(self)}, dim={self.dim}, dtype={self.dtype}, model={self.spec!r})"
+
+    def shard(self, k: int) -> np.ndarray:
+        """Shard k memory-mapped, all rows (bad ones are zeros). [rows, dim]"""
+        if k not in self._maps:
+            self._maps[k] = np.load(self.path / self._names[k], mmap_mode="r")
+        return self._maps[k]
+
+    def numpy(self) -> np.ndarray:
+        """All valid rows as one float32 array [N, dim] (in memory)."""
+        out = np.empty((len(self), self.dim), dtype=np.float32)
+        for k, local in enumerate(self._local):
+            out[self._offsets[k]:self._offsets[k + 1]] = self.shard(k)[local]
+        return out
+
+    def torch(self) -> torch.Tensor:
+        """All valid rows as a float32 tensor [N, dim]."""
+        return torch.from_numpy(self.numpy())
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Valid rows at positions `rows` (0..len-1) as float32 [len(rows), dim], read from the maps."""
+        rows = np.asarray(rows, dtype=np.int64)
+        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1  # [B]
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for k in np.unique(shard_of):
+            sel = shard_of == k
+            out[sel] = self.shard(int(k))[self._local[k][rows[sel] - self._offsets[k]]]
+        return out
+
+    def iter_batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+        """Yield (features [B, dim] float32, positions of those rows among the valid rows).
+
+        Rows are read from memory-mapped shards batch by batch, so a cache larger than RAM is read in
+        bounded memory. Positions index `labels`, `captions` and `index`.
+        """
+        n = len(self)
+        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+        for b in range(0, n, batch_size):
+            rows = order[b:b + batch_size]
+            yield torch.from_numpy(self.gather(rows)), rows
+
+
+def verify_shard(folder: Path, entry: dict, dim: int, dtype: str) -> str | None:
+    """Why shard `entry` is unusable, or None when its file exists, has its shape and checksum."""
+    path = folder / entry["name"]
+    if not path.exists():
+        return "is missing"
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return "is unreadable"
+    if arr.shape != (entry["rows"], dim) or arr.dtype != np.dtype(dtype):
+        return f"has shape {arr.shape} {arr.dtype}, expected ({entry['rows']}, {dim}) {dtype}"
+    if sha256_file(path) != entry["sha256"]:
+        return "fails its sha256 checksum (corrupted)"
+    return None
+
+
+def load_features(path: str | os.PathLike, verify: bool = True) -> Features:
+    """Open a complete feature cache written by `embed`; checks every shard's checksum unless `verify=False`."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise CacheError(f"no feature cache at {folder} (manifest.json missing): run `zeroshift embed` first")
+    if manifest.get("format") != FORMAT:
+        raise CacheError(
+            f"feature cache {folder} has format {manifest.get('format')!r}, this zeroshift reads {FORMAT}: re-embed it"
+        )
+    if not manifest.get("complete"):
+        raise CacheError(f"feature cache {folder} is incomplete, interrupted: rerun the same embed to resume")
+    if verify:
+        for entry in manifest["shards"]:
+            problem = verify_shard(folder, entry, manifest["dim"], manifest["dtype"])
+            if problem:
+                raise CacheError(
+                    f"{entry['name']} in {folder} {problem}: rerun the same embed to recompute it"
+                )
+    return Features(folder, manifest)
