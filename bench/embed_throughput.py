@@ -1,0 +1,93 @@
+"""End-to-end embed throughput against model-only references, measured side by side in one run.
+
+For each encoder, at one batch size, on the same images:
+  eager   PyTorch eager forward on ready tensors (model only)
+  ort     onnxruntime forward on ready tensors (model only)
+  e2e     zeroshift.embed into a fresh cache: decode, transform, forward, write
+Target (issue 2): e2e >= 0.8 x ort, hence >= 5x eager.
+
+    python bench/embed_throughput.py [--models effnet-lite0 effnet-lite2] [--rows 1024]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import zeroshift
+from zeroshift.cache import embed
+from zeroshift.data.base import Subset
+
+HERE = Path(__file__).parent
+
+
+def images_per_s(fn, batches: list[torch.Tensor]) -> float:
+    """Run `fn` over every batch once (after one warm-up batch); images per second."""
+    fn(batches[0])
+    t0 = time.perf_counter()
+    n = 0
+    for b in batches:
+        fn(b)
+        n += len(b)
+    return n / (time.perf_counter() - t0)
+
+
+def measure(spec: str, data: str, rows: int, batch_size: int) -> dict:
+    source = zeroshift.dataset(data)
+    subset = Subset(source, np.arange(min(rows, len(source))))
+    torch_enc = zeroshift.load(spec, runtime="torch")
+    fast = torch_enc.accelerated("onnx")
+    ready = torch.stack([torch_enc.image_transform(subset.load_image(i)) for i in range(len(subset))])  # [R, 3, H, W]
+    batches = list(ready.split(batch_size))
+    with torch.inference_mode():
+        eager = images_per_s(torch_enc, batches)
+    ort = images_per_s(fast, batches)
+    with tempfile.TemporaryDirectory() as tmp:
+        embed(fast, Subset(source, np.arange(batch_size)), Path(tmp) / "warm", batch_size=batch_size, progress=False)
+        t0 = time.perf_counter()
+        feats = embed(fast, subset, Path(tmp) / "cache", batch_size=batch_size, progress=False)
+        e2e = len(subset) / (time.perf_counter() - t0)
+        same = np.allclose(feats.numpy(), fast(ready).numpy(), atol=1e-4)
+    return {"model": spec, "data": data, "rows": len(subset), "batch_size": batch_size,
+            "eager_img_s": eager, "ort_img_s": ort, "e2e_img_s": e2e,
+            "e2e_over_ort": e2e / ort, "e2e_over_eager": e2e / eager, "ort_over_eager": ort / eager,
+            "e2e_matches_ort": bool(same), "workers": feats.summary.get("workers")}
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["effnet-lite0", "effnet-lite2"])
+    p.add_argument("--data", default="fashion-mnist:test")
+    p.add_argument("--rows", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=str(HERE / "results"))
+    a = p.parse_args()
+    results = [measure(m, a.data, a.rows, a.batch_size) for m in a.models]
+    head = ["model", "rows", "batch", "eager img/s", "ort img/s", "e2e img/s", "e2e/ort", "e2e/eager", "ort/eager"]
+    lines = ["# Embed throughput", "", f"Machine: {machine()}. Data: `{a.data}`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['rows']} | {r['batch_size']} | {r['eager_img_s']:.1f} | {r['ort_img_s']:.1f} | "
+                     f"{r['e2e_img_s']:.1f} | {r['e2e_over_ort']:.2f} | {r['e2e_over_eager']:.2f} | {r['ort_over_eager']:.2f} |")
+    lines += ["", "Target: e2e/ort >= 0.8 (so e2e/eager >= 5)."]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "embed_throughput.md").write_text("\n".join(lines) + "\n")
+    (out / "embed_throughput.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""`zeroshift embed`: embed a data source with a model into a feature cache."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .options import add_options, from_args, write_config
+from .table import print_table
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    model: str = field(metadata={"help": "model spec (VLM or image encoder)"})
+    data: str = field(metadata={"help": "data spec, e.g. fashion-mnist:test or folder:images/"})
+    out: str | None = field(default=None, metadata={"help": "cache folder (default: under $ZEROSHIFT_HOME/features)"})
+    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
+    dtype: str = field(default="float32", metadata={"help": "stored dtype", "choices": ["float32", "float16"]})
+    runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
+    workers: int | None = field(default=None, metadata={"help": "decoding worker processes (default: automatic)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a cache made by another model or data"})
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    add_options(parser, EmbedConfig)
+    parser.set_defaults(run=lambda ns: run(from_args(EmbedConfig, ns)))
+
+
+def run(cfg: EmbedConfig) -> int:
+    from zeroshift.cache import embed
+
+    feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype,
+                  runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite)
+    write_config(cfg, Path(feats.path) / "config.json")
+    s = feats.summary or {}
+    rows = [(feats.spec, feats.manifest["data_spec"], len(feats), feats.dim, s.get("skipped", 0),
+             s.get("shards_reused", 0), s.get("seconds", 0.0), s.get("images_per_s", 0.0))]
+    print_table(rows, ["model", "data", "rows", "dim", "skipped", "reused shards", "seconds", "images/s"])
+    skipped = feats.manifest.get("skipped") or []
+    for item in skipped[:20]:
+        print(f"  skipped {item}")
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more (see manifest.json)")
+    print(f"cache: {feats.path}")
+    return 0

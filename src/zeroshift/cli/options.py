@@ -1,0 +1,72 @@
+"""Generate argparse options from a frozen dataclass, and build the dataclass back from the parse.
+
+A field's `metadata` may hold `help`, `positional` (bool), `flag` (another spelling) and `choices`.
+Booleans become `--name/--no-name`; `list[str]` fields take one or more values.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, is_list) of a field annotation such as `str | None` or `list[str]`."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (list, tuple):
+        return (args[0] if args else str), True
+    if args and typing.get_origin(tp) is not None:  # Optional[...] / X | None
+        return _base_type(args[0])
+    return tp, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per field of the dataclass `cls`."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        tp, is_list = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_ = meta.get("help", "")
+        if default not in (None, "", [], ()) and tp is not bool:
+            help_ += f" (default: {default})"
+        name = "--" + f.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"help": help_}
+        if tp is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+            continue
+        if is_list:
+            kwargs["nargs"] = "+" if required else "*"
+        kwargs["type"] = tp if tp in (int, float) else str
+        if "choices" in meta:
+            kwargs["choices"] = meta["choices"]
+        if meta.get("positional"):
+            parser.add_argument(f.name, metavar=f.name.upper(), default=default, **kwargs)
+            continue
+        flags = [name] + ([meta["flag"]] if "flag" in meta else [])
+        parser.add_argument(*flags, dest=f.name, default=default, required=required, **kwargs)
+
+
+def from_args(cls: type[C], ns: argparse.Namespace) -> C:
+    """The dataclass instance holding the parsed options."""
+    values = {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if isinstance(values[f.name], list) and not isinstance(f.default, list):
+            values[f.name] = tuple(values[f.name])
+    return cls(**values)
+
+
+def write_config(config: Any, path: Path, **extra: Any) -> None:
+    """Write the resolved options (plus `extra`) as JSON beside a result."""
+    payload = {**dataclasses.asdict(config), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,42 @@
+"""`zeroshift predict`: rank free-text labels for each image."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+
+from .options import add_options, from_args
+from .table import print_table
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str = field(metadata={"help": "model spec (any VLM), e.g. conse:effnet-lite2+minilm"})
+    labels: str = field(metadata={"help": "labels, comma-separated (or a .txt file, one per line)"})
+    images: tuple[str, ...] = field(metadata={"help": "image files", "positional": True})
+    templates: str | None = field(default=None, metadata={"help": "template set name or file"})
+    top: int = field(default=5, metadata={"help": "labels shown per image"})
+    json: bool = field(default=False, metadata={"help": "print JSON instead of tables"})
+    runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    add_options(parser, PredictConfig)
+    parser.set_defaults(run=lambda ns: run(from_args(PredictConfig, ns)))
+
+
+def run(cfg: PredictConfig) -> int:
+    from zeroshift.predict import parse_labels, predict
+
+    results = predict(cfg.model, cfg.images, parse_labels(cfg.labels), templates=cfg.templates, runtime=cfg.runtime)
+    if cfg.json:
+        print(json.dumps({"model": cfg.model, "results": results}, indent=2))
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['image']}: skipped ({r['error']})\n")
+            continue
+        rows = [(i + 1, x["label"], x["prob"]) for i, x in enumerate(r["ranking"][: cfg.top])]
+        print_table(rows, ["rank", "label", "prob"], title=r["image"])
+        print()
+    return 0 if any("error" not in r for r in results) else 2

@@ -1,0 +1,50 @@
+"""Classify image files with free-text labels through any VLM."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .data.images import decode_image
+from .data.base import BadImage
+from .data.templates import get_templates
+from .errors import ZeroshiftError
+from .specs import load
+from .zeroshot.classifier import classify, zeroshot_weights
+
+
+def parse_labels(text: str) -> list[str]:
+    """Labels from "a,b,c", from newline-separated text, or from a .txt file (one per line)."""
+    path = Path(text)
+    if text.endswith(".txt") and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    sep = "\n" if "\n" in text else ","
+    return [s.strip() for s in text.split(sep) if s.strip()]
+
+
+def predict(
+    model, images: Sequence[str | Path], labels: Sequence[str], templates: str | None = None,
+    runtime: str = "auto", batch_size: int = 32,
+) -> list[dict]:
+    """For each image: `{"image", "ranking": [{"label", "prob"}, ...]}` best first, or `{"image", "error"}`."""
+    if not images:
+        raise ZeroshiftError("no images given")
+    vlm = load(model, runtime=runtime) if isinstance(model, str) else model
+    weights = zeroshot_weights(vlm, list(labels), get_templates(templates, None))  # [C, d]
+    results: list[dict] = [{"image": str(p)} for p in images]
+    ok: list[int] = []
+    tensors = []
+    for i, p in enumerate(images):
+        try:
+            tensors.append(vlm.image_transform(decode_image(p)))
+            ok.append(i)
+        except BadImage as e:
+            results[i]["error"] = str(e) or "not a readable image"
+    for start in range(0, len(ok), batch_size):
+        batch = torch.stack(tensors[start:start + batch_size])  # [B, 3, H, W]
+        probs = classify(vlm.encode_image(batch), weights).softmax(dim=-1)  # [B, C]
+        for row, i in zip(probs, ok[start:start + batch_size]):
+            order = row.argsort(descending=True).tolist()
+            results[i]["ranking"] = [{"label": labels[j], "prob": round(float(row[j]), 6)} for j in order]
+    return results

@@ -1,0 +1,93 @@
+"""The command line: every command end to end on tiny models and data, and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zeroshift.cli.main import main
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    """A folder: dataset, three colour classes, four noisy images each."""
+    rng = np.random.default_rng(0)
+    for name, rgb in COLOURS.items():
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(4):
+            arr = np.clip(np.array(rgb) + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(tmp_path / "imgs" / name / f"{i}.png")
+    return tmp_path / "imgs"
+
+
+def test_predict_json_ranks_every_label(home, folder, capsys):
+    images = [str(folder / "red" / "0.png"), str(folder / "blue" / "1.png")]
+    assert main(["predict", "--model", "tiny-clip:seed=0", "--labels", "red,green,blue", "--json", *images]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in out["results"]] == images
+    for r in out["results"]:
+        probs = [x["prob"] for x in r["ranking"]]
+        assert sorted(x["label"] for x in r["ranking"]) == ["blue", "green", "red"]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+
+
+def test_predict_table_and_bad_image(home, folder, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code = main(["predict", "--model", "tiny-clip:seed=0", "--labels", "red\ngreen", str(folder / "red" / "0.png"), str(bad)])
+    out = capsys.readouterr().out
+    assert code == 0 and "rank" in out and "skipped" in out
+
+
+@pytest.mark.parametrize("labels", ["red,red", " , ", "cat,Cat"])
+def test_predict_refuses_bad_label_lists(home, folder, labels, capsys):
+    assert main(["predict", "--model", "tiny-clip:seed=0", "--labels", labels, str(folder / "red" / "0.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+@pytest.mark.parametrize("spec", ["nosuch:thing", "tiny-clip:seed=x"])
+def test_unknown_spec_is_one_line(home, folder, spec, capsys):
+    assert main(["eval", "--model", spec, "--dataset", f"folder:{folder}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_embed_then_eval_reuses_cache(home, folder, tmp_path, capsys):
+    out = tmp_path / "feats"
+    assert main(["embed", "--model", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--out", str(out), "--runtime", "torch"]) == 0
+    assert (out / "manifest.json").exists() and json.loads((out / "config.json").read_text())["model"] == "tiny-clip:seed=0"
+    assert "12" in capsys.readouterr().out
+    results = tmp_path / "results"
+    assert main(["eval", "--model", "tiny-clip:seed=0", "--dataset", f"folder:{folder}", "--out", str(results), "--runtime", "torch"]) == 0
+    records = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    assert len(records) == 1 and records[0]["task"] == "zeroshot_classification"
+    assert set(records[0]["metrics"]) >= {"acc1", "acc5", "mean_per_class_recall"}
+
+
+def test_models_and_datasets_list(home, capsys):
+    assert main(["models", "--json"]) == 0
+    schemes = {m["scheme"] for m in json.loads(capsys.readouterr().out)}
+    assert {"openclip", "conse", "tiny-clip", "effnet-lite0"} <= schemes
+    assert main(["datasets", "--json"]) == 0
+    assert {"folder", "fashion-mnist", "tuxpaint"} <= {d["scheme"] for d in json.loads(capsys.readouterr().out)}
+
+
+def test_quickstart_writes_report_plot_records_config(home, folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
+                 "--out", str(out), "--runtime", "torch"]) == 0
+    assert "acc1" in (out / "report.md").read_text() and (out / "zeroshot.png").stat().st_size > 1000
+    assert json.loads((out / "config.json").read_text())["teacher"] == "tiny-clip:seed=0"
+    assert len(list((out / "results").glob("*.json"))) == 1
+    assert "quickstart finished" in capsys.readouterr().out
