@@ -23,3 +23,7 @@ class DataError(ZeroshiftError):
 
 class CacheMismatch(ZeroshiftError):
     """A feature cache or artefact was made by another model, preprocessing or data source."""
+
+
+class CacheError(ZeroshiftError):
+    """A feature cache that is incomplete, corrupted or holds unusable numbers."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..errors import CacheMismatch, ZeroshiftError
+from ..errors import CacheError, CacheMismatch
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -29,10 +29,6 @@ META = "meta.json"
 LABELS = "labels.npy"
 DTYPES = ("float16", "float32")
 TMP_SUFFIX = ".tmp"
-
-
-class CacheError(ZeroshiftError):
-    """A feature cache that is incomplete, corrupted or holds unusable numbers."""
 
 
 def shard_name(i: int) -> str:

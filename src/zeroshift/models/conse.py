@@ -18,7 +18,6 @@ import hashlib
 import os
 import re
 import uuid
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

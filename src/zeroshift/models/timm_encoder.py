@@ -8,24 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch import nn
 
 from ..errors import MissingWeights, SpecError
-from .vlm import ImageEncoder
+from .vlm import ModuleEncoder
 
 OUTPUTS = ("features", "logits")
-
-
-class TimmEncoder(ImageEncoder):
-    """images [N, 3, H, W] -> pooled features [N, num_features] (or logits [N, num_classes])."""
-
-    def __init__(self, model: nn.Module, dim: int, image_transform, spec: str) -> None:
-        super().__init__()
-        self.model, self.dim, self.image_transform, self.spec = model, dim, image_transform, spec
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
 
 
 def split_output(arg: str, output: str | None) -> tuple[str, str]:
@@ -41,7 +28,7 @@ def split_output(arg: str, output: str | None) -> tuple[str, str]:
     return arg, output
 
 
-def create(arg: str, output: str | None = None) -> TimmEncoder:
+def create(arg: str, output: str | None = None) -> ModuleEncoder:
     """Build a timm image encoder from `NAME[@random|@/path][#logits]`."""
     import timm
     from timm.data import create_transform, resolve_data_config
@@ -84,4 +71,4 @@ def create(arg: str, output: str | None = None) -> TimmEncoder:
     else:
         dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
     spec = f"timm:{name}{suffix}" + ("#logits" if output == "logits" else "")
-    return TimmEncoder(model, dim, transform, spec).eval()
+    return ModuleEncoder(model, dim, transform, spec).eval()

@@ -13,18 +13,7 @@ from torch import nn
 
 from ..errors import MissingWeights, SpecError
 from .timm_encoder import split_output
-from .vlm import ImageEncoder
-
-
-class TorchvisionEncoder(ImageEncoder):
-    """images [N, 3, H, W] -> pooled features [N, dim] (or logits [N, num_classes])."""
-
-    def __init__(self, model: nn.Module, dim: int, image_transform, spec: str) -> None:
-        super().__init__()
-        self.model, self.dim, self.image_transform, self.spec = model, dim, image_transform, spec
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images)
+from .vlm import ModuleEncoder
 
 
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
@@ -45,7 +34,7 @@ def _classifier(model: nn.Module, num_classes: int) -> tuple[str, nn.Linear]:
     return heads[-1]
 
 
-def create(arg: str, output: str | None = None) -> TorchvisionEncoder:
+def create(arg: str, output: str | None = None) -> ModuleEncoder:
     """Build a torchvision image encoder from `NAME[@random|@/path][#logits]`."""
     from torchvision import models
 
@@ -81,4 +70,4 @@ def create(arg: str, output: str | None = None) -> TorchvisionEncoder:
         model.set_submodule(head_name, nn.Identity())
         dim = head.in_features
     spec = f"torchvision:{name}{suffix}" + ("#logits" if output == "logits" else "")
-    return TorchvisionEncoder(model.eval(), dim, weights.transforms(), spec).eval()
+    return ModuleEncoder(model.eval(), dim, weights.transforms(), spec).eval()

@@ -36,6 +36,17 @@ class ImageEncoder(nn.Module):
         return accelerate(self, runtime=runtime)
 
 
+class ModuleEncoder(ImageEncoder):
+    """An image encoder that is one nn.Module (a timm or torchvision backbone, a student network)."""
+
+    def __init__(self, model: nn.Module, dim: int, image_transform: ImageTransform, spec: str) -> None:
+        super().__init__()
+        self.model, self.dim, self.image_transform, self.spec = model, dim, image_transform, spec
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)  # [N, dim]
+
+
 class TextEncoder(nn.Module):
     """texts -> features [M, dim]."""
 
