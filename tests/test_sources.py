@@ -263,3 +263,17 @@ def test_torchvision_missing_data_and_unknown_class(tmp_path, monkeypatch):
     assert str(tmp_path / "data" / "torchvision") in str(err.value)
     with pytest.raises(SpecError, match="NoSuchSet"):
         zeroshift.dataset("torchvision:NoSuchSet")
+
+
+def test_slice_suffix_selects_rows_with_metadata():
+    import numpy as np
+
+    from zeroshift.specs import dataset
+
+    full = dataset("mnist")
+    even, odd = dataset("mnist[0::2]"), dataset("mnist[1::2]")
+    assert len(even) + len(odd) == len(full) and set(even.keys).isdisjoint(odd.keys)
+    assert np.array_equal(odd.labels, full.labels[1::2]) and odd.classes == full.classes
+    assert even.spec == "mnist[0::2]" and even.fingerprint() != odd.fingerprint()
+    assert dataset("mnist[:10]").fingerprint() == dataset("mnist[:10]").fingerprint()
+    assert np.array_equal(np.asarray(dataset("mnist[-3:]").load_image(0)), np.asarray(full.load_image(len(full) - 3)))

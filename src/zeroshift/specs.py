@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +131,20 @@ def load(spec: str, runtime: str = "torch", device: str = "cpu", **kwargs: Any) 
     return model
 
 
+_SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>-?\d*))?\]$")
+
+
 def dataset(spec: str, **kwargs: Any):
-    """Open the data source named by `spec` (see DATA_SCHEMES)."""
-    return build(spec, DATA_SCHEMES, **kwargs)
+    """Open the data source named by `spec` (see DATA_SCHEMES). A trailing Python slice selects rows:
+    `tuxpaint[0::2]` and `tuxpaint[1::2]` are two disjoint halves, `fashion-mnist:train[:6000]` a prefix."""
+    m = _SLICE.match(spec.strip()) if isinstance(spec, str) else None
+    if m is None:
+        return build(spec, DATA_SCHEMES, **kwargs)
+    from .data.base import Subset
+
+    bounds = [int(v) if v else None for v in (m["start"], m["stop"], m["step"])]
+    if bounds[2] == 0:
+        raise SpecError(f"slice step cannot be zero in {spec!r}")
+    source = build(m["base"], DATA_SCHEMES, **kwargs)
+    rows = range(len(source))[slice(*bounds)]
+    return Subset(source, list(rows), spec=spec.strip())

@@ -63,10 +63,10 @@ class BadImage(Exception):
 class Subset(DataSource):
     """Rows `indices` of another source, in that order, with their labels and captions."""
 
-    def __init__(self, source: DataSource, indices) -> None:
+    def __init__(self, source: DataSource, indices, spec: str | None = None) -> None:
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
-        self.spec = f"{source.spec}[{len(self.indices)} rows]"
+        self.spec = spec or f"{source.spec}[{len(self.indices)} rows]"
         self.classes = source.classes
         self.keys = [source.keys[i] for i in self.indices]
         self.labels = None if source.labels is None else np.asarray(source.labels)[self.indices]
@@ -76,4 +76,4 @@ class Subset(DataSource):
         return self.source.load_image(int(self.indices[i]))
 
     def _content_token(self) -> str:
-        return self.source.fingerprint()
+        return self.source.fingerprint()  # the selection itself is in `keys`

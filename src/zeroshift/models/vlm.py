@@ -112,3 +112,14 @@ class TowersVLM(VLM):
     def accelerated(self, runtime: str = "auto") -> "TowersVLM":
         self.image = self.image.accelerated(runtime)
         return self
+
+
+class VLMTextTower(TextEncoder):
+    """The text side of a VLM as a TextEncoder (a teacher's text tower for a bridged or distilled model)."""
+
+    def __init__(self, vlm: VLM) -> None:
+        super().__init__()
+        self.vlm, self.spec, self.dim = vlm, vlm.spec + "/text", vlm.dim
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.vlm.encode_text(texts)  # [M, dim]
