@@ -10,6 +10,7 @@ from .data.images import decode_image
 from .data.base import BadImage
 from .data.templates import get_templates
 from .errors import ZeroshiftError
+from .models.transforms import one_thread
 from .specs import load
 from .zeroshot.classifier import classify, zeroshot_weights
 
@@ -37,7 +38,8 @@ def predict(
     tensors = []
     for i, p in enumerate(images):
         try:
-            tensors.append(vlm.image_transform(decode_image(p)))
+            with one_thread():
+                tensors.append(vlm.image_transform(decode_image(p)))
             ok.append(i)
         except BadImage as e:
             results[i]["error"] = str(e) or "not a readable image"
