@@ -21,4 +21,14 @@ def embed(model, data, out=None, **kwargs):
     return _embed(model, data, out, **kwargs)
 
 
-__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed"]
+def transfer(config=None, **options):
+    """Zoom-shot: bridge a vision encoder into a VLM's joint space; returns the bridged VLM.
+
+    Pass a `methods.transfer.TransferConfig` or its fields as keywords (teacher=, encoder=, data=, out=, ...).
+    """
+    from .methods.transfer import TransferConfig, transfer as _transfer
+
+    return _transfer(config if config is not None else TransferConfig(**options))
+
+
+__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed", "transfer"]

@@ -59,6 +59,8 @@ MODEL_SCHEMES: dict[str, Scheme] = {
                "ConSE zero-shot VLM: ImageNet classifier + sentence encoder (offline)", (), ""),
         Scheme("tiny-clip", _P + "tiny:create", "vlm", "tiny-clip:seed=0",
                "a small random CLIP-like VLM for tests", (), ""),
+        Scheme("run", _P + "artefact:load_run", "vlm", "run:runs/my-bridge",
+               "a trained zeroshift artefact folder (transfer, distill, align)", (), ""),
     ]
 }
 

@@ -12,6 +12,8 @@ COMMANDS = [
     ("embed", "embed", "embed a data source with a model into a feature cache"),
     ("eval", "evaluate", "zero-shot evaluation in CLIP_benchmark's format"),
     ("predict", "predict", "classify images with free-text labels"),
+    ("transfer", "transfer", "Zoom-shot: bridge a vision encoder into a VLM's joint space"),
+    ("export", "export", "write a VLM with fixed labels as one ONNX classifier file"),
     ("models", "catalogue", "list the model schemes and what is installed here"),
     ("datasets", "catalogue", "list the data schemes and what is fetched here"),
     ("data", "data", "fetch offline datasets (zeroshift data fetch NAME)"),

@@ -1,0 +1,41 @@
+"""`zeroshift export`: a VLM and fixed labels as one ONNX classifier file, checked against PyTorch."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .options import add_options, from_args
+from .table import print_table
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: str = field(metadata={"help": "model spec (any VLM), e.g. run:runs/my-bridge", "positional": True})
+    labels: str = field(metadata={"help": "labels, comma-separated (or a .txt file, one per line)"})
+    out: str = field(metadata={"help": "file to write, e.g. classifier.onnx (a sidecar FILE.json describes it)"})
+    format: str = field(default="onnx", metadata={"help": "export format", "choices": ["onnx"]})
+    templates: str | None = field(default=None, metadata={
+        "help": "template set name or file (default: the 'default' set)"})
+    check: bool = field(default=True, metadata={"help": "run the file in onnxruntime and compare with PyTorch"})
+
+
+def configure(parser: argparse.ArgumentParser, name: str) -> None:
+    add_options(parser, ExportConfig)
+    parser.set_defaults(run=lambda ns: run(from_args(ExportConfig, ns)))
+
+
+def run(cfg: ExportConfig) -> int:
+    from zeroshift.export import export
+    from zeroshift.predict import parse_labels
+
+    path = export(cfg.model, parse_labels(cfg.labels), cfg.out, format=cfg.format, templates=cfg.templates,
+                  check=cfg.check)
+    sidecar = json.loads(Path(str(path) + ".json").read_text(encoding="utf-8"))
+    check = sidecar.get("check") or {}
+    row = (str(path), round(path.stat().st_size / 1e6, 2), len(sidecar["labels"]),
+           check.get("max_abs_logit_diff", "-"), check.get("top1_agreement", "-"))
+    print_table([row], ["file", "size MB", "classes", "max |logit diff|", "top-1 agreement"],
+                title=f"exported {sidecar['model']} ({cfg.format})")
+    return 0

@@ -1,0 +1,277 @@
+"""Trained runs on disk: a folder written all at once, and `run:PATH[@DIGEST]` loading it as a VLM.
+
+A run folder holds `config.json` (its "kind", the specs it was built from, dims, zeroshift version,
+whatever the method records), `model.safetensors` (the trained weights only, a flat name -> tensor
+dict; frozen backbones are referenced by spec), `README.md` (the model card) and any extra files
+(metrics.jsonl, plots). RunWriter stages everything in a sibling `OUT.partial-<pid>` and renames it
+to OUT when complete, so a killed run never leaves a folder that looks finished. Loading dispatches
+on the kind through KINDS ("module:function", imported only when used).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
+from .vlm import VLM
+
+# kind -> "module:function"; function(folder: Path, config: dict, state: dict[str, Tensor], runtime: str) -> VLM
+KINDS: dict[str, str] = {"bridge": "zeroshift.models.bridge:vlm_from_artefact"}
+
+CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
+REQUIRED = ("kind", "zeroshift_version")
+_PARTIAL = re.compile(r"\.(partial|old)-(\d+)$")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def leftovers(out: Path) -> list[Path]:
+    """The `OUT.partial-<pid>` and `OUT.old-<pid>` folders beside `out` (from this or other processes)."""
+    out = Path(out)
+    pattern = re.compile(re.escape(out.name) + _PARTIAL.pattern)
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def clean_stale(out: Path) -> list[Path]:
+    """Remove the leftovers of runs into `out` whose process is gone (a kill mid-run); returns them."""
+    removed = []
+    for path in leftovers(out):
+        pid = int(_PARTIAL.search(path.name).group(2))
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _describe(folder: Path, keys: list[str]) -> str:
+    """A short description of what `folder` holds, by the given config keys."""
+    try:
+        config = json.loads((folder / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(config, dict):
+        return ""
+    shown = [k for k in dict.fromkeys(["kind", *keys]) if k in config and isinstance(config[k], (str, int, float))]
+    return ", ".join(f"{k}={config[k]}" for k in shown)
+
+
+def is_run(folder: Path) -> bool:
+    """True if `folder` holds a finished zeroshift run (a config.json with a kind and version)."""
+    try:
+        config = json.loads((Path(folder) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(k in config for k in REQUIRED)
+
+
+def check_out(out: Path, overwrite: bool, identity: dict | None = None) -> None:
+    """Raise ZeroshiftError unless a run may be written to `out`: absent or empty, or (with overwrite)
+    a finished zeroshift run. A folder that is not a run is never replaced, even with overwrite."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ZeroshiftError(f"--out {out} is a file, not a run folder; choose another --out")
+    if not any(out.iterdir()):
+        return
+    if not is_run(out):
+        raise ZeroshiftError(f"--out {out} is a non-empty folder that holds no zeroshift run; "
+                             "choose another --out (it is never overwritten)")
+    if not overwrite:
+        what = _describe(out, list(identity or {}))
+        raise ZeroshiftError(f"--out {out} already holds a run ({what}); pass --overwrite or choose another --out")
+
+
+class RunWriter:
+    """Writes a run folder atomically: everything goes to `OUT.partial-<pid>` (`.path`), and `finish`
+    renames it to OUT. Refuses at construction if OUT already holds something (see check_out)."""
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False, identity: dict | None = None) -> None:
+        self.out = Path(out).expanduser().absolute()
+        self.overwrite, self.identity = overwrite, dict(identity or {})
+        check_out(self.out, overwrite, self.identity)
+        self.path = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
+        self.finished = False
+
+    def __enter__(self) -> "RunWriter":
+        check_out(self.out, self.overwrite, self.identity)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(self.out)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.finished:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def finish(self, config: dict, state: dict[str, torch.Tensor], card: str) -> Path:
+        """Write config.json, model.safetensors and README.md into staging, then rename it to OUT."""
+        from safetensors.torch import save_file
+
+        if not self.path.is_dir():
+            raise ZeroshiftError("RunWriter.finish called outside its `with` block")
+        if not isinstance(config.get("kind"), str):
+            raise ZeroshiftError("a run's config needs a 'kind' (e.g. 'bridge')")
+        tensors = {}
+        for name, t in state.items():
+            t = t.detach().cpu().contiguous().clone()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ZeroshiftError(f"refusing to save a run whose weight {name!r} holds NaN or inf; "
+                                     "lower the learning rate or check the features")
+            tensors[name] = t
+        config = {**config, "zeroshift_version": config.get("zeroshift_version", _version()),
+                  "tensors": {name: list(t.shape) for name, t in tensors.items()}}
+        (self.path / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+        save_file(tensors, str(self.path / WEIGHTS), metadata={"kind": config["kind"]})
+        (self.path / CARD).write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+        self._publish()
+        self.finished = True
+        return self.out
+
+    def _publish(self) -> None:
+        """Rename staging to OUT; an existing run at OUT is moved aside first and removed after."""
+        check_out(self.out, self.overwrite, self.identity)  # something may have appeared meanwhile
+        old = None
+        if self.out.exists():
+            if any(self.out.iterdir()):
+                old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(self.out, old)
+            else:
+                self.out.rmdir()
+        os.replace(self.path, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 (hex) of the run's model.safetensors."""
+    h = hashlib.sha256()
+    with open(Path(folder) / WEIGHTS, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state) of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder).expanduser()
+    if _PARTIAL.search(folder.name):
+        raise CacheError(f"{folder} is an unfinished run (the staging folder of a run that did not complete)")
+    if not folder.is_dir():
+        raise MissingWeights(f"no run folder at {folder}")
+    config_file = folder / CONFIG
+    if not config_file.is_file():
+        partial = [p.name for p in leftovers(folder)]
+        hint = f" (unfinished attempt beside it: {partial[0]}; rerun to finish)" if partial else ""
+        raise CacheError(f"{folder} holds no finished zeroshift run: no {CONFIG}{hint}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CacheError(f"{config_file} is not readable JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(config, dict) or any(k not in config for k in REQUIRED):
+        raise CacheError(f"{config_file} is incomplete: it needs {' and '.join(REQUIRED)}")
+    if not (folder / WEIGHTS).is_file():
+        raise CacheError(f"{folder} is incomplete: no {WEIGHTS}")
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CacheError(f"{folder / WEIGHTS} is damaged: {str(e).splitlines()[0][:200]}") from None
+    _check_tensors(folder, config, state)
+    return config, state
+
+
+def _check_tensors(folder: Path, config: dict, state: dict[str, torch.Tensor]) -> None:
+    """The weights must be the ones config.json describes: same names and shapes, and every recorded
+    dim present as an axis of some weight."""
+    recorded = config.get("tensors")
+    if isinstance(recorded, dict):
+        found = {name: list(t.shape) for name, t in state.items()}
+        if found != {k: list(v) for k, v in recorded.items()}:
+            diff = sorted(set(recorded) ^ set(found)) or [k for k in recorded if list(recorded[k]) != found[k]]
+            raise CacheMismatch(f"{folder / WEIGHTS} does not match {CONFIG} (differs at {', '.join(diff[:3])}); "
+                                "the folder mixes files of different runs")
+    dims = config.get("dims")
+    if isinstance(dims, dict) and state:
+        axes = {int(s) for t in state.values() for s in t.shape}
+        for key, value in dims.items():
+            if isinstance(value, int) and not isinstance(value, bool) and value not in axes:
+                raise CacheMismatch(f"{folder}: {CONFIG} says {key} dim {value}, but no weight in {WEIGHTS} "
+                                    f"has an axis of that size; the folder mixes files of different runs")
+
+
+def _split(arg: str) -> tuple[Path, str | None]:
+    """`PATH[@DIGEST]` -> (path, digest or None). A path that exists as given is never split."""
+    if not arg:
+        raise ZeroshiftError("run: needs a folder, e.g. run:runs/my-bridge")
+    if Path(arg).expanduser().exists():
+        return Path(arg).expanduser(), None
+    head, sep, digest = arg.rpartition("@")
+    if sep and head and re.fullmatch(r"[0-9a-fA-F]{6,64}", digest):
+        return Path(head).expanduser(), digest.lower()
+    return Path(arg).expanduser(), None
+
+
+def _builder(kind: str, folder: Path):
+    if kind not in KINDS:
+        raise ZeroshiftError(f"{folder} is a run of kind {kind!r}, which this zeroshift ({_version()}) cannot load; "
+                             f"known kinds: {', '.join(sorted(KINDS))}")
+    module, _, func = KINDS[kind].partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _check_dims(folder: Path, config: dict, vlm: VLM) -> None:
+    """The built VLM's dims must be those recorded: `dims.teacher` (joint space), `dims.encoder` (image tower)."""
+    dims = config.get("dims") if isinstance(config.get("dims"), dict) else {}
+    image = getattr(vlm, "image", None)
+    found = [("teacher", vlm.dim, "joint space"), ("encoder", getattr(image, "dim", None), "image tower")]
+    for key, got, what in found:
+        want = dims.get(key)
+        if isinstance(want, int) and got is not None and int(got) != want:
+            raise CacheMismatch(f"{folder} was trained with a {want}-d {what} ({key} {config.get(key, '?')}), "
+                                f"but it now loads as {got}-d; the {key} spec resolves to another model")
+
+
+def load_run(arg: str, runtime: str = "torch") -> VLM:
+    """The VLM a run folder holds, from `PATH[@DIGEST]`. Its spec is `run:<absolute path>@<digest>`
+    (12 hex of the sha256 of model.safetensors), so caches keyed by spec change when the weights do."""
+    folder, want = _split(arg)
+    folder = folder.resolve()
+    config, state = read_run(folder)
+    digest = weights_digest(folder)
+    if want is not None and not digest.startswith(want):
+        raise CacheMismatch(f"run:{folder}@{want} asks for other weights than the folder holds "
+                            f"(@{digest[:12]}): it was retrained; use run:{folder}@{digest[:12]} or drop the @")
+    spec = f"run:{folder}@{digest[:12]}"
+    vlm = _builder(config["kind"], folder)(folder, {**config, "spec": spec}, state, runtime)
+    vlm.spec = spec
+    _check_dims(folder, config, vlm)
+    return vlm.eval()
