@@ -248,6 +248,38 @@ def test_default_workers_follow_decoding_cost(model):
     rows = list(range(2000))
     cheap = _Rows(make_source(n=2000), model.image_transform)
     slow = _Rows(make_source(SlowDecode, n=2000), model.image_transform)
-    assert _default_workers(cheap, rows) == 0  # in-memory thumbnails: decode in this process
-    assert _default_workers(slow, rows[:100]) == 0  # small job
-    assert _default_workers(slow, rows) == min(2, len(os.sched_getaffinity(0)))
+    cpu = torch.device("cpu")
+    assert _default_workers(cheap, rows, model.encode_image, cpu) == 0  # in-memory thumbnails: decode in this process
+    assert _default_workers(slow, rows[:100], model.encode_image, cpu) == 0  # small job
+    assert _default_workers(slow, rows, model.encode_image, cpu) == min(2, len(os.sched_getaffinity(0)))
+
+
+class SlowModel(torch.nn.Module):
+    """Wraps a VLM so that its image tower costs 20 ms an image: decoding is then cheap beside it."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.vlm, self.image_transform = vlm, vlm.image_transform
+
+    def encode_image(self, images):
+        time.sleep(0.02 * len(images))
+        return self.vlm.encode_image(images)
+
+
+def test_no_workers_when_the_model_dominates(model):
+    slow = _Rows(make_source(SlowDecode, n=2000), model.image_transform)
+    assert _default_workers(slow, list(range(2000)), SlowModel(model).encode_image, torch.device("cpu")) == 0
+
+
+def test_batch_part_of_the_transform_gives_the_same_features(model):
+    """ToDtype + Normalize applied to the uint8 batch equal the image-by-image transform."""
+    from zeroshift.models.transforms import split_batchable
+
+    per_image, per_batch = split_batchable(model.image_transform)
+    assert per_batch is not None
+    src = make_source(n=5)
+    whole = torch.stack([model.image_transform(src.load_image(i)) for i in range(5)])
+    split = per_batch(torch.stack([per_image(src.load_image(i)) for i in range(5)]))
+    assert torch.allclose(whole, split, atol=1e-6)
+    plain = lambda im: im  # noqa: E731
+    assert split_batchable(plain) == (plain, None)
