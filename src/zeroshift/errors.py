@@ -27,3 +27,9 @@ class CacheMismatch(ZeroshiftError):
 
 class CacheError(ZeroshiftError):
     """A feature cache that is incomplete, corrupted or holds unusable numbers."""
+
+
+def fetch_failed(spec: str, instead: str, error: BaseException) -> MissingWeights:
+    """The one-line error for hub weights that could not be fetched: what to pass instead, and why."""
+    cause = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    return MissingWeights(f"could not fetch weights for {spec}: no network? give {instead} [{cause}]")

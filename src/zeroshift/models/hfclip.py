@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import MissingWeights, SpecError
+from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import ImageEncoder, TextEncoder, TowersVLM
 
 TEXT_BATCH = 256
@@ -84,11 +84,8 @@ def create(arg: str) -> TowersVLM:
         model = CLIPModel.from_pretrained(source).float().eval()
         processor = CLIPProcessor.from_pretrained(source)
     except OSError as e:
-        cause = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise MissingWeights(
-            f"could not fetch weights for {spec}: no network? give a local folder saved with "
-            f"save_pretrained (model + CLIPProcessor): hf-clip:/path/to/folder [{cause}]"
-        ) from e
+        raise fetch_failed(spec, "a local folder saved with save_pretrained (model + CLIPProcessor): "
+                                 "hf-clip:/path/to/folder", e) from e
     dim = int(model.config.projection_dim)
     image = HFClipImage(model.vision_model, model.visual_projection, dim,
                         ProcessorTransform(processor.image_processor), spec + "/image")

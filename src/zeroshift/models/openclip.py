@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import MissingWeights, SpecError
+from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import ImageEncoder, ImageTransform, TextEncoder, TowersVLM
 
 TEXT_BATCH = 256
@@ -47,11 +47,8 @@ class OpenClipText(TextEncoder):
 
 
 def _missing(spec: str, arch: str, error: Exception) -> MissingWeights:
-    cause = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-    return MissingWeights(
-        f"could not fetch weights for {spec}: no network? give a local file: "
-        f"openclip:{arch}@/path/to/weights.safetensors (or @random for random weights) [{cause}]"
-    )
+    return fetch_failed(spec, f"a local file: openclip:{arch}@/path/to/weights.safetensors "
+                              "(or @random for random weights)", error)
 
 
 def resolve(arg: str) -> tuple[str, str | None, str]:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..errors import MissingWeights, SpecError
+from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import TextEncoder
 
 TEXT_BATCH = 256
@@ -41,11 +41,7 @@ def load(source: str, spec: str) -> STTextEncoder:
     try:
         model = SentenceTransformer(source, device="cpu")
     except OSError as e:
-        cause = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        raise MissingWeights(
-            f"could not fetch weights for {spec}: no network? give a local folder saved with "
-            f"SentenceTransformer.save(): st:/path/to/folder [{cause}]"
-        ) from e
+        raise fetch_failed(spec, "a local folder saved with SentenceTransformer.save(): st:/path/to/folder", e) from e
     return STTextEncoder(model.eval(), spec).eval()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from ..errors import MissingWeights, SpecError
+from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import ModuleEncoder
 
 OUTPUTS = ("features", "logits")
@@ -59,11 +59,8 @@ def create(arg: str, output: str | None = None) -> ModuleEncoder:
         try:
             model, suffix = timm.create_model(name, pretrained=True, **heads), ""
         except (OSError, RuntimeError) as e:
-            cause = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise MissingWeights(
-                f"could not fetch weights for timm:{name}: no network? give a local file: "
-                f"timm:{name}@/path/to/weights.safetensors (or @random for random weights) [{cause}]"
-            ) from e
+            raise fetch_failed(f"timm:{name}", f"a local file: timm:{name}@/path/to/weights.safetensors "
+                                               "(or @random for random weights)", e) from e
     model.eval()
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
     if output == "logits":

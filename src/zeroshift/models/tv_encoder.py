@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import MissingWeights, SpecError
+from ..errors import MissingWeights, SpecError, fetch_failed
 from .timm_encoder import split_output
 from .vlm import ModuleEncoder
 
@@ -57,11 +57,8 @@ def create(arg: str, output: str | None = None) -> ModuleEncoder:
         try:
             model, suffix = models.get_model(name, weights="DEFAULT"), ""
         except (OSError, RuntimeError) as e:
-            cause = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-            raise MissingWeights(
-                f"could not fetch weights for torchvision:{name}: no network? give a local file: "
-                f"torchvision:{name}@/path/to/weights.pth (or @random for random weights) [{cause}]"
-            ) from e
+            raise fetch_failed(f"torchvision:{name}", f"a local file: torchvision:{name}@/path/to/weights.pth "
+                                                      "(or @random for random weights)", e) from e
     num_classes = len(weights.meta["categories"])
     head_name, head = _classifier(model, num_classes)
     if output == "logits":
