@@ -112,7 +112,8 @@ def run(args) -> dict:
                              ("zoomshot 20 epochs", dict(epochs=20))]
             for name, opts in variants:
                 for s_feats, t_feats in _fit_pairs(src, tch, opts):
-                    cfg = TransferConfig(teacher=TEACHER, encoder=enc_spec, data=specs[0], out="-", **opts)
+                    fit_opts = {k: v for k, v in opts.items() if k != "data_fraction"}
+                    cfg = TransferConfig(teacher=TEACHER, encoder=enc_spec, data=specs[0], out="-", **fit_opts)
                     t0 = time.perf_counter()
                     result = fit(cfg, s_feats, t_feats, prompts if cfg.method == "zoomshot" else None, progress=False)
                     seconds = time.perf_counter() - t0
@@ -128,6 +129,11 @@ def _fit_pairs(src, tch, opts):
     """The (source, teacher) features to fit on: one set as it is; unpaired, its first half through the
     source encoder and its second half through the teacher (no image seen by both); several sets
     joined end to end."""
+    if "data_fraction" in opts:  # the library subsets before embedding; here the cached rows are subset
+        n = len(src[0])
+        keep = np.sort(np.random.default_rng(0).permutation(n)[:max(2, round(opts["data_fraction"] * n))])
+        yield _Slice(src[0], keep), _Slice(tch[0], keep)
+        return
     if len(src) == 1:
         if "unpaired_data" in opts:
             n = len(src[0])
@@ -195,7 +201,7 @@ def timing(rows: int, prompts) -> list[dict]:
     rng = np.random.default_rng(0)
     src = rng.standard_normal((rows, 1280), dtype=np.float32)
     mix = rng.standard_normal((1280, 384), dtype=np.float32) / np.sqrt(1280)
-    tch = src @ mix + 0.1 * rng.standard_normal((rows, 384), dtype=np.float32)  # [rows, 384]
+    tch = (src @ mix + 0.1 * rng.standard_normal((rows, 384), dtype=np.float32)).astype(np.float32)  # [rows, 384]
     out = []
     for name, opts in (("ttc", dict(method="ttc")), ("lstsq", dict(method="lstsq")), ("zoomshot linear", {})):
         cfg = TransferConfig(teacher=TEACHER, encoder="synthetic", data="synthetic", out="-", **opts)
