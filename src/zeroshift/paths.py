@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -23,3 +24,8 @@ def features_dir() -> Path:
 def onnx_dir() -> Path:
     """Exported ONNX image towers keyed by spec and weights."""
     return home() / "onnx"
+
+
+def slug(text: str, limit: int = 60) -> str:
+    """`text` (a spec) as a readable file-name fragment: other characters become '_', cut at `limit`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:limit]

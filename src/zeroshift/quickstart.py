@@ -3,12 +3,11 @@ encoders into its joint space (transfer), evaluate them beside it, and write one
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__
+from . import __version__, paths
 from .report import HEADERS, bar_plot, display, markdown_table, rows
 
 
@@ -25,10 +24,6 @@ class QuickstartConfig:
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
 
 
-def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_")
-
-
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     """Evaluate the teacher and one bridge per encoder on each dataset; write records, report.md,
     a plot and config.json into `cfg.out`."""
@@ -41,7 +36,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     models = [("teacher", cfg.teacher, lambda: load(cfg.teacher, runtime=cfg.runtime))]
     for enc in cfg.encoders:
-        tcfg = TransferConfig(teacher=cfg.teacher, encoder=enc, data=cfg.fit_data, out=str(out / "bridges" / _slug(enc)),
+        tcfg = TransferConfig(teacher=cfg.teacher, encoder=enc, data=cfg.fit_data, out=str(out / "bridges" / paths.slug(enc, 200)),
                               overwrite=True, runtime=cfg.runtime)
         models.append((f"transfer {enc}", enc, lambda tcfg=tcfg: transfer(tcfg, progress=progress)))
     records, timings = [], []

@@ -232,7 +232,7 @@ def encode_prompts(teacher: VLM, texts: list[str], groups: int, progress: bool =
     from ..models.runtime import weights_digest
 
     key = "\n".join([teacher.spec, weights_digest(teacher), *texts])
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", teacher.spec).strip("_")[:60]
+    slug = paths.slug(teacher.spec)
     file = paths.home() / "prompts" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
     if file.is_file():
         emb = load_file(str(file))["embeddings"]

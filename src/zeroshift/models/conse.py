@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import uuid
 
 import torch
@@ -44,7 +43,7 @@ def class_embeddings(text: TextEncoder, names: list[str], prompt: str = PROMPT) 
     from safetensors.torch import load_file, save_file
 
     key = "\n".join([text.spec, weights_digest(text), prompt, *names])
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", text.spec).strip("_")[:60]
+    slug = paths.slug(text.spec)
     file = paths.home() / "conse" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
     if file.is_file():
         return load_file(str(file))["class_embeddings"]

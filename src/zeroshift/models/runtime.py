@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import io
 import os
-import re
 import uuid
 import warnings
 from pathlib import Path
@@ -44,7 +43,7 @@ def export_path(encoder: ImageEncoder, input_shape: tuple[int, ...]) -> Path:
     """Where the ONNX export of `encoder` for inputs [N, *input_shape] is cached."""
     key = "\n".join([encoder.spec, type(encoder).__qualname__, str(encoder.dim), weights_digest(encoder),
                      str(tuple(input_shape)), torch.__version__])
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.spec).strip("_")[:60]
+    slug = paths.slug(encoder.spec)
     return paths.onnx_dir() / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
 
 
