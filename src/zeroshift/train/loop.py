@@ -7,6 +7,7 @@ for non-finite losses, the progress bar and the metrics log (`metrics.jsonl` in 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -16,12 +17,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ZeroshiftError
+from ..cache import distributed as dist
+from ..errors import CacheMismatch, ZeroshiftError
+from .checkpoint import Checkpoints, rng_state, set_rng_state
 
 OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -50,12 +55,16 @@ class TrainConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
     seed: int = 0
     log_every: int = 10  # steps between metrics lines (the first and last step are always logged)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto (bf16 on a GPU that has it, else fp32)
+    device: str = "auto"  # auto (this rank's GPU, else the CPU) | cpu | cuda | cuda:N
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ZeroshiftError(f"unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.epochs < 1 or self.lr <= 0 or self.log_every < 1:
             raise ZeroshiftError("epochs and log_every must be at least 1, and the learning rate above 0")
+        if self.precision not in PRECISIONS:
+            raise ZeroshiftError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if not 0 <= self.warmup < 1 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ZeroshiftError("warmup must be a fraction in [0, 1); weight decay and grad clip at least 0")
 
@@ -76,54 +85,164 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> this rank's GPU when CUDA is present, else the CPU; anything else as torch names it."""
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ZeroshiftError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ZeroshiftError(f"device {name!r} asked for, but this torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name on a device (None: full float32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ZeroshiftError("fp16 mixed precision needs a CUDA device; use bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """`batch` (tensors in dicts, lists and tuples) with every tensor on `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class _Forward(nn.Module):
+    """A task's `step` as `forward`, so DistributedDataParallel can wrap it and sync its gradients."""
+
+    def __init__(self, task: Task) -> None:
+        super().__init__()
+        self.task = task
+
+    def forward(self, batch: Any) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        return self.task.step(batch)
+
+
+def _resume_from(batches: Iterable, index: int) -> Iterator[tuple[int, Any]]:
+    """(index, batch) pairs from batch `index` on; uses the iterable's `from_batch(index)` when it has one."""
+    if index and hasattr(batches, "from_batch"):
+        return enumerate(batches.from_batch(index), start=index)
+    return itertools.islice(enumerate(batches), index, None)
+
+
+class _Log:
+    """metrics.jsonl in the run folder (rank 0 only), rewritten from the history on resume."""
+
+    def __init__(self, run_dir: Path | None, history: list[dict]) -> None:
+        self.path = None if run_dir is None or dist.rank() != 0 else Path(run_dir) / METRICS_FILE
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+
 def train(
     task: Task,
     batches: Callable[[int], Iterable],
     cfg: TrainConfig,
     run_dir: Path | None = None,
     progress: bool = True,
+    checkpoints: Checkpoints | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
 ) -> list[dict]:
-    """Train `task` on `batches(epoch)` (an iterable with len()) for cfg.epochs epochs.
+    """Train `task` on `batches(epoch)` (an iterable with len(): this rank's batches) for cfg.epochs.
 
-    Returns the logged rows {step, epoch, lr, loss, loss/<term>..., <report>..., seconds}; with a
-    `run_dir`, each row is also appended to run_dir/metrics.jsonl as it is logged. A non-finite loss
-    stops training with a ZeroshiftError naming the step and the batch.
+    Returns the logged rows {step, epoch, lr, loss, loss/<term>..., <report>..., seconds}, plus one row
+    {step, epoch, eval/<metric>...} after each epoch when `evaluate` is given; with a `run_dir`, rows
+    also go to run_dir/metrics.jsonl as they are logged. With `checkpoints`, the state is saved every
+    `checkpoints.every` steps and at each epoch end, and a run finding a checkpoint of the same run
+    resumes from it, giving the same weights as an uninterrupted run. Batches must depend on the
+    epoch (and seed) only. A non-finite loss stops training with a ZeroshiftError naming the step and
+    the batch; the last checkpoint saved before it is kept. Under torchrun the gradients are averaged
+    over the ranks by DistributedDataParallel.
     """
+    device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
     torch.manual_seed(cfg.seed)
+    task.to(device)
     params = [p for p in task.parameters() if p.requires_grad]
     if not params:
         raise ZeroshiftError("the task has no trainable parameters")
     first = batches(0)
     if not isinstance(first, Sized):
         raise ZeroshiftError("batches(epoch) must return a sized iterable (a list, or an object with __len__)")
-    total = cfg.epochs * len(first)
+    per_epoch = len(first)
+    total = cfg.epochs * per_epoch
     if total == 0:
         raise ZeroshiftError("no batches to train on")
     optimizer = make_optimizer(params, cfg)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))
-    log = None if run_dir is None else Path(run_dir) / METRICS_FILE
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
     history: list[dict] = []
+    epoch0, index0, step = 0, 0, 0
+    saved = None if checkpoints is None else checkpoints.load()
+    if saved is not None:
+        if int(saved["total"]) != total:
+            raise CacheMismatch(f"checkpoint {checkpoints.path} was written for {saved['total']} steps, this run "
+                                f"has {total}; pass --no-resume to start over")
+        task.load_state_dict(saved["task"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["schedule"])
+        scaler.load_state_dict(saved["scaler"])
+        set_rng_state(saved["rng"])
+        epoch0, index0, step = int(saved["epoch"]), int(saved["index"]), int(saved["step"])
+        history = json.loads(saved["history"])
+    log = _Log(run_dir, history)
+    model = task
+    if dist.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel
+
+        dist.init()
+        model = DistributedDataParallel(_Forward(task), device_ids=[device.index] if device.type == "cuda" else None)
+    forward = model if model is not task else task.step
+
+    def save(epoch: int, index: int) -> None:
+        if checkpoints is not None and dist.rank() == 0:
+            checkpoints.save({"task": task.state_dict(), "optimizer": optimizer.state_dict(),
+                              "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                              "rng": rng_state(), "epoch": epoch, "index": index, "step": step, "total": total,
+                              "history": json.dumps(history)})
+        dist.barrier()
+
     task.train()
-    step, t0 = 0, time.perf_counter()
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    t0 = time.perf_counter() - (history[-1]["seconds"] if history and "seconds" in history[-1] else 0.0)
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress or dist.rank() != 0,
+               dynamic_ncols=True)
     try:
-        for epoch in range(cfg.epochs):
-            for index, batch in enumerate(first if epoch == 0 else batches(epoch)):
-                terms, report = task.step(batch)
-                loss = torch.stack(list(terms.values())).sum()
-                if not torch.isfinite(loss):
+        for epoch in range(epoch0, cfg.epochs):
+            epoch_batches = first if epoch == 0 else batches(epoch)
+            for index, batch in _resume_from(epoch_batches, index0 if epoch == epoch0 else 0):
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    terms, report = forward(to_device(batch, device))
+                loss = torch.stack([v.float() for v in terms.values()]).sum()
+                if not _finite_everywhere(loss):
                     bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                     raise ZeroshiftError(
-                        f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}): {bad}; "
-                        "lower the learning rate or check the features")
+                        f"non-finite loss at step {step + 1} (epoch {epoch}, batch {index}): {bad or 'on another rank'}"
+                        f"{_kept(checkpoints)}; lower the learning rate or check the data")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 if cfg.grad_clip > 0:
+                    scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 schedule.step()
                 step += 1
                 bar.update()
@@ -133,38 +252,79 @@ def train(
                            **{f"loss/{k}": v.item() for k, v in terms.items()}, **report,
                            "seconds": round(time.perf_counter() - t0, 3)}
                     history.append(row)
-                    if log is not None:
-                        with open(log, "a", encoding="utf-8") as f:
-                            f.write(json.dumps(row) + "\n")
+                    log.write(row)
+                if checkpoints is not None and checkpoints.every and step % checkpoints.every == 0 \
+                        and index + 1 < per_epoch:
+                    save(epoch, index + 1)
+            if evaluate is not None:
+                task.train(False)
+                metrics = evaluate() if dist.rank() == 0 else {}
+                task.train()
+                if metrics:
+                    row = {"step": step, "epoch": epoch, **{f"eval/{k}": float(v) for k, v in metrics.items()}}
+                    history.append(row)
+                    log.write(row)
+                    bar.write("epoch " + str(epoch) + ": " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            save(epoch + 1, 0)
     finally:
         bar.close()
         task.train(False)
     return history
 
 
+def _kept(checkpoints: Checkpoints | None) -> str:
+    if checkpoints is None:
+        return ""
+    if checkpoints.saved_step is None:
+        return "; no checkpoint had been saved yet"
+    return f"; the last good checkpoint (step {checkpoints.saved_step}) is kept in {checkpoints.folder}"
+
+
+def _finite_everywhere(loss: torch.Tensor) -> bool:
+    """Whether the loss is finite on every rank (so that all ranks stop together)."""
+    finite = torch.isfinite(loss.detach()).float()
+    if dist.is_distributed():
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return bool(finite.item())
+
+
 def plot_history(history: list[dict], path: Path, title: str = "training") -> Path:
     """A PNG of the loss and its terms against the step (and any reported values on a second panel)."""
+    rows = [r for r in history if "loss" in r]
+    losses = [k for k in rows[0] if k == "loss" or k.startswith("loss/")] if rows else []
+    skip = {"step", "epoch", "lr", "seconds", *losses}
+    reports = [k for k in (rows[0] if rows else {}) if k not in skip]
+    panels = [(losses, "loss", title)] + ([(reports, "reported", "reported")] if reports else [])
+    return _plot(rows, panels, "step", path, log_scale=True)
+
+
+def plot_eval(history: list[dict], path: Path, title: str = "held-out evaluation") -> Path | None:
+    """A PNG of the per-epoch evaluation metrics against the epoch; None when there are none."""
+    rows = [r for r in history if any(k.startswith("eval/") for k in r)]
+    if not rows:
+        return None
+    keys = list(dict.fromkeys(k for r in rows for k in r if k.startswith("eval/")))
+    return _plot(rows, [(keys, "value", title)], "epoch", path, log_scale=False)
+
+
+def _plot(rows: list[dict], panels: list[tuple[list[str], str, str]], x: str, path: Path, log_scale: bool) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    skip = {"step", "epoch", "lr", "seconds"}
-    losses = [k for k in history[0] if k == "loss" or k.startswith("loss/")] if history else []
-    reports = [k for k in (history[0] if history else {}) if k not in skip and k not in losses]
-    steps = [r["step"] for r in history]
-    fig, axes = plt.subplots(1, 2 if reports else 1, figsize=(10 if reports else 6, 4), squeeze=False)
-    for key in losses:
-        axes[0, 0].plot(steps, [r[key] for r in history], label=key, lw=2 if key == "loss" else 1)
-    axes[0, 0].set(xlabel="step", ylabel="loss", title=title)
-    if losses and all(r[k] > 0 for r in history for k in losses):
-        axes[0, 0].set_yscale("log")
-    axes[0, 0].legend(fontsize=8)
-    for key in reports:
-        axes[0, 1].plot(steps, [r[key] for r in history], label=key)
-    if reports:
-        axes[0, 1].set(xlabel="step", title="reported")
-        axes[0, 1].legend(fontsize=8)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 + 5 * len(panels) - 4 * (len(panels) == 1), 4), squeeze=False)
+    for ax, (keys, ylabel, title) in zip(axes[0], panels):
+        for key in keys:
+            points = [(r[x], r[key]) for r in rows if key in r]
+            ax.plot(*zip(*points) if points else ([], []), label=key, lw=2 if key == "loss" else 1,
+                    marker="o" if x == "epoch" else None)
+        ax.set(xlabel=x, ylabel=ylabel, title=title)
+        values = [r[k] for r in rows for k in keys if k in r]
+        if log_scale and ylabel == "loss" and values and all(v > 0 for v in values):
+            ax.set_yscale("log")
+        if keys:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

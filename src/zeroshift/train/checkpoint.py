@@ -1,0 +1,108 @@
+"""Training checkpoints: everything needed to resume a run exactly where it stopped.
+
+A checkpoint is one file, `last.pt` in the checkpoint folder, written by `torch.save` to a temporary
+name, flushed to disk and renamed over the previous one, so the file on disk is always a complete
+checkpoint: a kill or a full disk mid-write leaves the last good one in place. It holds the task's
+state (trainable weights and buffers), the optimizer, the schedule, the RNG states, the position
+(epoch, batches done in it, step), the logged history and the run's identity. Identity is a flat
+dict of what makes two runs the same run (specs, dims, loss, data fingerprint, options); resuming
+with another identity is refused, naming the first key that differs. Files are read back with
+`torch.load(weights_only=True)`: tensors, numbers, strings, lists and dicts only, never pickled code.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CacheError, CacheMismatch, ZeroshiftError
+
+FILE = "last.pt"
+FORMAT = 1
+
+
+class Checkpoints:
+    """The checkpoint folder of one run: `save` every `every` steps (0: at epoch ends only), `load`
+    the last one (None when there is none), `clear` after the run has finished."""
+
+    def __init__(self, folder: str | os.PathLike, identity: dict[str, Any], every: int = 0) -> None:
+        if every < 0:
+            raise ZeroshiftError("checkpoint interval must be at least 0 steps (0: at the end of each epoch)")
+        self.folder, self.every = Path(folder).expanduser().absolute(), every
+        self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # plain JSON values
+        self.path = self.folder / FILE
+        self.saved_step: int | None = None
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def load(self) -> dict | None:
+        """The last checkpoint, checked against this run's identity; None when the folder has none."""
+        if not self.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged file: torch raises pickle, zip and runtime errors alike
+            raise CacheError(f"checkpoint {self.path} is damaged ({type(e).__name__}); delete {self.folder} "
+                             "to start over") from None
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CacheError(f"{self.path} is not a zeroshift checkpoint of this version; delete {self.folder}")
+        theirs = json.loads(state["identity"])
+        for key in sorted(set(theirs) | set(self.identity)):
+            if theirs.get(key) != self.identity.get(key):
+                raise CacheMismatch(
+                    f"checkpoint {self.path} belongs to another run ({key}={_short(theirs.get(key))}, this run "
+                    f"has {_short(self.identity.get(key))}); pass --no-resume to start over or choose another --out")
+        self.saved_step = int(state["step"])
+        return state
+
+    def save(self, state: dict[str, Any]) -> Path:
+        """Write `state` (plus identity and format) as the new last checkpoint, atomically."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{FILE}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                torch.save({**state, "format": FORMAT, "identity": json.dumps(self.identity, sort_keys=True)}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            kept = (f"the last complete checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
+                    else "no earlier checkpoint exists")
+            why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise ZeroshiftError(f"could not write checkpoint step {state.get('step')} to {self.folder}: "
+                                 f"{why}; {kept}") from None
+        self.saved_step = int(state["step"])
+        return self.path
+
+    def clear(self) -> None:
+        """Remove the checkpoint folder (a finished run needs it no more)."""
+        for p in self.folder.glob(f"*{FILE}*") if self.folder.is_dir() else []:
+            p.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass  # the user keeps other files there
+
+
+def _short(value: Any, n: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

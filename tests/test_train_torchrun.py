@@ -1,0 +1,82 @@
+"""Under torchrun (gloo, CPU) the shared loop averages gradients over ranks: two ranks on half batches
+end with the weights of one process on the whole batches, and checkpoint once."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+from torch import nn
+
+from zeroshift.train import Checkpoints, TrainConfig, train
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch, torch.distributed
+    from torch import nn
+    from zeroshift.cache import distributed as dist
+    from zeroshift.train import Checkpoints, TrainConfig, train
+
+    class Task(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(dist.rank())  # different on each rank: DDP must broadcast rank 0's weights
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+        def step(self, batch):
+            x, y = batch
+            return {"mse": ((self.net(x) - y) ** 2).mean()}, {}
+
+    def batches(epoch):
+        g = torch.Generator().manual_seed(epoch)
+        full = [(torch.randn(8, 4, generator=g), torch.randn(8, 2, generator=g)) for _ in range(5)]
+        r = dist.rank()
+        return [(x[r * 4:(r + 1) * 4], y[r * 4:(r + 1) * 4]) for x, y in full]  # this rank's half
+
+    task = Task()
+    ckpt = Checkpoints(sys.argv[1] + "/ckpt", {"run": "ddp"}, every=2)
+    history = train(task, batches, TrainConfig(epochs=2, lr=0.1, optimizer="sgd", momentum=0.0, device="cpu"),
+                    progress=False, checkpoints=ckpt)
+    with open(f"{sys.argv[1]}/rank{dist.rank()}.json", "w") as f:
+        json.dump({k: v.tolist() for k, v in task.state_dict().items()}, f)
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def test_two_ranks_average_gradients(tmp_path, monkeypatch):
+    from test_embed_torchrun import free_port
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    script = tmp_path / "train_dist.py"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    assert Checkpoints(tmp_path / "ckpt", {"run": "ddp"}).load()["step"] == 10
+
+    class Task(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+
+        def step(self, batch):
+            x, y = batch
+            return {"mse": ((self.net(x) - y) ** 2).mean()}, {}
+
+    def batches(epoch):
+        g = torch.Generator().manual_seed(epoch)
+        return [(torch.randn(8, 4, generator=g), torch.randn(8, 2, generator=g)) for _ in range(5)]
+
+    single = Task()
+    train(single, batches, TrainConfig(epochs=2, lr=0.1, optimizer="sgd", momentum=0.0, device="cpu"), progress=False)
+    for k, v in single.state_dict().items():
+        torch.testing.assert_close(torch.tensor(ranks[0][k]), v, atol=1e-6, rtol=1e-5)
