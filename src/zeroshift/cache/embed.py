@@ -319,6 +319,12 @@ def _write(
         if feats.shape[1] != dim:
             raise CacheError(f"model gave {feats.shape[1]}-d features, the cache holds {dim}-d ({shard_name(i)})")
         full[local] = feats
+    if dtype == "uint8":
+        exact = ((full >= 0) & (full <= 255) & (full == np.round(full))).all(axis=1)  # [rows]
+        if not exact.all():
+            first = start + int(np.flatnonzero(~exact)[0])
+            raise CacheError(f"{shard_name(i)}: features of source row {first} (key {keys[first]!r}) are not whole "
+                             "numbers in [0, 255], which dtype 'uint8' needs; the shard was not written")
     with np.errstate(over="ignore"):
         arr = full.astype(dtype)
     finite = np.isfinite(arr).all(axis=1)  # [rows]

@@ -27,7 +27,7 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 META = "meta.json"
 LABELS = "labels.npy"
-DTYPES = ("float16", "float32")
+DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
 TMP_SUFFIX = ".tmp"
 
 

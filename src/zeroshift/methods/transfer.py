@@ -62,10 +62,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -75,21 +73,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .. import __version__, paths
+from .. import __version__
 from ..cache import Features, embed
 from ..data.base import DataSource, Subset
-from ..data.templates import imagenet_classes
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
 from ..models.bridge import KINDS, Bridge, Moments
 from ..models.vlm import VLM
 from ..train.loop import TrainConfig, plot_history, train
+from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
 
 METHODS = ("zoomshot", "ttc", "lstsq")
 LOSSES = ("mse", "cycle", "pgkd")
 PGKD = ("lm", "htce")
-DEFAULT_TEMPLATES = ("a photo of a {c}.",)
 STATS_ROWS = 4096  # rows per chunk of the statistics pass
 
 
@@ -184,76 +180,6 @@ def train_config(cfg: TransferConfig) -> tuple[TrainConfig, int] | None:
 
 def _given(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-# ---------------------------------------------------------------- the prompt vocabulary
-@dataclass(frozen=True)
-class Prompts:
-    """Teacher text embeddings of a prompt vocabulary: `embeddings` [P, d], class-major, `groups` classes
-    of P / groups prompts each."""
-
-    texts: tuple[str, ...]
-    embeddings: torch.Tensor
-    groups: int
-
-    def class_weights(self) -> torch.Tensor:
-        """One unit vector per class: the normalised mean of its normalised prompts. [groups, d]"""
-        emb = F.normalize(self.embeddings, dim=-1).view(self.groups, -1, self.embeddings.shape[1])
-        return F.normalize(emb.mean(dim=1), dim=-1)
-
-
-def read_prompt_file(path: str | os.PathLike) -> list[str]:
-    """Prompts from a text file, one per line; blank lines and '#' comments are skipped."""
-    path = Path(path).expanduser()
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ZeroshiftError(f"cannot read prompt file {path}: {e}") from None
-    prompts = list(dict.fromkeys(s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")))
-    if not prompts:
-        raise ZeroshiftError(f"prompt file {path} holds no prompts; write one prompt per line")
-    return prompts
-
-
-def vocabulary(prompts: str | None) -> tuple[list[str], int]:
-    """(prompts, number of classes): a user file (one class per line) or ImageNet names x templates."""
-    if prompts is not None:
-        texts = read_prompt_file(prompts)
-        return texts, len(texts)
-    names = imagenet_classes()
-    return [t.format(c=name) for name in names for t in DEFAULT_TEMPLATES], len(names)
-
-
-def encode_prompts(teacher: VLM, texts: list[str], groups: int, progress: bool = True,
-                   batch_size: int = 256) -> Prompts:
-    """The teacher's text embeddings of `texts`, cached in $ZEROSHIFT_HOME/prompts by teacher and prompts."""
-    from safetensors.torch import load_file, save_file
-
-    from ..models.runtime import weights_digest
-
-    key = "\n".join([teacher.spec, weights_digest(teacher), *texts])
-    slug = paths.slug(teacher.spec)
-    file = paths.home() / "prompts" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-    if file.is_file():
-        emb = load_file(str(file))["embeddings"]
-    else:
-        chunks = [teacher.encode_text(texts[s:s + batch_size]).float().cpu()  # [B, d]
-                  for s in tqdm(range(0, len(texts), batch_size), desc="prompts", unit="batch",
-                                disable=not progress, leave=False)]
-        emb = torch.cat(chunks)  # [P, d]
-        if not torch.isfinite(emb).all():
-            raise CacheError(f"the teacher {teacher.spec} gave NaN or inf text embeddings for the prompts")
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"teacher": teacher.spec})
-            os.replace(tmp, file)
-        finally:
-            tmp.unlink(missing_ok=True)
-    if emb.shape != (len(texts), teacher.dim):
-        raise CacheMismatch(f"prompt cache {file} holds {tuple(emb.shape)} embeddings, expected "
-                            f"({len(texts)}, {teacher.dim}): delete it to recompute")
-    return Prompts(tuple(texts), emb, groups)
 
 
 # ---------------------------------------------------------------- losses
@@ -505,7 +431,7 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     (so later evaluations reuse its feature cache); the records go to OUT/results and the results
     table into the model card.
     """
-    from ..models.artefact import RunWriter, load_run
+    from ..models.artefact import RunWriter, load_run, write_card
     from ..specs import dataset, load
     from ..zeroshot.evaluate import evaluate, tasks_for
 
@@ -561,14 +487,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     vlm = load_run(str(out), runtime=cfg.runtime)
     if eval_source is not None:
         records = evaluate(vlm, eval_source, out=out / "results", runtime=cfg.runtime, progress=progress)
-        _write_text(out / "README.md", model_card(config, result.history, list(records.values())))
+        write_card(out, model_card(config, result.history, list(records.values())))
     return vlm
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- model card

@@ -23,7 +23,8 @@ from ..errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .vlm import VLM
 
 # kind -> "module:function"; function(folder: Path, config: dict, state: dict[str, Tensor], runtime: str) -> VLM
-KINDS: dict[str, str] = {"bridge": "zeroshift.models.bridge:vlm_from_artefact"}
+KINDS: dict[str, str] = {"bridge": "zeroshift.models.bridge:vlm_from_artefact",
+                         "student": "zeroshift.models.student:vlm_from_artefact"}
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
 REQUIRED = ("kind", "zeroshift_version")
@@ -167,6 +168,15 @@ class RunWriter:
         os.replace(self.path, self.out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def write_card(folder: str | os.PathLike, card: str) -> Path:
+    """Replace a finished run's README.md atomically (e.g. with results added after evaluation)."""
+    path = Path(folder) / CARD
+    tmp = path.with_name(f".{CARD}.{os.getpid()}.tmp")
+    tmp.write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def weights_digest(folder: Path) -> str:

@@ -37,7 +37,9 @@ class STTextEncoder(TextEncoder):
 def load(source: str, spec: str) -> STTextEncoder:
     """A SentenceTransformer from a folder or hub name, on the CPU; hub failure -> MissingWeights."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar on every load, even of a 90 MB model
     try:
         model = SentenceTransformer(source, device="cpu")
     except OSError as e:

@@ -1,0 +1,93 @@
+"""Prompt vocabularies and their text embeddings: a user file or the ImageNet class names x templates,
+encoded once by a teacher's text tower and cached in $ZEROSHIFT_HOME/prompts.
+
+Methods use them as a generic label set: transfer's prompt-guided distillation, distill's KL loss and
+its contrastive-text loss (captions are prompts too).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .. import paths
+from ..data.templates import imagenet_classes
+from ..errors import CacheError, CacheMismatch, ZeroshiftError
+from ..models.vlm import VLM
+
+DEFAULT_TEMPLATES = ("a photo of a {c}.",)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Teacher text embeddings of a prompt vocabulary: `embeddings` [P, d], class-major, `groups` classes
+    of P / groups prompts each."""
+
+    texts: tuple[str, ...]
+    embeddings: torch.Tensor
+    groups: int
+
+    def class_weights(self) -> torch.Tensor:
+        """One unit vector per class: the normalised mean of its normalised prompts. [groups, d]"""
+        emb = F.normalize(self.embeddings, dim=-1).view(self.groups, -1, self.embeddings.shape[1])
+        return F.normalize(emb.mean(dim=1), dim=-1)
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    """Prompts from a text file, one per line; blank lines and '#' comments are skipped."""
+    path = Path(path).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ZeroshiftError(f"cannot read prompt file {path}: {e}") from None
+    prompts = list(dict.fromkeys(s.strip() for s in lines if s.strip() and not s.lstrip().startswith("#")))
+    if not prompts:
+        raise ZeroshiftError(f"prompt file {path} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def vocabulary(prompts: str | None) -> tuple[list[str], int]:
+    """(prompts, number of classes): a user file (one class per line) or ImageNet names x templates."""
+    if prompts is not None:
+        texts = read_prompt_file(prompts)
+        return texts, len(texts)
+    names = imagenet_classes()
+    return [t.format(c=name) for name in names for t in DEFAULT_TEMPLATES], len(names)
+
+
+def encode_prompts(teacher: VLM, texts: list[str], groups: int, progress: bool = True,
+                   batch_size: int = 256) -> Prompts:
+    """The teacher's text embeddings of `texts`, cached in $ZEROSHIFT_HOME/prompts by teacher and prompts."""
+    from safetensors.torch import load_file, save_file
+
+    from ..models.runtime import weights_digest
+
+    key = "\n".join([teacher.spec, weights_digest(teacher), *texts])
+    slug = paths.slug(teacher.spec)
+    file = paths.home() / "prompts" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    if file.is_file():
+        emb = load_file(str(file))["embeddings"]
+    else:
+        chunks = [teacher.encode_text(texts[s:s + batch_size]).float().cpu()  # [B, d]
+                  for s in tqdm(range(0, len(texts), batch_size), desc="prompts", unit="batch",
+                                disable=not progress, leave=False)]
+        emb = torch.cat(chunks)  # [P, d]
+        if not torch.isfinite(emb).all():
+            raise CacheError(f"the teacher {teacher.spec} gave NaN or inf text embeddings for the prompts")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"teacher": teacher.spec})
+            os.replace(tmp, file)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if emb.shape != (len(texts), teacher.dim):
+        raise CacheMismatch(f"prompt cache {file} holds {tuple(emb.shape)} embeddings, expected "
+                            f"({len(texts)}, {teacher.dim}): delete it to recompute")
+    return Prompts(tuple(texts), emb, groups)
