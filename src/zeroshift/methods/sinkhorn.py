@@ -1,0 +1,167 @@
+"""Entropic optimal transport for OTTER's soft labels (the `align` method's `ot` loss, DESIGN 3.3).
+
+- `sinkhorn`: batched Sinkhorn plan, in the log domain (stable down to lam = 1e-3) or the plain one.
+  It follows POT's convention: u starts uniform, and each iteration updates v (columns) and then u
+  (rows), so after any number of iterations the rows sum to `a` exactly and the columns approach `b`.
+  With `stopThr=0` it equals `ot.bregman.sinkhorn_log` (log domain) and `ot.sinkhorn(method="sinkhorn")`
+  (plain) run for `numItermax=iters`.
+- `ot_soft_labels`: OTTER's targets Y = alpha I + (1 - alpha) M* for a batch of image/text pairs.
+- `gather_cost`: all-gathers the rows the cost is built from, so the plan is solved over the global batch.
+
+What OTTER does (Wu et al., ICLR 2022; facebookresearch/OTTER, models/model.py and model_util.py):
+- image->text cost C = -(S_vv + S_tt + S_vt) from the teacher's L2-normalised embeddings, with 100
+  subtracted from the diagonals of S_vv and S_tt (kept here: for lam up to ~1 the plan's diagonal is then
+  0 to float32 precision).
+- text->image is its own problem, cost -(S_vv + S_tt + S_tv) = C.T with its own Sinkhorn run, not Y.T
+  renormalised. Here that is `ot_soft_labels(txt, img, img_ref=txt_ref, txt_ref=img_ref)`.
+- OTTER's loop scales rows and then columns, so its plan has exact columns before it is row-normalised.
+  That is POT's order on the transposed cost, so M* = rownorm(sinkhorn(C.T).T) reproduces OTTER's targets
+  exactly (in POT's order on C the rows are already exact and the row normalisation would do nothing).
+- OTTER all-gathers cost rows and masks the diagonal with eye(local, global), which misses the true
+  diagonal on ranks > 0; here the embeddings are gathered and the diagonal is that of the global batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import ZeroshiftError
+
+DIAGONAL_PUSH = 100.0  # subtracted from the diagonals of S_vv and S_tt, as OTTER does
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half and bfloat16 are cast up)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def _marginal(weights: Tensor | None, size: int, name: str, like: Tensor) -> Tensor:
+    """Log of a marginal of `size` entries (uniform when None), broadcastable to like's leading dims."""
+    if weights is None:
+        return torch.full(like.shape[:-2] + (size,), -math.log(size), dtype=like.dtype, device=like.device)
+    if weights.shape[-1:] != (size,):
+        raise ZeroshiftError(f"sinkhorn: marginal {name} has shape {tuple(weights.shape)}; its last dim must be {size}")
+    weights = weights.to(device=like.device, dtype=like.dtype)
+    if not bool(torch.isfinite(weights).all() & (weights >= 0).all()):
+        raise ZeroshiftError(f"sinkhorn: marginal {name} has negative, NaN or inf entries; pass non-negative weights")
+    return weights.log()
+
+
+def sinkhorn(cost: Tensor, lam: float = 0.15, iters: int = 5, a: Tensor | None = None, b: Tensor | None = None,
+             log_domain: bool = True) -> Tensor:
+    """Entropic OT plan P = diag(u) exp(-cost / lam) diag(v) for cost [..., N, M], marginals a [..., N], b [..., M].
+
+    Marginals default to uniform (1/N, 1/M). Computed in float32 (float64 if the cost is float64); the plan
+    is returned in that dtype, so half or bfloat16 costs give a float32 plan (entries ~1/(NM) would fall
+    below half's normal range). Differentiable; wrap in `torch.no_grad()` for targets.
+    """
+    if cost.dim() < 2 or cost.shape[-1] == 0 or cost.shape[-2] == 0:
+        raise ZeroshiftError(f"sinkhorn: cost must be [..., N, M] with N, M >= 1; got shape {tuple(cost.shape)}")
+    if not lam > 0 or iters < 1:
+        raise ZeroshiftError(f"sinkhorn: needs lam > 0 and iters >= 1; got lam={lam}, iters={iters}")
+    cost = cost.to(_compute_dtype(cost.dtype))
+    if not bool(torch.isfinite(cost).all()):
+        raise ZeroshiftError("sinkhorn: the cost matrix has NaN/inf entries; check the embeddings it was built from")
+    n, m = cost.shape[-2:]
+    log_a = _marginal(a, n, "a", cost)  # [..., N]
+    log_b = _marginal(b, m, "b", cost)  # [..., M]
+    logits = -cost / lam  # [..., N, M]
+    if log_domain:
+        log_u = torch.zeros_like(logits[..., 0])  # [..., N]
+        for _ in range(iters):
+            log_v = log_b - torch.logsumexp(logits + log_u.unsqueeze(-1), dim=-2)  # [..., M]
+            log_u = log_a - torch.logsumexp(logits + log_v.unsqueeze(-2), dim=-1)  # [..., N]
+        return torch.exp(logits + log_u.unsqueeze(-1) + log_v.unsqueeze(-2))  # [..., N, M]
+    kernel = torch.exp(logits)  # [..., N, M]; under/overflows for small lam
+    weight_a, weight_b = log_a.exp(), log_b.exp()  # [..., N], [..., M]
+    u = torch.full_like(kernel[..., 0], 1.0 / n)  # [..., N]
+    for _ in range(iters):
+        v = weight_b / (kernel.transpose(-1, -2) @ u.unsqueeze(-1)).squeeze(-1)  # [..., M]
+        u = weight_a / (kernel @ v.unsqueeze(-1)).squeeze(-1)  # [..., N]
+    return u.unsqueeze(-1) * kernel * v.unsqueeze(-2)  # [..., N, M]
+
+
+def _rows(x: Tensor, n: int, name: str, dtype: torch.dtype) -> Tensor:
+    """x as an L2-normalised [n, d] matrix in `dtype`, or a one-line error."""
+    if x.dim() != 2 or x.shape[0] != n:
+        raise ZeroshiftError(f"ot_soft_labels: {name} must be [{n}, d], one row per pair; got {tuple(x.shape)}")
+    return F.normalize(x.detach().to(dtype), dim=-1)
+
+
+@torch.no_grad()
+def ot_soft_labels(img: Tensor, txt: Tensor, alpha: float = 0.5, lam: float = 0.15, iters: int = 5,
+                   img_ref: Tensor | None = None, txt_ref: Tensor | None = None) -> Tensor:
+    """OTTER's image->text targets Y [N, N] for N image/text pairs (row i pairs img[i] with txt[i]); rows sum to 1.
+
+    S_vv and S_tt come from img_ref / txt_ref when given (e.g. frozen backbone features, any width), else from
+    img / txt; S_vt from img / txt. The text->image targets are `ot_soft_labels(txt, img, img_ref=txt_ref,
+    txt_ref=img_ref)`. No gradient flows; float32 (float64 for float64 inputs) is returned.
+    """
+    if img.dim() != 2 or img.shape[0] == 0:
+        raise ZeroshiftError(f"ot_soft_labels: img must be [N, d] with N >= 1; got {tuple(img.shape)}")
+    if txt.shape != img.shape:
+        raise ZeroshiftError(f"ot_soft_labels: txt must match img's shape {tuple(img.shape)}; got {tuple(txt.shape)}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ZeroshiftError(f"ot_soft_labels: alpha is the weight of the identity, in [0, 1]; got {alpha}")
+    refs = [t.dtype for t in (img_ref, txt_ref) if t is not None]
+    dtype = _compute_dtype(img.dtype, txt.dtype, *refs)
+    n = img.shape[0]
+    img_n, txt_n = _rows(img, n, "img", dtype), _rows(txt, n, "txt", dtype)  # [N, d]
+    img_r = img_n if img_ref is None else _rows(img_ref, n, "img_ref", dtype)  # [N, d_v]
+    txt_r = txt_n if txt_ref is None else _rows(txt_ref, n, "txt_ref", dtype)  # [N, d_t]
+    eye = torch.eye(n, dtype=dtype, device=img.device)  # [N, N]
+    s_vv = img_r @ img_r.T - DIAGONAL_PUSH * eye  # [N, N]
+    s_tt = txt_r @ txt_r.T - DIAGONAL_PUSH * eye  # [N, N]
+    cost_t = -(s_vv + s_tt + txt_n @ img_n.T)  # [N, N] text x image: C.T, as S_vv and S_tt are symmetric
+    plan = sinkhorn(cost_t, lam=lam, iters=iters).T  # [N, N] image x text; OTTER's order: columns exact
+    plan = plan / plan.sum(dim=1, keepdim=True)  # [N, N]; each row sums to 1
+    return alpha * eye + (1.0 - alpha) * plan  # [N, N]
+
+
+def _all_gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
+    """Concatenate every rank's x ([sizes[r], ...] on rank r) into [sum(sizes), ...]; keeps gradients."""
+    width = max(sizes)
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, width - x.shape[0]))  # [width, ...]
+    if padded.requires_grad and torch.is_grad_enabled():
+        parts = list(dist_nn.all_gather(padded))  # world x [width, ...]
+    else:
+        parts = [torch.empty_like(padded) for _ in sizes]  # world x [width, ...]
+        dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])  # [sum(sizes), ...]
+
+
+def gather_cost(*tensors: Tensor | None) -> tuple[tuple[Tensor | None, ...], slice]:
+    """All-gather row-aligned tensors over the default process group; returns them and this rank's rows.
+
+    Every tensor is [n, ...] with the same n on a rank (n may differ between ranks); None stays None and must
+    be None on every rank. Single process (no group, or world 1): the tensors themselves and slice(0, n).
+    Usage, targets over the global batch for this rank's rows (logits [n, G] against gathered columns):
+
+        (img_g, txt_g, iref_g, tref_g), rows = gather_cost(img, txt, img_ref, txt_ref)
+        y_img = ot_soft_labels(img_g, txt_g, img_ref=iref_g, txt_ref=tref_g)[rows]  # [n, G]
+        y_txt = ot_soft_labels(txt_g, img_g, img_ref=tref_g, txt_ref=iref_g)[rows]  # [n, G]
+    """
+    present = [t for t in tensors if t is not None]
+    if not present:
+        raise ZeroshiftError("gather_cost: give at least one tensor to gather")
+    if any(t.dim() == 0 for t in present):
+        raise ZeroshiftError("gather_cost: every tensor must be [n, ...], one row per pair; got a scalar")
+    n = present[0].shape[0]
+    if any(t.shape[0] != n for t in present):
+        raise ZeroshiftError(f"gather_cost: every tensor must have {n} rows, one per pair; got "
+                             f"{[tuple(t.shape) for t in present]}")
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors, slice(0, n)
+    world, rank = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([n], device=present[0].device)  # [1]
+    counts = [torch.zeros_like(count) for _ in range(world)]  # world x [1]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    start = sum(sizes[:rank])
+    gathered = tuple(None if t is None else _all_gather_rows(t, sizes) for t in tensors)
+    return gathered, slice(start, start + n)
