@@ -86,21 +86,23 @@ def test_models_and_datasets_list(home, capsys):
 def test_quickstart_writes_report_plot_records_config(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
-                 "--encoders", "--out", str(out), "--runtime", "torch"]) == 0
+                 "--encoders", "--students", "--out", str(out), "--runtime", "torch"]) == 0
     assert "acc1" in (out / "report.md").read_text() and (out / "zeroshot.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["teacher"] == "tiny-clip:seed=0"
     assert len(list((out / "results").glob("*.json"))) == 1
     assert "quickstart finished" in capsys.readouterr().out
 
 
-def test_quickstart_with_transfer_step(home, folder, tmp_path, capsys):
+def test_quickstart_with_transfer_and_distill_steps(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
                  "--encoders", "tiny-clip:seed=1", "--fit-data", f"folder:{folder}", "--out", str(out),
-                 "--runtime", "torch"]) == 0
+                 "--students", "student-cnn:width=8,size=32", "--distill-data", f"folder:{folder}",
+                 "--distill-epochs", "1", "--runtime", "torch"]) == 0
     report = (out / "report.md").read_text()
     assert "tiny-clip:seed=1 -> bridge" in report and (out / "bridges").is_dir()
-    assert len(list((out / "results").glob("*.json"))) == 2
+    assert "student-cnn:width=8,size=32 (distilled)" in report and (out / "students").is_dir()
+    assert len(list((out / "results").glob("*.json"))) == 3
 
 
 def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path, capsys):

@@ -31,4 +31,14 @@ def transfer(config=None, **options):
     return _transfer(config if config is not None else TransferConfig(**options))
 
 
-__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed", "transfer"]
+def distill(config=None, **options):
+    """Train a small student image encoder on a VLM teacher's image embeddings; returns the distilled VLM.
+
+    Pass a `methods.distill.DistillConfig` or its fields as keywords (teacher=, data=, out=, student=, loss=, ...).
+    """
+    from .methods.distill import DistillConfig, distill as _distill
+
+    return _distill(config if config is not None else DistillConfig(**options))
+
+
+__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed", "transfer", "distill"]

@@ -1,5 +1,6 @@
 """The main job on the offline catalogue: evaluate the offline teacher zero-shot, bridge other
-encoders into its joint space (transfer), evaluate them beside it, and write one report."""
+encoders into its joint space (transfer), distil small students from it (distill), evaluate them all
+beside it, and write one report."""
 from __future__ import annotations
 
 import json
@@ -20,6 +21,11 @@ class QuickstartConfig:
     encoders: tuple[str, ...] = field(default=("effnet-lite0", "open-nsfw"),
                                       metadata={"help": "encoders to bridge into the teacher (none: skip transfer)"})
     fit_data: str = field(default="tuxpaint[0::2]", metadata={"help": "unlabelled images the bridges are fit on"})
+    students: tuple[str, ...] = field(default=("student-cnn",), metadata={
+        "help": "student encoders to distil from the teacher (none: skip distill)"})
+    distill_data: str = field(default="synthetic:classes=fashion-mnist+tuxpaint,n=2000,size=96", metadata={
+        "help": "images the students learn the teacher's embeddings on (synthetic renders by default)"})
+    distill_epochs: int = field(default=8, metadata={"help": "epochs of each distillation"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
 
@@ -27,6 +33,7 @@ class QuickstartConfig:
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     """Evaluate the teacher and one bridge per encoder on each dataset; write records, report.md,
     a plot and config.json into `cfg.out`."""
+    from .methods.distill import DistillConfig, distill
     from .methods.transfer import TransferConfig, transfer
     from .specs import load
     from .zeroshot.evaluate import evaluate
@@ -38,7 +45,12 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     for enc in cfg.encoders:
         tcfg = TransferConfig(teacher=cfg.teacher, encoder=enc, data=cfg.fit_data, out=str(out / "bridges" / paths.slug(enc, 200)),
                               overwrite=True, runtime=cfg.runtime)
-        models.append((f"transfer {enc}", enc, lambda tcfg=tcfg: transfer(tcfg, progress=progress)))
+        models.append((f"transfer {enc}", f"{enc} -> bridge", lambda tcfg=tcfg: transfer(tcfg, progress=progress)))
+    for student in cfg.students:
+        dcfg = DistillConfig(teacher=cfg.teacher, student=student, data=(cfg.distill_data,),
+                             out=str(out / "students" / paths.slug(student, 200)), epochs=cfg.distill_epochs,
+                             overwrite=True, runtime=cfg.runtime)
+        models.append((f"distill {student}", f"{student} (distilled)", lambda dcfg=dcfg: distill(dcfg, progress=progress)))
     records, timings = [], []
     for step, name, make in models:
         t0 = time.perf_counter()
@@ -48,22 +60,24 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
             t1 = time.perf_counter()
             recs = evaluate(vlm, data, out=out / "results", batch_size=cfg.batch_size, runtime=cfg.runtime,
                             progress=progress)
-            label = name if step == "teacher" else f"{name} -> bridge"  # the report's name; files keep the spec
+            label = name  # the report's name; files keep the spec
             records += [{**r, "model": label, "pretrained": ""} for r in recs.values()]
             timings.append((step, data, fit_seconds, round(time.perf_counter() - t1, 1)))
             fit_seconds = 0.0
     table = rows(records)
-    plot = bar_plot(table, out / "zeroshot.png", f"zero-shot: teacher {cfg.teacher} and bridged encoders")
+    plot = bar_plot(table, out / "zeroshot.png", f"zero-shot: teacher {cfg.teacher}, bridged encoders, students")
     seconds = round(time.perf_counter() - started, 1)
     report = [
         "# zeroshift quickstart", "",
-        f"Teacher `{cfg.teacher}` evaluated zero-shot, and {len(cfg.encoders)} encoder(s) bridged into its joint "
-        f"space with Zoom-shot (`transfer`) on the unlabelled images of `{cfg.fit_data}`, then evaluated the "
-        f"same way. zeroshift {__version__}, {seconds} s in all.", "",
+        f"Teacher `{cfg.teacher}` evaluated zero-shot; {len(cfg.encoders)} encoder(s) bridged into its joint "
+        f"space with Zoom-shot (`transfer`) on the unlabelled images of `{cfg.fit_data}`; {len(cfg.students)} "
+        f"small student(s) trained to reproduce its image embeddings (`distill`) on `{cfg.distill_data}`; all "
+        f"evaluated the same way. zeroshift {__version__}, {seconds} s in all.", "",
         markdown_table(display(table), HEADERS), "",
         markdown_table(timings, ["step", "dataset", "load/fit seconds", "eval seconds"]), "",
         f"![zero-shot results]({plot.name})", "",
-        "Bridges are in `bridges/` (use one as `--model run:<folder>`); records in CLIP_benchmark's format are "
+        "Bridges are in `bridges/` and students in `students/` (use one as `--model run:<folder>`); records in "
+        "CLIP_benchmark's format are "
         "in `results/`; the resolved options in `config.json`.", "",
     ]
     (out / "report.md").write_text("\n".join(report))

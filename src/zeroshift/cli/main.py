@@ -5,6 +5,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 # (sub-command, module, one-line help)
 COMMANDS = [
@@ -13,6 +14,7 @@ COMMANDS = [
     ("eval", "evaluate", "zero-shot evaluation in CLIP_benchmark's format"),
     ("predict", "predict", "classify images with free-text labels"),
     ("transfer", "transfer", "Zoom-shot: bridge a vision encoder into a VLM's joint space"),
+    ("distill", "distill", "train a small student image encoder on a VLM teacher's image embeddings"),
     ("export", "export", "write a VLM with fixed labels as one ONNX classifier file"),
     ("models", "catalogue", "list the model schemes and what is installed here"),
     ("datasets", "catalogue", "list the data schemes and what is fetched here"),
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn a ZeroshiftError into one line on stderr with exit code 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     from zeroshift import __version__
     from zeroshift.errors import ZeroshiftError
 

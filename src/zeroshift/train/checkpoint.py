@@ -35,7 +35,8 @@ class Checkpoints:
         self.folder, self.every = Path(folder).expanduser().absolute(), every
         self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # plain JSON values
         self.path = self.folder / FILE
-        self.saved_step: int | None = None
+        self.saved_step: int | None = None  # step of the last checkpoint written or read
+        self.resumed_step: int | None = None  # step this run resumed from, if it did
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -57,7 +58,7 @@ class Checkpoints:
                 raise CacheMismatch(
                     f"checkpoint {self.path} belongs to another run ({key}={_short(theirs.get(key))}, this run "
                     f"has {_short(self.identity.get(key))}); pass --no-resume to start over or choose another --out")
-        self.saved_step = int(state["step"])
+        self.saved_step = self.resumed_step = int(state["step"])
         return state
 
     def save(self, state: dict[str, Any]) -> Path:

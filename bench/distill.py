@@ -1,0 +1,178 @@
+"""Distill benchmark on the offline catalogue: students trained on synthetic renders or on real images.
+
+All numbers come from one run. Teacher `conse:effnet-lite2+minilm` (image tower: EfficientNet-Lite2,
+6.1M parameters); student: the built-in `student-cnn` (at most 8% of the teacher's parameters).
+Training sets, of about equal size: synthetic clip-art renders made from the evaluation class names
+(`synthetic:classes=fashion-mnist+tuxpaint`), and real images (a prefix of Fashion-MNIST train plus the
+fit half of Tux Paint). Each loss is trained on each set with the same steps. Evaluation: Fashion-MNIST
+test and the odd half of Tux Paint. Per student: accuracy (chance, 95% interval), top-1 agreement with
+the teacher's zero-shot prediction, mean cosine to the teacher's image embedding, Tux caption R@5 as a
+ratio of the teacher's, and images per second at batch 64 on the CPU, beside the teacher's.
+
+    python bench/distill.py [--quick]      # --quick: fewer images, epochs and losses, for a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import EvalSet, features, machine
+
+import zeroshift
+from zeroshift.methods.distill import LOSSES, DistillConfig, distill
+from zeroshift.methods.transfer import encode_prompts, vocabulary
+from zeroshift.models.student import param_count
+from zeroshift.models.transforms import probe_batch
+
+HERE = Path(__file__).parent
+TEACHER = "conse:effnet-lite2+minilm"
+EVALS = ("fashion-mnist:test", "tuxpaint[1::2]")
+
+
+def images_per_second(encoder, batch: int = 64, repeats: int = 5) -> float:
+    """Model-only throughput: median over `repeats` timed forward passes of one preprocessed batch."""
+    x = probe_batch(encoder.image_transform, batch)  # [batch, 3, H, W]
+    encoder.encode_image(x)  # warm-up (and ONNX session creation)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        encoder.encode_image(x)
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def speed(spec: str, runtime: str) -> float:
+    """Throughput of a run's student image tower, loaded afresh with `runtime`."""
+    return images_per_second(zeroshift.load(spec, runtime=runtime).image)
+
+
+def run(args) -> dict:
+    teacher = zeroshift.load(TEACHER, runtime="auto")
+    texts, groups = vocabulary(None)
+    vocab = encode_prompts(teacher, texts, groups, progress=False).class_weights()
+    evals = [EvalSet(teacher, s, vocab) for s in EVALS]
+    lite2 = zeroshift.load("effnet-lite2", runtime="torch")
+    teacher_params = param_count(lite2)
+    sets = {"synthetic": (f"synthetic:classes=fashion-mnist+tuxpaint,n={args.images},size=96",),
+            "real": (f"fashion-mnist:train[:{args.images - 392}]", "tuxpaint[0::2]")}
+    speeds = {"teacher": {"torch": images_per_second(lite2), "onnx": images_per_second(lite2.accelerated("onnx"))}}
+    print("teacher img/s:", speeds["teacher"], flush=True)
+    rows = [{"data": "-", "loss": "teacher", "params": teacher_params, **{e.spec: e.score(e.t) for e in evals}}]
+    losses = args.losses or (("l2", "contrastive-text") if args.quick else LOSSES)
+    work = Path(tempfile.mkdtemp(prefix="zeroshift-bench-distill-"))
+    for data_name, specs in sets.items():
+        for loss in losses:
+            cfg = DistillConfig(teacher=TEACHER, data=specs, out=str(work / f"{data_name}-{loss}"), student=args.student,
+                                loss=loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0)
+            t0 = time.perf_counter()
+            vlm = distill(cfg, progress=False)
+            seconds = time.perf_counter() - t0
+            config = json.loads((Path(cfg.out) / "config.json").read_text())
+            scores = {e.spec: e.score(torch.from_numpy(_aligned(features(vlm, e.spec), e))) for e in evals}
+            rows.append({"data": data_name, "loss": loss, "params": config["params"], "train_s": seconds,
+                         "train_only_s": config["seconds"]["train"], **scores})
+            print(f"{data_name:9s} {loss:20s} " + "  ".join(
+                f"{k}: agree {v['agree']:.3f} acc {v['acc1']:.3f} cos {v['cosine']:.3f}" for k, v in scores.items())
+                + f"  ({seconds:.0f} s)", flush=True)
+            if "student" not in speeds:
+                speeds["student"] = {"torch": speed(vlm.spec, "torch"), "onnx": speed(vlm.spec, "onnx")}
+    return {"rows": rows, "speeds": speeds, "sets": {k: list(v) for k, v in sets.items()}, "student": args.student,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "images": args.images}
+
+
+def _aligned(feats, ev: EvalSet):
+    """Student features of the eval rows the teacher also has, in the teacher's row order."""
+    pos = {int(i): k for k, i in enumerate(feats.index)}
+    import numpy as np
+
+    return feats.gather(np.array([pos[int(i)] for i in ev.index]))
+
+
+def write(result: dict, out: Path) -> None:
+    rows, teacher = result["rows"], result["rows"][0]
+    sp = result["speeds"]
+    head = ["data", "loss", "params"]
+    for e in EVALS:
+        short = "fmnist" if e.startswith("fashion") else "tux"
+        head += [f"{short} acc1 [95%]", f"{short} agree", f"{short} cos"]
+    head += ["tux R@5 / teacher", "train s"]
+    chance = [teacher[e]["chance"] for e in EVALS]
+    lines = [
+        "# Distill benchmark", "",
+        f"Machine: {machine()}. One run. Teacher `{TEACHER}` ({teacher['params']:,} image-tower parameters); "
+        f"student `{result['student']}`; {result['epochs']} epochs, batch {result['batch_size']}, lr {result['lr']} "
+        f"for every row. Training sets of {result['images']} images: synthetic = `{result['sets']['synthetic'][0]}`; "
+        f"real = {' + '.join(f'`{s}`' for s in result['sets']['real'])}. Eval: `{EVALS[0]}` (chance {chance[0]:.3f}) "
+        f"and `{EVALS[1]}` (chance {chance[1]:.3f}).", "",
+        "agree = top-1 agreement with the teacher's zero-shot prediction over the dataset's classes; cos = mean "
+        "cosine to the teacher's image embedding; R@5 = Tux caption image retrieval.", "",
+        "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    t_r5 = teacher[EVALS[1]].get("R@5")
+    for r in rows:
+        cells = [r["data"], r["loss"], f"{r['params']:,}"]
+        for e in EVALS:
+            m = r[e]
+            cells += [f"{m['acc1']:.3f} [{m['acc1_lo']:.3f}, {m['acc1_hi']:.3f}]", f"{m['agree']:.3f}", f"{m['cosine']:.3f}"]
+        r5 = r[EVALS[1]].get("R@5")
+        cells += [f"{r5 / t_r5:.2f}" if r5 is not None and t_r5 else "-", f"{r['train_s']:.0f}" if "train_s" in r else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    st, te = sp["student"], sp["teacher"]
+    lines += ["", "Images per second, model only, batch 64, after a warm-up (median of 5):", "",
+              "| runtime | teacher (EfficientNet-Lite2) | student | student / teacher |", "|---|---|---|---|"]
+    for rt in ("torch", "onnx"):
+        lines.append(f"| {rt} | {te[rt]:.1f} | {st[rt]:.1f} | {st[rt] / te[rt]:.1f}x |")
+    lines.append(f"| best of each | {max(te.values()):.1f} | {max(st.values()):.1f} | "
+                 f"{max(st.values()) / max(te.values()):.1f}x |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distill.md").write_text("\n".join(lines) + "\n")
+    (out / "distill.json").write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    plot(rows, out / "distill.png")
+    print("\n".join(lines))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(EVALS), figsize=(12, 0.35 * len(rows) + 1.5), sharey=True)
+    labels = [f"{r['data']} | {r['loss']}" for r in rows]
+    y = np.arange(len(rows))[::-1]
+    for ax, e in zip(axes, EVALS):
+        ax.barh(y + 0.2, [r[e]["agree"] for r in rows], height=0.4, label="agreement with teacher", color="#4c72b0")
+        ax.barh(y - 0.2, [r[e]["acc1"] for r in rows], height=0.4, label="accuracy", color="#dd8452")
+        ax.axvline(rows[0][e]["chance"], color="#c44e52", lw=1, label="chance")
+        ax.set_title(e, fontsize=9)
+        ax.set_xlim(0, 1)
+    axes[0].set_yticks(y, labels, fontsize=7)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--student", default="student-cnn")
+    p.add_argument("--images", type=int, default=4000, help="training images per set")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--losses", nargs="*", choices=LOSSES)
+    p.add_argument("--quick", action="store_true", help="smoke run: 800 images, 2 epochs, l2 and contrastive-text")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args()
+    if args.quick:
+        args.images, args.epochs = min(args.images, 800), min(args.epochs, 2)
+    write(run(args), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,515 @@
+"""`distill`: a small student image encoder learns a VLM teacher's image embeddings (DESIGN 3.2).
+
+Popp, Metzen, Hein (2024), "Zero-shot distillation for image encoders: how to make effective use of
+synthetic data": the student plus a linear head regresses the teacher's image embedding of the same
+image; with the teacher's text tower beside it, it classifies zero-shot. Trained on synthetic images,
+contrastive objectives latch onto spurious features, while a plain L2 loss transfers to real images.
+
+Losses (one per run, `--loss`), s the student's and t the teacher's embedding of a batch image:
+- `l2` (default): ||s - t||^2, on unit-normalised embeddings unless --no-normalize.
+- `cosine`: 1 - cos(s, t).
+- `kl`: KL(p_t || p_s), p = softmax(tau cos(., W)) over a prompt vocabulary's class vectors W.
+- `contrastive-text`: symmetric InfoNCE between s and the teacher's text embedding of the image's
+  caption (or 'a photo of a {class}.'), temperature `temperature`.
+- `contrastive-feature`: symmetric InfoNCE between s and t.
+
+Data: the teacher's image embeddings and the student's decoded input pixels are both feature caches
+(models/pixels.py), so every image is decoded once and a second run starts training at once. Batches
+depend on (seed, epoch, batch) only, which makes a resumed run equal an uninterrupted one.
+"""
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..cache import Features, embed
+from ..cache import distributed as dist
+from ..data.base import DataSource
+from ..errors import CacheMismatch, DataError, ZeroshiftError
+from ..models.pixels import pixel_pipeline
+from ..models.vlm import VLM
+from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
+from ..train.loop import PRECISIONS
+from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
+
+LOSSES = ("l2", "cosine", "kl", "contrastive-text", "contrastive-feature")
+AUGMENT = ("none", "flip", "light")
+PIXEL_SHARD_ROWS = 1024  # a shard of 64 px images is 12 MB as uint8
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every option of `zeroshift distill`."""
+
+    teacher: str = field(metadata={"help": "the VLM whose image embeddings the student learns, "
+                                           "e.g. conse:effnet-lite2+minilm"})
+    data: tuple[str, ...] = field(metadata={
+        "help": "one or more data specs of training images, e.g. synthetic:classes=fashion-mnist,n=4000 "
+                "(labels are never read; captions only by contrastive-text)"})
+    out: str = field(metadata={"help": "run folder to write (config.json, model.safetensors, README.md, ...)"})
+    student: str = field(default="student-cnn", metadata={
+        "help": "student image encoder spec: student-cnn[:...], student-vit[:...], timm:NAME@random, ..."})
+    loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": list(LOSSES)})
+    normalize: bool = field(default=True, metadata={"help": "l2 on unit-normalised embeddings"})
+    tau: float = field(default=100.0, metadata={"help": "logit scale of kl's zero-shot distributions"})
+    temperature: float = field(default=0.07, metadata={"help": "temperature of the contrastive losses"})
+    prompts: str | None = field(default=None, metadata={
+        "help": "kl's prompt file, one prompt per line (default: the 1000 ImageNet names in 'a photo of a {c}.')"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training images"})
+    batch_size: int = field(default=128, metadata={"help": "images per step (over all ranks)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
+    augment: str = field(default="light", metadata={
+        "help": "student-side augmentation: none, flip, light (flip + random crop)", "choices": list(AUGMENT)})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "held-out real data spec: scored every epoch, and evaluated zero-shot at the end"})
+    eval_rows: int = field(default=2000, metadata={"help": "rows of --eval-dataset scored each epoch (seeded subset)"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
+    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
+    precision: str = field(default="auto", metadata={"help": "mixed precision", "choices": list(PRECISIONS)})
+    device: str = field(default="auto", metadata={"help": "training device: auto, cpu, cuda, cuda:N"})
+    runtime: str = field(default="auto", metadata={"help": "teacher image tower runtime",
+                                                   "choices": ["auto", "torch", "onnx"]})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            object.__setattr__(self, "data", (self.data,))
+        if not self.data:
+            raise ZeroshiftError("--data needs at least one data spec")
+        for name, value, allowed in (("loss", self.loss, LOSSES), ("augment", self.augment, AUGMENT),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ZeroshiftError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+        if min(self.epochs, self.batch_size, self.eval_rows) < 1 or self.batch_size < 2:
+            raise ZeroshiftError("--epochs and --eval-rows must be at least 1, --batch-size at least 2")
+        if self.lr <= 0 or self.tau <= 0 or self.temperature <= 0 or self.weight_decay < 0:
+            raise ZeroshiftError("--lr, --tau and --temperature must be above 0, --weight-decay at least 0")
+        if not 0 <= self.warmup < 1 or self.checkpoint_every < 0:
+            raise ZeroshiftError("--warmup must be in [0, 1) and --checkpoint-every at least 0")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup,
+                           grad_clip=1.0, seed=self.seed, precision=self.precision, device=self.device)
+
+
+# ---------------------------------------------------------------- losses
+def _infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE of paired rows a [B, d], b [B, d] (row i of each is the positive of the other)."""
+    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature  # [B, B]
+    target = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class L2Loss(nn.Module):
+    """||s - t||^2, on unit-normalised embeddings when `normalize`."""
+
+    def __init__(self, normalize: bool) -> None:
+        super().__init__()
+        self.normalize = normalize
+
+    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        t = batch["target"]
+        if self.normalize:
+            s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+        return {"l2": (s - t).pow(2).sum(-1).mean()}
+
+
+class CosineLoss(nn.Module):
+    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        return {"cosine": (1 - F.cosine_similarity(s, batch["target"], dim=-1)).mean()}
+
+
+class KLLoss(nn.Module):
+    """KL(p_t || p_s) of the zero-shot distributions over `classes` [K, d] (unit rows)."""
+
+    def __init__(self, classes: torch.Tensor, tau: float) -> None:
+        super().__init__()
+        self.register_buffer("classes", classes.float(), persistent=False)
+        self.tau = tau
+
+    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        log_s = F.log_softmax(self.tau * F.normalize(s, dim=-1) @ self.classes.T, dim=-1)  # [B, K]
+        log_t = F.log_softmax(self.tau * F.normalize(batch["target"], dim=-1) @ self.classes.T, dim=-1)  # [B, K]
+        return {"kl": F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")}
+
+
+class ContrastiveTextLoss(nn.Module):
+    """InfoNCE between student embeddings and the teacher's text embeddings `texts` [U, d] of the rows."""
+
+    def __init__(self, texts: torch.Tensor, temperature: float) -> None:
+        super().__init__()
+        self.register_buffer("texts", texts.float(), persistent=False)
+        self.temperature = temperature
+
+    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        return {"contrastive-text": _infonce(s, self.texts[batch["text"]], self.temperature)}
+
+
+class ContrastiveFeatureLoss(nn.Module):
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        return {"contrastive-feature": _infonce(s, batch["target"], self.temperature)}
+
+
+class DistillTask(nn.Module):
+    """One step: finish the cached pixels (scale, normalise), run the student, score it by the loss."""
+
+    def __init__(self, student: nn.Module, finish: Callable[[torch.Tensor], torch.Tensor], loss: nn.Module) -> None:
+        super().__init__()
+        self.student, self.loss = student, loss
+        self.finish = finish
+
+    def step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        s = self.student(self.finish(batch["pixels"])).float()  # [B, d]
+        return self.loss(s, batch), {}
+
+
+# ---------------------------------------------------------------- data
+class Rows:
+    """Training rows over one or more sources: cached student pixels beside teacher targets [N, d]."""
+
+    def __init__(self, pixels: list[Features], positions: list[np.ndarray], targets: torch.Tensor,
+                 texts: np.ndarray | None, shape: tuple[int, ...]) -> None:
+        self.pixels, self.shape, self.targets, self.texts = pixels, shape, targets, texts
+        self.source = np.concatenate([np.full(len(p), k) for k, p in enumerate(positions)])  # [N] which cache
+        self.position = np.concatenate(positions)  # [N] row in that cache
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def images(self, rows: np.ndarray) -> torch.Tensor:
+        """Cached pixels of `rows` as [B, 3, H, W] (uint8 where the cache is)."""
+        out = torch.empty(len(rows), *self.shape,
+                          dtype=torch.uint8 if self.pixels[0].dtype == "uint8" else torch.float32)
+        for k in np.unique(self.source[rows]):
+            sel = self.source[rows] == k
+            block = self.pixels[k].gather(self.position[rows[sel]])  # [b, 3 * H * W] float32
+            out[torch.from_numpy(np.flatnonzero(sel))] = torch.from_numpy(block).view(-1, *self.shape).to(out.dtype)
+        return out
+
+    def batches(self, batch_size: int, seed: int, augment: str) -> Callable[[int], Epoch]:
+        return lambda epoch: Epoch(self, batch_size, seed, epoch, augment)
+
+
+class Epoch:
+    """One epoch's batches: a permutation seeded by (seed, epoch), split over the ranks, augmented with
+    a generator seeded by (seed, epoch, batch); a batch of one row is dropped (BatchNorm needs two)."""
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int, epoch: int, augment: str) -> None:
+        world, rank = dist.world_size(), dist.rank()
+        self.rows, self.seed, self.epoch, self.augment = rows, seed, epoch, augment
+        self.per_rank = max(1, batch_size // world)
+        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
+        share = len(order) // world
+        self.order = order[rank * share:(rank + 1) * share]  # [share] this rank's rows
+        n = len(self.order) // self.per_rank + (len(self.order) % self.per_rank >= 2)
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.from_batch(0)
+
+    def from_batch(self, index: int) -> Iterator[dict]:
+        for b in range(index, self.n):
+            rows = self.order[b * self.per_rank:(b + 1) * self.per_rank]
+            g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, self.epoch, b]).integers(2**62)))
+            batch = {"pixels": augment_batch(self.rows.images(rows), self.augment, g),
+                     "target": self.rows.targets[rows]}
+            if self.rows.texts is not None:
+                batch["text"] = torch.from_numpy(self.rows.texts[rows])
+            yield batch
+
+
+def augment_batch(images: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips ('flip'), plus one random crop of 75-100% of the side per batch at a
+    random place per image, resized back ('light'). [B, 3, H, W] in, same shape and dtype out."""
+    if mode == "none":
+        return images
+    flip = torch.rand(len(images), generator=g) < 0.5  # [B]
+    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if mode == "flip":
+        return images
+    h, w = images.shape[-2:]
+    side = int(torch.randint(math.ceil(0.75 * min(h, w)), min(h, w) + 1, (1,), generator=g))
+    ys = torch.randint(0, h - side + 1, (len(images),), generator=g).tolist()
+    xs = torch.randint(0, w - side + 1, (len(images),), generator=g).tolist()
+    crops = torch.stack([im[:, y:y + side, x:x + side] for im, y, x in zip(images, ys, xs)])  # [B, 3, side, side]
+    if side == h == w:
+        return crops
+    resized = F.interpolate(crops.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=False)
+    return resized.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else resized
+
+
+def _texts(source: DataSource, rows: np.ndarray) -> list[str]:
+    """The text of each row for contrastive-text: its caption, else 'a photo of a {class}.'."""
+    out = []
+    for r in rows:
+        caption = source.captions[r].strip() if source.captions is not None and source.captions[r] else ""
+        label = int(source.labels[r]) if source.labels is not None else -1
+        if not caption and label >= 0 and source.classes:
+            caption = f"a photo of a {source.classes[label]}."
+        if not caption:
+            raise DataError(f"contrastive-text needs a caption or a class label for every image; row {r} of "
+                            f"{source.spec!r} has neither")
+        out.append(caption)
+    return out
+
+
+def build_rows(teacher: VLM, pixel_encoder, sources: list[DataSource], want_texts: bool, runtime: str,
+               progress: bool) -> tuple[Rows, list[str], list[dict]]:
+    """Embed every source with the teacher and cache its student pixels; align the valid rows of both.
+    Returns (rows, unique texts for contrastive-text, a data entry per source for config.json)."""
+    pixels, positions, targets, text_rows, entries = [], [], [], [], []
+    for source in sources:
+        tch = embed(teacher, source, runtime=runtime, progress=progress)
+        if tch.dim != teacher.dim:
+            raise CacheMismatch(f"feature cache {tch.path} holds {tch.dim}-d features but the teacher "
+                                f"{teacher.spec} gives {teacher.dim}-d: re-embed with overwrite")
+        pix = embed(pixel_encoder, source, runtime="torch", dtype=pixel_encoder.dtype,
+                    shard_rows=PIXEL_SHARD_ROWS, progress=progress)
+        common = np.intersect1d(tch.index, pix.index)  # source rows decoded by both
+        if len(common) < 2:
+            raise DataError(f"{source.spec!r} has {len(common)} usable image(s); distillation needs at least 2")
+        targets.append(torch.from_numpy(tch.gather(np.searchsorted(tch.index, common))))  # [n, d]
+        pixels.append(pix)
+        positions.append(np.searchsorted(pix.index, common))
+        if want_texts:
+            text_rows.extend(_texts(source, common))
+        entries.append({"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source),
+                        "rows_used": len(common)})
+    unique = list(dict.fromkeys(text_rows))
+    ids = None
+    if want_texts:
+        lookup = {t: i for i, t in enumerate(unique)}
+        ids = np.array([lookup[t] for t in text_rows], dtype=np.int64)
+    return Rows(pixels, positions, torch.cat(targets), ids, pixel_encoder.shape), unique, entries
+
+
+# ---------------------------------------------------------------- held-out scoring
+class HeldOut:
+    """A labelled real set scored each epoch: student zero-shot acc1, top-1 agreement with the
+    teacher's zero-shot prediction, and mean cosine between student and teacher embeddings."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor,
+                 finish: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.images, self.labels, self.teacher, self.weights = images, labels, teacher, weights  # [n, ...], [n], [n, d], [C, d]
+        self.teacher_pred = (F.normalize(teacher, dim=-1) @ weights.T).argmax(-1)  # [n]
+        self.finish = finish
+
+    def __call__(self, student: nn.Module, batch_size: int = 256) -> dict[str, float]:
+        device = next(student.parameters()).device
+        with torch.inference_mode():
+            emb = torch.cat([student(self.finish(self.images[i:i + batch_size].to(device))).float().cpu()
+                             for i in range(0, len(self.images), batch_size)])  # [n, d]
+        pred = (F.normalize(emb, dim=-1) @ self.weights.T).argmax(-1)  # [n]
+        return {"acc1": (pred == self.labels).float().mean().item(),
+                "agreement": (pred == self.teacher_pred).float().mean().item(),
+                "cosine": F.cosine_similarity(emb, self.teacher, dim=-1).mean().item()}
+
+
+def held_out(teacher: VLM, pixel_encoder, finish, source: DataSource, rows: int, seed: int, runtime: str,
+             progress: bool) -> HeldOut:
+    from ..data.templates import get_templates
+    from ..zeroshot.classifier import check_classnames, zeroshot_weights
+
+    tch = embed(teacher, source, runtime=runtime, progress=progress)
+    pix = embed(pixel_encoder, source, runtime="torch", dtype=pixel_encoder.dtype, shard_rows=PIXEL_SHARD_ROWS,
+                progress=progress)
+    common = np.intersect1d(tch.index, pix.index)
+    labels = np.asarray(source.labels)[common]
+    common = common[labels >= 0]
+    if len(common) > rows:
+        common = np.sort(np.random.default_rng(seed).choice(common, rows, replace=False))
+    weights = zeroshot_weights(teacher, check_classnames(source.classes), get_templates(None, source.spec),
+                               progress=False)  # [C, d]
+    images = torch.from_numpy(pix.gather(np.searchsorted(pix.index, common))).view(-1, *pixel_encoder.shape)
+    if pixel_encoder.dtype == "uint8":
+        images = images.to(torch.uint8)
+    return HeldOut(images, torch.from_numpy(np.asarray(source.labels)[common]),
+                   torch.from_numpy(tch.gather(np.searchsorted(tch.index, common))), weights.float().cpu(), finish)
+
+
+def check_image_sizes(source: DataSource, side: int, sample: int = 16) -> int | None:
+    """The smallest side among a few seeded rows when it is below the student's input `side`, else None."""
+    picks = np.random.default_rng(0).choice(len(source), min(sample, len(source)), replace=False)
+    smallest = None
+    for i in picks:
+        try:
+            size = min(source.load_image(int(i)).size)
+        except Exception:  # noqa: BLE001, S112 - a bad image is skipped later, and listed by the cache
+            continue
+        smallest = size if smallest is None else min(smallest, size)
+    return smallest if smallest is not None and smallest < side else None
+
+
+# ---------------------------------------------------------------- the command
+def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], progress: bool) -> tuple[nn.Module, dict]:
+    """The loss module and what config.json records of it."""
+    record: dict = {"name": cfg.loss}
+    if cfg.loss == "l2":
+        record["normalize"] = cfg.normalize
+        return L2Loss(cfg.normalize), record
+    if cfg.loss == "cosine":
+        return CosineLoss(), record
+    if cfg.loss == "contrastive-feature":
+        return ContrastiveFeatureLoss(cfg.temperature), {**record, "temperature": cfg.temperature}
+    if cfg.loss == "contrastive-text":
+        emb = encode_prompts(teacher, texts, len(texts), progress).embeddings  # [U, d]
+        return ContrastiveTextLoss(emb, cfg.temperature), {**record, "temperature": cfg.temperature,
+                                                           "texts": len(texts)}
+    words, groups = vocabulary(cfg.prompts)
+    prompts: Prompts = encode_prompts(teacher, words, groups, progress)
+    return KLLoss(prompts.class_weights(), cfg.tau), {**record, "tau": cfg.tau, "prompts": cfg.prompts,
+                                                       "classes": groups}
+
+
+def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
+    """Train `cfg.student` on `cfg.data` to reproduce `cfg.teacher`'s image embeddings and write the run
+    folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png, accuracy.png); returns it
+    loaded as a VLM (student image tower + teacher text tower).
+
+    Checkpoints go to OUT.ckpt beside the run; a rerun of the same command after a kill resumes there.
+    With `cfg.eval_dataset`, a seeded subset is scored every epoch and the finished run is evaluated as
+    `zeroshift eval --model run:OUT` would, with records in OUT/results.
+    """
+    from ..models.artefact import RunWriter, check_out, load_run, write_card
+    from ..models.student import build_student, param_count
+    from ..specs import dataset, load
+    from ..zeroshot.evaluate import evaluate, tasks_for
+
+    started = time.perf_counter()
+    out = Path(cfg.out).expanduser().absolute()
+    check_out(out, cfg.overwrite)
+    sources = [dataset(spec) for spec in cfg.data]
+    eval_source = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
+    if eval_source is not None and "zeroshot_classification" not in tasks_for(eval_source):
+        raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the student against")
+    identity = {"kind": "student", "teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
+    with RunWriter(out, cfg.overwrite, identity) as run:
+        teacher = load(cfg.teacher, runtime=cfg.runtime)
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            student = build_student(cfg.student, teacher.dim)
+        pixel_encoder, finish = pixel_pipeline(student.image_transform)
+        side = min(pixel_encoder.shape[1:])
+        for source in sources:
+            small = check_image_sizes(source, side)
+            if small is not None:
+                warnings.warn(f"{source.spec}: images as small as {small} px are upscaled to the student's {side} px "
+                              "input (the teacher upscales them too)", stacklevel=2)
+        t0 = time.perf_counter()
+        rows, texts, entries = build_rows(teacher, pixel_encoder, sources, cfg.loss == "contrastive-text",
+                                          cfg.runtime, progress)
+        loss, loss_record = make_loss(cfg, teacher, texts, progress)
+        scorer = None if eval_source is None else held_out(
+            teacher, pixel_encoder, finish, eval_source, cfg.eval_rows, cfg.seed, cfg.runtime, progress)
+        prepare_seconds = time.perf_counter() - t0
+        task = DistillTask(student, finish, loss)
+        tcfg = cfg.train_config()
+        resumable = {k: v for k, v in asdict(cfg).items()
+                     if k not in ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device",
+                                  "runtime", "eval_dataset", "eval_rows")}
+        checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {
+            **resumable, "data": [e["fingerprint"] for e in entries], "dims": [teacher.dim, pixel_encoder.dim]},
+            cfg.checkpoint_every)
+        if not cfg.resume:
+            checkpoints.clear()
+        t1 = time.perf_counter()
+        history = train(task, rows.batches(cfg.batch_size, cfg.seed, cfg.augment), tcfg, run.path, progress,
+                        checkpoints, None if scorer is None else lambda: scorer(student))
+        train_seconds = time.perf_counter() - t1
+        plot_history(history, run.path / "loss.png", title=f"distill {cfg.loss}: {cfg.student} <- {cfg.teacher}")
+        plot_eval(history, run.path / "accuracy.png", title=f"held out: {cfg.eval_dataset}")
+        student = student.cpu().eval()
+        config = {
+            "kind": "student", "zeroshift_version": __version__,
+            "teacher": cfg.teacher, "student": cfg.student,
+            "dims": {"teacher": teacher.dim, "student": int(student.encoder.dim)},
+            "input": list(pixel_encoder.shape), "params": param_count(student),
+            "loss": loss_record, "augment": cfg.augment,
+            "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(rows.batches(
+                cfg.batch_size, cfg.seed, cfg.augment)(0)) * cfg.epochs},
+            "data": entries, "rows": len(rows),
+            "resumed_from_step": checkpoints.resumed_step,
+            "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2),
+                        "total": round(time.perf_counter() - started, 2)},
+            "options": asdict(cfg),
+        }
+        state = {f"student.{k}": v for k, v in student.state_dict().items()}
+        run.finish(config, state, model_card(config, history))
+    if not cfg.keep_checkpoints:
+        checkpoints.clear()
+    vlm = load_run(str(out), runtime=cfg.runtime)
+    if eval_source is not None:
+        records = evaluate(vlm, eval_source, out=out / "results", runtime=cfg.runtime, progress=progress)
+        write_card(out, model_card(config, history, list(records.values())))
+    return vlm
+
+
+# ---------------------------------------------------------------- model card
+def model_card(config: dict, history: list[dict], records: list[dict] | None = None) -> str:
+    """README.md of a student run: what it is, how it was made, its results and how to use it."""
+    o, t = config["options"], config["train"]
+    loss = ", ".join(f"{k} {v}" for k, v in config["loss"].items() if k != "name")
+    data = "; ".join(f"`{d['spec']}` ({d['rows_used']} images)" for d in config["data"])
+    evals = [r for r in history if any(k.startswith("eval/") for k in r)]
+    lines = [
+        f"# zeroshift student: {config['student']} <- {config['teacher']}", "",
+        (f"A {config['params'] / 1e6:.2f}M-parameter student image encoder (`{config['student']}`, "
+         f"{config['input'][1]}x{config['input'][2]} input) trained to reproduce the image embeddings of "
+         f"`{config['teacher']}`; with that teacher's text tower it classifies zero-shot. Built with zeroshift "
+         f"{config['zeroshift_version']} (`zeroshift distill`)."), "",
+        "| | |", "|---|---|",
+        f"| teacher | `{config['teacher']}` ({config['dims']['teacher']}-d joint space) |",
+        (f"| student | `{config['student']}` + linear head ({config['dims']['student']} -> {config['dims']['teacher']}), "
+        f"{config['params']:,} parameters |"),
+        f"| loss | {config['loss']['name']}{' (' + loss + ')' if loss else ''} |",
+        f"| training images | {data}; augmentation {config['augment']} |",
+        (f"| training | {t['epochs']} epochs, {t['steps']} steps, AdamW lr {t['lr']:g}, weight decay {t['weight_decay']:g}, "
+        f"batch {t['batch_size']}, warm-up {t['warmup']:g} then cosine, precision {t['precision']} |"),
+        (f"| time | {config['seconds']['train']} s training, {config['seconds']['prepare']} s caching teacher "
+        f"targets and pixels |"),
+    ]
+    if config.get("resumed_from_step"):
+        lines.append(f"| resumed | from the checkpoint of step {config['resumed_from_step']} |")
+    if evals:
+        last = evals[-1]
+        shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in last.items() if k.startswith("eval/"))
+        lines.append(f"| held out, last epoch | `{o['eval_dataset']}` ({o['eval_rows']} rows at most): {shown} |")
+    lines += ["", "## Results", ""]
+    if records:
+        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
+        for r in records:
+            for k, v in r["metrics"].items():
+                if k in ("acc1", "acc5", "mean_per_class_recall") or k.endswith(("recall@1", "recall@5")):
+                    lines.append(f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |")
+        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
+    else:
+        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{o['out']} --dataset ...`")
+    lines += [
+        "", "## Use", "", "```", f"zeroshift predict --model run:{o['out']} --labels 'cat,dog' image.jpg",
+        f"zeroshift export run:{o['out']} --labels 'cat,dog' --out student.onnx", "```", "",
+        "```python", "import zeroshift", f"model = zeroshift.load('run:{o['out']}')", "```", "",
+        ("Files: `config.json` (every option), `model.safetensors` (student and head), `metrics.jsonl`, "
+         "`loss.png` and `accuracy.png` (held-out scores per epoch)."), "",
+    ]
+    return "\n".join(lines)
