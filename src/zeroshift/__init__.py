@@ -41,4 +41,15 @@ def distill(config=None, **options):
     return _distill(config if config is not None else DistillConfig(**options))
 
 
-__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed", "transfer", "distill"]
+def align(config=None, **options):
+    """OTTER: a new VLM from a pretrained image tower and a sentence encoder on image-caption pairs.
+
+    Pass a `methods.align.AlignConfig` or its fields as keywords (image=, text=, pairs=, out=, loss=, ...).
+    """
+    from .methods.align import AlignConfig, align as _align
+
+    return _align(config if config is not None else AlignConfig(**options))
+
+
+__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed", "transfer", "distill",
+           "align"]

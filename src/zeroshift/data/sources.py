@@ -167,12 +167,14 @@ def csv_source(arg: str, kind: str | None = None, max_side: int | None = None,
     file = Path(arg).expanduser()
     spec = f"csv:{arg}"
     try:
-        with open(file, newline="", encoding="utf-8-sig") as fh:
+        # Bytes that are not UTF-8 survive as surrogates: the row stays, and users of its text (align's
+        # captions) can skip and count it instead of losing the whole file.
+        with open(file, newline="", encoding="utf-8-sig", errors="surrogateescape") as fh:
             rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
     except OSError as e:
         raise DataError(f"{spec}: cannot read the file ({e.strerror or e})") from e
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{spec}: not a UTF-8 CSV file ({e})") from e
+    except csv.Error as e:
+        raise DataError(f"{spec}: not a readable CSV file ({e})") from e
     if not rows:
         raise DataError(f"{spec}: the file holds no rows")
     header = rows[0]
@@ -571,7 +573,7 @@ def _index_shard(shard: Path, small: int = 1 << 16) -> tuple[dict, list[str], bo
             text = None
             if ext in ("cls", "txt") and m.size <= small:
                 fh = tf.extractfile(m)
-                text = fh.read().decode("utf-8", "replace").strip() if fh is not None else None
+                text = fh.read().decode("utf-8", "surrogateescape").strip() if fh is not None else None
             samples[key].setdefault(ext, (m.name, m.offset_data, m.size, text))
     return samples, order, compressed
 

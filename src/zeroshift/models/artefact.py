@@ -23,8 +23,11 @@ from ..errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .vlm import VLM
 
 # kind -> "module:function"; function(folder: Path, config: dict, state: dict[str, Tensor], runtime: str) -> VLM
-KINDS: dict[str, str] = {"bridge": "zeroshift.models.bridge:vlm_from_artefact",
-                         "student": "zeroshift.models.student:vlm_from_artefact"}
+KINDS: dict[str, str] = {
+    "bridge": "zeroshift.models.bridge:vlm_from_artefact",
+    "student": "zeroshift.models.student:vlm_from_artefact",
+    "aligned": "zeroshift.models.aligned:vlm_from_artefact",
+}
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
 REQUIRED = ("kind", "zeroshift_version")

@@ -40,6 +40,8 @@ class Task(Protocol):
 
     def train(self, mode: bool = True) -> Any: ...
 
+    # optional: after_step(self) -> None, called after each optimizer step (EMA teachers)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -244,6 +246,8 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.step()
+                if hasattr(task, "after_step"):  # e.g. an EMA teacher following the trained weights
+                    task.after_step()
                 step += 1
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -1,0 +1,491 @@
+"""`align` (OTTER): a new VLM from a pretrained image tower and a pretrained sentence encoder (DESIGN 3.3).
+
+Wu et al. (ICLR 2022), "Data Efficient Language-supervised Zero-shot Recognition with Optimal
+Transport Distillation": projection heads map both towers into a joint space and are trained
+contrastively on noisy image-text pairs; OTTER replaces InfoNCE's one-hot targets by soft labels.
+Logits are `clamp(exp(theta), 1, 100) * cos(image, text)`, theta0 = 3.9. Targets per batch (rows i
+pair), image->text; text->image solves the transposed problem:
+- `infonce`: the identity.
+- `ls`: label smoothing, `alpha` on the diagonal, the rest spread evenly.
+- `kd`: `alpha I + (1 - alpha) softmax(-C / kd_temperature)` (rows).
+- `ot` (default): `alpha I + (1 - alpha) M*`, M* the entropic OT plan (Sinkhorn, lambda, a few
+  iterations, log domain) for C = -(S_vv + S_tt + S_vt), diagonals of S_vv and S_tt pushed down; over
+  the global batch under torchrun (see sinkhorn.py).
+C comes from a teacher: S_vt from an EMA of the heads (decay `ema`); S_vv and S_tt from the EMA heads
+too (`similarity ema`, OTTER) or from the frozen backbone features (`similarity backbone`, default:
+by hand an EMA of freshly initialised heads is noise for the first thousand steps, DESIGN 3.3).
+
+`locked` mode trains the heads on cached features (seconds per epoch on a CPU); `finetune` mode also
+trains the last `finetune_blocks` blocks of both towers, on decoded images and tokenised captions.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import __version__
+from ..cache import distributed as dist
+from ..cache import embed
+from ..data.base import DataSource
+from ..errors import DataError, ZeroshiftError
+from ..models.aligned import Heads, tower, trainable_blocks
+from ..models.pixels import pixel_pipeline
+from ..models.vlm import VLM
+from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
+from ..train.loop import PRECISIONS
+from ..zeroshot.prompts import encode_prompts
+from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_labels
+
+LOSSES = ("infonce", "ls", "kd", "ot")
+MODES = ("locked", "finetune")
+SIMILARITIES = ("backbone", "ema")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Every option of `zeroshift align`."""
+
+    image: str = field(metadata={"help": "pretrained image tower: an image encoder spec or a VLM's image side"})
+    text: str = field(metadata={"help": "pretrained text tower: a sentence encoder spec (e.g. minilm) or a VLM's"})
+    pairs: tuple[str, ...] = field(metadata={"help": "one or more data specs of image-caption pairs "
+                                                     "(csv:, wds:, tuxpaint, openclipart, ...)"})
+    out: str = field(metadata={"help": "run folder to write (config.json, model.safetensors, README.md, ...)"})
+    dim: int = field(default=256, metadata={"help": "size of the joint space"})
+    mode: str = field(default="locked", metadata={"help": "locked: heads on cached features; finetune: also the "
+                                                          "towers' last blocks", "choices": list(MODES)})
+    loss: str = field(default="ot", metadata={"help": "contrastive targets", "choices": list(LOSSES)})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the identity in the ot, kd and ls targets"})
+    lam: float = field(default=0.15, metadata={"help": "Sinkhorn entropic regularisation"})
+    sinkhorn_iters: int = field(default=5, metadata={"help": "Sinkhorn iterations"})
+    kd_temperature: float = field(default=0.01, metadata={"help": "temperature of kd's soft targets"})
+    ema: float = field(default=0.999, metadata={"help": "decay of the EMA teacher of the heads"})
+    similarity: str = field(default="backbone", metadata={
+        "help": "where ot/kd take S_vv and S_tt from: frozen backbone features or the EMA heads",
+        "choices": list(SIMILARITIES)})
+    noise: float = field(default=0.0, metadata={"help": "fraction of captions replaced by random ones (noise studies)"})
+    finetune_blocks: int = field(default=1, metadata={"help": "finetune mode: last blocks trained in each tower"})
+    epochs: int = field(default=10, metadata={"help": "passes over the pairs"})
+    batch_size: int = field(default=512, metadata={"help": "pairs per step (over all ranks)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "evaluate zero-shot (classification and/or caption retrieval) on this data spec at the end"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
+    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
+    precision: str = field(default="fp32", metadata={"help": "mixed precision", "choices": list(PRECISIONS)})
+    device: str = field(default="auto", metadata={"help": "training device: auto, cpu, cuda, cuda:N"})
+    runtime: str = field(default="auto", metadata={"help": "frozen image tower runtime (locked mode)",
+                                                   "choices": ["auto", "torch", "onnx"]})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and caption noise"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.pairs, str):
+            object.__setattr__(self, "pairs", (self.pairs,))
+        if not self.pairs:
+            raise ZeroshiftError("--pairs needs at least one data spec")
+        for name, value, allowed in (("mode", self.mode, MODES), ("loss", self.loss, LOSSES),
+                                     ("similarity", self.similarity, SIMILARITIES),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ZeroshiftError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
+        if min(self.dim, self.epochs, self.batch_size, self.sinkhorn_iters) < 1 or self.finetune_blocks < 0:
+            raise ZeroshiftError("--dim, --epochs, --batch-size and --sinkhorn-iters must be at least 1")
+        if not (0 <= self.alpha <= 1 and 0 <= self.noise <= 1 and 0 <= self.ema < 1):
+            raise ZeroshiftError("--alpha and --noise must be in [0, 1], --ema in [0, 1)")
+        if self.lr <= 0 or self.lam <= 0 or self.kd_temperature <= 0 or self.weight_decay < 0:
+            raise ZeroshiftError("--lr, --lam and --kd-temperature must be above 0, --weight-decay at least 0")
+        if not 0 <= self.warmup < 1 or self.checkpoint_every < 0:
+            raise ZeroshiftError("--warmup must be in [0, 1) and --checkpoint-every at least 0")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup,
+                           grad_clip=1.0, seed=self.seed, precision=self.precision, device=self.device)
+
+
+# ---------------------------------------------------------------- targets
+def soft_targets(cfg: AlignConfig, n: int, device: torch.device, teacher: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image->text, text->image) targets [n, n], rows summing to 1. `teacher` = (img, txt, img_ref,
+    txt_ref): the EMA embeddings and the references S_vv, S_tt come from (for kd and ot)."""
+    eye = torch.eye(n, device=device)
+    if cfg.loss == "infonce" or n == 1:
+        return eye, eye
+    if cfg.loss == "ls":
+        off = (1 - cfg.alpha) / (n - 1)
+        y = eye * cfg.alpha + (1 - eye) * off
+        return y, y
+    img, txt, img_ref, txt_ref = teacher
+    if cfg.loss == "ot":
+        it = ot_soft_labels(img, txt, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, img_ref, txt_ref)
+        ti = ot_soft_labels(txt, img, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, txt_ref, img_ref)
+        return it, ti
+    return _kd(img, txt, img_ref, txt_ref, cfg.alpha, cfg.kd_temperature)
+
+
+def _kd(img, txt, img_ref, txt_ref, alpha: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """kd targets: alpha I + (1 - alpha) softmax(-C / temperature), C as OT's (diagonals pushed down)."""
+    with torch.no_grad():
+        i, t = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+        ir = F.normalize((img if img_ref is None else img_ref).float(), dim=-1)
+        tr = F.normalize((txt if txt_ref is None else txt_ref).float(), dim=-1)
+        eye = torch.eye(len(i), device=i.device)
+        same = ir @ ir.T + tr @ tr.T - 2 * DIAGONAL_PUSH * eye  # [n, n] S_vv + S_tt, diagonals pushed down
+        if not torch.isfinite(same).all():
+            raise ZeroshiftError("the kd cost matrix has NaN/inf entries")
+        cost_it, cost_ti = -(same + i @ t.T), -(same + t @ i.T)  # [n, n]
+        return tuple(alpha * eye + (1 - alpha) * F.softmax(-c / temperature, dim=-1) for c in (cost_it, cost_ti))
+
+
+# ---------------------------------------------------------------- the task
+class AlignTask(nn.Module):
+    """One step: embed both sides (features, or towers with their last blocks trained), project, and
+    score the symmetric cross-entropy against the loss's soft targets; the EMA heads follow each step."""
+
+    def __init__(self, cfg: AlignConfig, heads: Heads, image_fn: Callable | None = None,
+                 text_fn: Callable | None = None, towers: nn.ModuleList | None = None) -> None:
+        super().__init__()
+        self.cfg, self.heads = cfg, heads
+        self.teacher = copy.deepcopy(heads).requires_grad_(False)  # EMA of the heads
+        self.towers = towers  # finetune: the towers whose last blocks train (registered, so checkpointed)
+        self.image_fn, self.text_fn = image_fn, text_fn  # finetune: batch -> backbone features with grads
+        self.step_index = 0
+
+    def train(self, mode: bool = True) -> AlignTask:
+        super().train(mode)
+        if self.towers is not None:
+            self.towers.eval()  # frozen BatchNorm statistics and no dropout in the pretrained towers
+        return self
+
+    def step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        self.step_index += 1
+        fi = self.image_fn(batch) if self.image_fn else batch["image"]  # [B, fi] backbone features
+        ft = self.text_fn(batch) if self.text_fn else batch["text"]  # [B, ft]
+        zi, zt = F.normalize(self.heads.image(fi), dim=-1), F.normalize(self.heads.text(ft), dim=-1)  # [B, d]
+        teacher = None
+        if self.cfg.loss in ("ot", "kd"):
+            with torch.no_grad():
+                ei, et = self.teacher.image(fi.detach()), self.teacher.text(ft.detach())  # [B, d] EMA embeddings
+                refs = (fi.detach(), ft.detach()) if self.cfg.similarity == "backbone" else (None, None)
+                (ei, et, ri, rt), rows = gather_cost(ei, et, *(r if r is not None else e for r, e in zip(refs, (ei, et))))
+                teacher = (ei, et, ri, rt)
+        try:
+            y_it, y_ti = soft_targets(self.cfg, len(zi) if teacher is None else len(teacher[0]), zi.device, teacher)
+        except ZeroshiftError as e:
+            raise ZeroshiftError(f"step {self.step_index}: {e}") from None
+        if teacher is not None:
+            y_it, y_ti = y_it[rows][:, rows], y_ti[rows][:, rows]  # this rank's block of the global targets
+            y_it, y_ti = y_it / y_it.sum(-1, keepdim=True), y_ti / y_ti.sum(-1, keepdim=True)
+        logits = self.heads.scale() * zi @ zt.T  # [B, B]
+        loss = 0.5 * (_soft_ce(logits, y_it) + _soft_ce(logits.T, y_ti))
+        return {self.cfg.loss: loss}, {"logit_scale": float(self.heads.scale())}
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Move the EMA heads toward the trained ones."""
+        for e, p in zip(self.teacher.parameters(), self.heads.parameters()):
+            e.lerp_(p.detach(), 1 - self.cfg.ema)
+
+
+def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+# ---------------------------------------------------------------- pairs
+@dataclass
+class Pairs:
+    """Usable pairs over the sources: each row's source, source row, caption, and (locked) features."""
+
+    sources: list[DataSource]
+    part: np.ndarray  # [N] which source
+    row: np.ndarray  # [N] row in that source
+    captions: list[str]  # [N] after the noise option
+    skipped: dict[str, int]
+    noisy: int
+
+
+def collect_pairs(sources: list[DataSource], noise: float, seed: int) -> Pairs:
+    """Rows with a usable caption (empty ones and ones that are not valid UTF-8 are skipped and counted);
+    with `noise`, that fraction of captions is replaced by the captions of other random pairs."""
+    part, row, captions, skipped = [], [], [], {"no caption": 0, "empty caption": 0, "caption not UTF-8": 0}
+    for k, source in enumerate(sources):
+        if source.captions is None:
+            raise DataError(f"{source.spec!r} has no captions; align needs image-caption pairs (csv: with a "
+                            "caption column, wds: with .txt, tuxpaint, openclipart)")
+        for r, caption in enumerate(source.captions):
+            text = (caption or "").strip()
+            if not text:
+                skipped["empty caption"] += 1
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes kept as surrogates by the readers
+                skipped["caption not UTF-8"] += 1
+                continue
+            part.append(k)
+            row.append(r)
+            captions.append(text)
+    if len(captions) < 2:
+        raise DataError(f"{len(captions)} usable image-caption pair(s) in {', '.join(s.spec for s in sources)}; "
+                        "align needs at least 2")
+    rng = np.random.default_rng([seed, 7])
+    k = round(noise * len(captions))
+    chosen = rng.choice(len(captions), k, replace=False) if k else np.zeros(0, np.int64)
+    donors = rng.integers(0, len(captions), k)
+    original = list(captions)
+    for i, j in zip(chosen, donors):
+        captions[i] = original[j]
+    return Pairs(sources, np.array(part), np.array(row), captions, {k: v for k, v in skipped.items() if v}, k)
+
+
+class Rows:
+    """Training rows: per pair, an index into the image side and one into the unique caption list."""
+
+    def __init__(self, image: torch.Tensor | None, text: torch.Tensor | None, image_index: np.ndarray,
+                 caption_ids: np.ndarray, pixels=None) -> None:
+        self.image, self.text, self.pixels = image, text, pixels  # locked: [U, fi], [T, ft]; finetune: pixel rows
+        self.image_index, self.caption_ids = image_index, caption_ids
+        self.captions: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.image_index)
+
+    def batches(self, batch_size: int, seed: int) -> Callable[[int], Epoch]:
+        return lambda epoch: Epoch(self, batch_size, seed, epoch)
+
+
+class Epoch:
+    """One epoch: a permutation seeded by (seed, epoch), split over the ranks; a final batch of one is kept."""
+
+    def __init__(self, rows: Rows, batch_size: int, seed: int, epoch: int) -> None:
+        world, rank = dist.world_size(), dist.rank()
+        self.rows, self.per_rank = rows, max(1, batch_size // world)
+        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
+        share = len(order) // world
+        self.order = order[rank * share:(rank + 1) * share]
+        self.n = -(-len(self.order) // self.per_rank)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.from_batch(0)
+
+    def from_batch(self, index: int) -> Iterator[dict]:
+        r = self.rows
+        for b in range(index, self.n):
+            rows = self.order[b * self.per_rank:(b + 1) * self.per_rank]
+            batch: dict = {"caption": torch.from_numpy(r.caption_ids[rows])}
+            if r.image is not None:
+                batch["image"] = r.image[r.image_index[rows]]  # [B, fi]
+                batch["text"] = r.text[r.caption_ids[rows]]  # [B, ft]
+            else:
+                batch["pixels"] = r.pixels(r.image_index[rows])
+            yield batch
+
+
+def _image_positions(feats, part_rows: np.ndarray) -> np.ndarray:
+    """Positions of source rows `part_rows` among a cache's valid rows; -1 where the image was bad."""
+    pos = np.searchsorted(feats.index, part_rows)
+    pos = np.clip(pos, 0, max(len(feats.index) - 1, 0))
+    ok = (len(feats.index) > 0) & (feats.index[pos] == part_rows) if len(feats.index) else np.zeros(len(part_rows), bool)
+    return np.where(ok, pos, -1)
+
+
+def build_rows(cfg: AlignConfig, pairs: Pairs, image_tower, text_tower, progress: bool) -> tuple[Rows, Callable | None]:
+    """Locked: image features [U, fi] and caption features [T, ft] in memory. Finetune: a pixel cache
+    read per batch, and the function finishing its pixels. Pairs whose image is bad are dropped, counted."""
+    unique = list(dict.fromkeys(pairs.captions))
+    lookup = {c: i for i, c in enumerate(unique)}
+    caption_ids = np.array([lookup[c] for c in pairs.captions], dtype=np.int64)
+    finish, encoder = None, image_tower
+    if cfg.mode == "finetune":
+        encoder, finish = pixel_pipeline(image_tower.image_transform)
+    caches, positions = [], np.full(len(caption_ids), -1, dtype=np.int64)
+    offsets = []
+    for k, source in enumerate(pairs.sources):
+        opts = ({"runtime": cfg.runtime} if cfg.mode == "locked"
+                else {"runtime": "torch", "dtype": encoder.dtype, "shard_rows": 1024})
+        feats = embed(encoder, source, progress=progress, **opts)
+        sel = pairs.part == k
+        pos = _image_positions(feats, pairs.row[sel])
+        positions[sel] = np.where(pos >= 0, pos + sum(len(c) for c in caches), -1)
+        offsets.append(sum(len(c) for c in caches))
+        caches.append(feats)
+    keep = positions >= 0
+    pairs.skipped.update({"image missing or corrupt": int((~keep).sum())} if (~keep).any() else {})
+    if keep.sum() < 2:
+        raise DataError(f"{int(keep.sum())} pair(s) left with a readable image; align needs at least 2")
+    if cfg.mode == "locked":
+        image = torch.cat([torch.from_numpy(c.numpy()) for c in caches])  # [U, fi]
+        text = encode_prompts(text_tower, unique, len(unique), progress).embeddings  # [T, ft]
+        rows = Rows(image, text, positions[keep], caption_ids[keep])
+    else:
+        bounds = np.cumsum([0] + [len(c) for c in caches])
+        shape = encoder.shape
+
+        def pixels(index: np.ndarray) -> torch.Tensor:  # global cache positions -> [B, 3, H, W] uint8
+            out = torch.empty(len(index), *shape, dtype=torch.uint8 if encoder.dtype == "uint8" else torch.float32)
+            part = np.searchsorted(bounds, index, side="right") - 1
+            for k in np.unique(part):
+                sel = part == k
+                block = caches[k].gather(index[sel] - bounds[k])  # [b, 3 * H * W]
+                out[torch.from_numpy(np.flatnonzero(sel))] = torch.from_numpy(block).view(-1, *shape).to(out.dtype)
+            return out
+
+        rows = Rows(None, None, positions[keep], caption_ids[keep], pixels=pixels)
+    rows.captions = unique
+    return rows, finish
+
+
+def _finetune_parts(cfg: AlignConfig, image_tower, text_tower, rows: Rows, finish) -> tuple[nn.ModuleList, Callable, Callable, dict]:
+    """Freeze both towers but their last `finetune_blocks` blocks; the functions computing features with grads."""
+    trained = {}
+    for side, model in (("image", image_tower), ("text", text_tower)):
+        names = set(trainable_blocks(model, cfg.finetune_blocks))
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in names)
+        trained[side] = sorted(names)
+        if not names:
+            raise ZeroshiftError(f"the {side} tower {getattr(model, 'spec', '')} has no parameters to finetune; "
+                                 "use --mode locked")
+
+    def image_fn(batch: dict) -> torch.Tensor:
+        return image_tower(finish(batch["pixels"])).float()  # [B, fi]
+
+    def text_fn(batch: dict) -> torch.Tensor:
+        return text_tower([rows.captions[i] for i in batch["caption"].tolist()]).float()  # [B, ft]
+
+    return nn.ModuleList([image_tower, text_tower]), image_fn, text_fn, trained
+
+
+def align(cfg: AlignConfig, progress: bool = True) -> VLM:
+    """Train projection heads (and, in finetune mode, the towers' last blocks) on image-caption pairs
+    and write the run folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png);
+    returns it loaded as a VLM. Checkpoints go to OUT.ckpt; a rerun after a kill resumes there. With
+    `cfg.eval_dataset`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
+    from ..models.artefact import RunWriter, check_out, load_run, write_card
+    from ..specs import dataset
+    from ..zeroshot.evaluate import evaluate, tasks_for
+
+    started = time.perf_counter()
+    out = Path(cfg.out).expanduser().absolute()
+    check_out(out, cfg.overwrite)
+    sources = [dataset(spec) for spec in cfg.pairs]
+    pairs = collect_pairs(sources, cfg.noise, cfg.seed)
+    eval_source = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
+    if eval_source is not None:
+        tasks_for(eval_source)
+    identity = {"kind": "aligned", "image": cfg.image, "text": cfg.text, "loss": cfg.loss}
+    with RunWriter(out, cfg.overwrite, identity) as run:
+        finetune = cfg.mode == "finetune"
+        image_tower = tower(cfg.image, "image", "torch" if finetune else cfg.runtime)
+        text_tower = tower(cfg.text, "text")
+        t0 = time.perf_counter()
+        rows, finish = build_rows(cfg, pairs, image_tower, text_tower, progress)
+        prepare_seconds = time.perf_counter() - t0
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            heads = Heads(image_tower.dim, text_tower.dim, cfg.dim)
+        towers, image_fn, text_fn, trained = None, None, None, {}
+        if finetune:
+            towers, image_fn, text_fn, trained = _finetune_parts(cfg, image_tower, text_tower, rows, finish)
+        task = AlignTask(cfg, heads, image_fn, text_fn, towers)
+        resumable = {k: v for k, v in asdict(cfg).items()
+                     if k not in ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device",
+                                  "runtime", "eval_dataset")}
+        checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {
+            **resumable, "data": [s.fingerprint() for s in sources], "rows": len(rows),
+            "dims": [image_tower.dim, text_tower.dim]}, cfg.checkpoint_every)
+        if not cfg.resume:
+            checkpoints.clear()
+        t1 = time.perf_counter()
+        history = train(task, rows.batches(cfg.batch_size, cfg.seed), cfg.train_config(), run.path, progress,
+                        checkpoints)
+        train_seconds = time.perf_counter() - t1
+        plot_history(history, run.path / "loss.png", title=f"align {cfg.loss}: {cfg.image} + {cfg.text}")
+        plot_eval(history, run.path / "accuracy.png")
+        config = {
+            "kind": "aligned", "zeroshift_version": __version__, "image": cfg.image, "text": cfg.text,
+            "dims": {"image": image_tower.dim, "text": text_tower.dim, "joint": cfg.dim}, "mode": cfg.mode,
+            "finetuned": trained,
+            "loss": {"name": cfg.loss, "alpha": cfg.alpha, "lam": cfg.lam, "sinkhorn_iters": cfg.sinkhorn_iters,
+                     "kd_temperature": cfg.kd_temperature, "ema": cfg.ema, "similarity": cfg.similarity},
+            "logit_scale": float(heads.scale()),
+            "pairs": [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources],
+            "rows": len(rows), "captions": len(rows.captions), "noise": {"fraction": cfg.noise, "replaced": pairs.noisy},
+            "skipped": pairs.skipped,
+            "train": {**asdict(cfg.train_config()), "batch_size": cfg.batch_size,
+                      "steps": len(rows.batches(cfg.batch_size, cfg.seed)(0)) * cfg.epochs},
+            "resumed_from_step": checkpoints.resumed_step,
+            "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2),
+                        "total": round(time.perf_counter() - started, 2)},
+            "options": asdict(cfg),
+        }
+        state = {f"heads.{k}": v for k, v in heads.state_dict().items()}
+        for side, model in (("image", image_tower), ("text", text_tower)):
+            params = dict(model.named_parameters())
+            state.update({f"{side}.{name}": params[name] for name in trained.get(side, [])})
+        run.finish(config, state, model_card(config, history))
+    if not cfg.keep_checkpoints:
+        checkpoints.clear()
+    vlm = load_run(str(out), runtime=cfg.runtime)
+    if eval_source is not None:
+        records = evaluate(vlm, eval_source, out=out / "results", runtime=cfg.runtime, progress=progress)
+        write_card(out, model_card(config, history, list(records.values())))
+    return vlm
+
+
+# ---------------------------------------------------------------- model card
+def model_card(config: dict, history: list[dict], records: list[dict] | None = None) -> str:
+    """README.md of an aligned VLM: what it is, how it was made, its results and how to use it."""
+    o, t, loss = config["options"], config["train"], config["loss"]
+    detail = {"infonce": "", "ls": f"alpha {loss['alpha']}",
+              "kd": f"alpha {loss['alpha']}, temperature {loss['kd_temperature']}, EMA {loss['ema']}",
+              "ot": (f"alpha {loss['alpha']}, lambda {loss['lam']}, {loss['sinkhorn_iters']} Sinkhorn iterations, "
+                     f"EMA {loss['ema']}, S_vv/S_tt from the {loss['similarity']}")}[loss["name"]]
+    pairs = "; ".join(f"`{p['spec']}`" for p in config["pairs"])
+    skipped = ", ".join(f"{v} {k}" for k, v in config["skipped"].items()) or "none"
+    lines = [
+        f"# zeroshift aligned VLM: {config['image']} + {config['text']}", "",
+        (f"A vision-language model made from the image tower `{config['image']}` and the text tower "
+         f"`{config['text']}`, each projected into a shared {config['dims']['joint']}-d space and trained on "
+         f"image-caption pairs with OTTER's recipe (`zeroshift align`, zeroshift {config['zeroshift_version']})."), "",
+        "| | |", "|---|---|",
+        f"| towers | `{config['image']}` ({config['dims']['image']}-d), `{config['text']}` ({config['dims']['text']}-d) |",
+        f"| mode | {config['mode']}" + (f" (last blocks: {sum(len(v) for v in config['finetuned'].values())} tensors)"
+                                       if config["finetuned"] else "") + " |",
+        f"| loss | {loss['name']}{' (' + detail + ')' if detail else ''} |",
+        f"| pairs | {pairs}: {config['rows']} used, {config['captions']} distinct captions; skipped: {skipped} |",
+        f"| caption noise | {config['noise']['fraction']:g} ({config['noise']['replaced']} replaced) |",
+        (f"| training | {t['epochs']} epochs, {t['steps']} steps, AdamW lr {t['lr']:g}, batch {t['batch_size']}, "
+         f"final logit scale {config['logit_scale']:.1f}, {config['seconds']['train']} s |"),
+        "", "## Results", "",
+    ]
+    if records:
+        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
+        for r in records:
+            for k, v in r["metrics"].items():
+                if k in ("acc1", "acc5", "mean_per_class_recall") or k.startswith("flat_hit") \
+                        or k.endswith(("recall@1", "recall@5")):
+                    lines.append(f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |")
+        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
+    else:
+        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{o['out']} --dataset ...`")
+    lines += [
+        "", "## Use", "", "```", f"zeroshift predict --model run:{o['out']} --labels 'cat,dog' image.jpg",
+        f"zeroshift transfer --teacher run:{o['out']} --encoder effnet-lite0 --data ... --out bridge",
+        f"zeroshift distill --teacher run:{o['out']} --data ... --out student", "```", "",
+        ("Files: `config.json` (every option), `model.safetensors` (heads and any finetuned blocks), "
+        "`metrics.jsonl`, `loss.png`."), "",
+    ]
+    return "\n".join(lines)
