@@ -12,8 +12,13 @@ from safetensors.torch import load_file
 
 import zeroshift
 from zeroshift.errors import DataError, SpecError, ZeroshiftError
-from zeroshift.methods import align as A
-from zeroshift.methods.align import AlignConfig, AlignTask, align, collect_pairs, soft_targets
+from zeroshift.methods.align import (
+    AlignConfig,
+    AlignTask,
+    align,
+    collect_pairs,
+    soft_targets,
+)
 
 IMAGE, TEXT = "tiny-clip:seed=0", "tiny-clip:seed=1"
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}

@@ -86,23 +86,28 @@ def test_models_and_datasets_list(home, capsys):
 def test_quickstart_writes_report_plot_records_config(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
-                 "--encoders", "--students", "--out", str(out), "--runtime", "torch"]) == 0
+                 "--encoders", "--students", "--align-towers", "--out", str(out), "--runtime", "torch"]) == 0
     assert "acc1" in (out / "report.md").read_text() and (out / "zeroshot.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["teacher"] == "tiny-clip:seed=0"
     assert len(list((out / "results").glob("*.json"))) == 1
     assert "quickstart finished" in capsys.readouterr().out
 
 
-def test_quickstart_with_transfer_and_distill_steps(home, folder, tmp_path, capsys):
+def test_quickstart_with_transfer_distill_and_align_steps(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
+    pairs = folder / "pairs.csv"
+    pairs.write_text("path,caption\n" + "".join(f"{c}/{i}.png,a {c} square\n" for c in COLOURS for i in range(4)))
     assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
                  "--encoders", "tiny-clip:seed=1", "--fit-data", f"folder:{folder}", "--out", str(out),
                  "--students", "student-cnn:width=8,size=32", "--distill-data", f"folder:{folder}",
-                 "--distill-epochs", "1", "--runtime", "torch"]) == 0
+                 "--distill-epochs", "1", "--align-towers", "tiny-clip:seed=0", "tiny-clip:seed=1",
+                 "--align-pairs", f"csv:{pairs}", "--chain-encoder", "tiny-clip:seed=2,dim=24",
+                 "--runtime", "torch"]) == 0
     report = (out / "report.md").read_text()
     assert "tiny-clip:seed=1 -> bridge" in report and (out / "bridges").is_dir()
     assert "student-cnn:width=8,size=32 (distilled)" in report and (out / "students").is_dir()
-    assert len(list((out / "results").glob("*.json"))) == 3
+    assert "(aligned, ot)" in report and "tiny-clip:seed=2,dim=24 -> bridge -> aligned" in report
+    assert len(list((out / "results").glob("*.json"))) == 5
 
 
 def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path, capsys):

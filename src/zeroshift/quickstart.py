@@ -1,6 +1,7 @@
 """The main job on the offline catalogue: evaluate the offline teacher zero-shot, bridge other
-encoders into its joint space (transfer), distil small students from it (distill), evaluate them all
-beside it, and write one report."""
+encoders into its joint space (transfer), distil small students from it (distill), align a new VLM
+from an image and a text tower (align) and bridge an encoder into that one, evaluate them all the
+same way, and write one report."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import __version__, paths
+from .errors import ZeroshiftError
 from .report import HEADERS, bar_plot, display, markdown_table, rows
 
 
@@ -26,6 +28,11 @@ class QuickstartConfig:
     distill_data: str = field(default="synthetic:classes=fashion-mnist+tuxpaint,n=2000,size=96", metadata={
         "help": "images the students learn the teacher's embeddings on (synthetic renders by default)"})
     distill_epochs: int = field(default=8, metadata={"help": "epochs of each distillation"})
+    align_towers: tuple[str, ...] = field(default=("effnet-lite2", "minilm"), metadata={
+        "help": "image and text tower of a new VLM made with align (OTTER; none: skip align)"})
+    align_pairs: str = field(default="tuxpaint[0::2]", metadata={"help": "image-caption pairs align trains on"})
+    chain_encoder: str | None = field(default="effnet-lite0", metadata={
+        "help": "encoder bridged into the aligned VLM, to show align -> transfer"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
 
@@ -33,6 +40,7 @@ class QuickstartConfig:
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     """Evaluate the teacher and one bridge per encoder on each dataset; write records, report.md,
     a plot and config.json into `cfg.out`."""
+    from .methods.align import AlignConfig, align
     from .methods.distill import DistillConfig, distill
     from .methods.transfer import TransferConfig, transfer
     from .specs import load
@@ -51,6 +59,19 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
                              out=str(out / "students" / paths.slug(student, 200)), epochs=cfg.distill_epochs,
                              overwrite=True, runtime=cfg.runtime)
         models.append((f"distill {student}", f"{student} (distilled)", lambda dcfg=dcfg: distill(dcfg, progress=progress)))
+    if cfg.align_towers:
+        if len(cfg.align_towers) != 2:
+            raise ZeroshiftError("--align-towers takes an image tower and a text tower (or nothing to skip align)")
+        aligned = out / "aligned" / paths.slug("+".join(cfg.align_towers), 200)
+        acfg = AlignConfig(image=cfg.align_towers[0], text=cfg.align_towers[1], pairs=(cfg.align_pairs,),
+                           out=str(aligned), epochs=50, batch_size=128, overwrite=True, runtime=cfg.runtime)
+        models.append(("align", f"{'+'.join(cfg.align_towers)} (aligned, ot)", lambda: align(acfg, progress=progress)))
+        if cfg.chain_encoder:
+            ccfg = TransferConfig(teacher=f"run:{aligned}", encoder=cfg.chain_encoder, data=cfg.fit_data,
+                                  out=str(out / "bridges" / ("aligned-" + paths.slug(cfg.chain_encoder, 200))),
+                                  overwrite=True, runtime=cfg.runtime)
+            models.append((f"transfer {cfg.chain_encoder} -> aligned", f"{cfg.chain_encoder} -> bridge -> aligned",
+                           lambda: transfer(ccfg, progress=progress)))
     records, timings = [], []
     for step, name, make in models:
         t0 = time.perf_counter()
@@ -71,12 +92,15 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
         "# zeroshift quickstart", "",
         f"Teacher `{cfg.teacher}` evaluated zero-shot; {len(cfg.encoders)} encoder(s) bridged into its joint "
         f"space with Zoom-shot (`transfer`) on the unlabelled images of `{cfg.fit_data}`; {len(cfg.students)} "
-        f"small student(s) trained to reproduce its image embeddings (`distill`) on `{cfg.distill_data}`; all "
-        f"evaluated the same way. zeroshift {__version__}, {seconds} s in all.", "",
+        f"small student(s) trained to reproduce its image embeddings (`distill`) on `{cfg.distill_data}`; "
+        + (f"a new VLM aligned from `{' + '.join(cfg.align_towers)}` with OTTER (`align`) on the pairs of "
+           f"`{cfg.align_pairs}`" + (f", and `{cfg.chain_encoder}` bridged into it" if cfg.chain_encoder else "") + "; "
+           if cfg.align_towers else "") + f"all evaluated the same way. zeroshift {__version__}, {seconds} s in all.", "",
         markdown_table(display(table), HEADERS), "",
         markdown_table(timings, ["step", "dataset", "load/fit seconds", "eval seconds"]), "",
         f"![zero-shot results]({plot.name})", "",
-        "Bridges are in `bridges/` and students in `students/` (use one as `--model run:<folder>`); records in "
+        "Bridges are in `bridges/`, students in `students/`, aligned VLMs in `aligned/` (use one as "
+        "`--model run:<folder>`); records in "
         "CLIP_benchmark's format are "
         "in `results/`; the resolved options in `config.json`.", "",
     ]
