@@ -34,21 +34,29 @@ TEACHER = "conse:effnet-lite2+minilm"
 EVALS = ("fashion-mnist:test", "tuxpaint[1::2]")
 
 
-def images_per_second(encoder, batch: int = 64, repeats: int = 5) -> float:
-    """Model-only throughput: median over `repeats` timed forward passes of one preprocessed batch."""
-    x = probe_batch(encoder.image_transform, batch)  # [batch, 3, H, W]
-    encoder.encode_image(x)  # warm-up (and ONNX session creation)
-    times = []
+def side_by_side(encoders: dict[str, object], batch: int = 64, repeats: int = 7) -> dict[str, float]:
+    """Model-only images per second of each encoder: one preprocessed batch each, timed in turns
+    (so load on the machine hits all alike), median of `repeats` after a warm-up."""
+    inputs = {name: probe_batch(enc.image_transform, batch) for name, enc in encoders.items()}  # [batch, 3, H, W]
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    for name, enc in encoders.items():
+        enc.encode_image(inputs[name])  # warm-up (and ONNX session creation)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        encoder.encode_image(x)
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+        for name, enc in encoders.items():
+            t0 = time.perf_counter()
+            enc.encode_image(inputs[name])
+            times[name].append(time.perf_counter() - t0)
+    return {name: batch / statistics.median(t) for name, t in times.items()}
 
 
-def speed(spec: str, runtime: str) -> float:
-    """Throughput of a run's student image tower, loaded afresh with `runtime`."""
-    return images_per_second(zeroshift.load(spec, runtime=runtime).image)
+def speeds(student_spec: str) -> dict[str, dict[str, float]]:
+    """Teacher image tower (EfficientNet-Lite2) and a student run's image tower, in PyTorch and onnxruntime."""
+    lite2 = zeroshift.load("effnet-lite2", runtime="torch")
+    encoders = {"teacher/torch": lite2, "teacher/onnx": lite2.accelerated("onnx"),
+                "student/torch": zeroshift.load(student_spec, runtime="torch").image,
+                "student/onnx": zeroshift.load(student_spec, runtime="onnx").image}
+    measured = side_by_side(encoders)
+    return {who: {rt: measured[f"{who}/{rt}"] for rt in ("torch", "onnx")} for who in ("teacher", "student")}
 
 
 def run(args) -> dict:
@@ -56,15 +64,13 @@ def run(args) -> dict:
     texts, groups = vocabulary(None)
     vocab = encode_prompts(teacher, texts, groups, progress=False).class_weights()
     evals = [EvalSet(teacher, s, vocab) for s in EVALS]
-    lite2 = zeroshift.load("effnet-lite2", runtime="torch")
-    teacher_params = param_count(lite2)
+    teacher_params = param_count(zeroshift.load("effnet-lite2", runtime="torch"))
     sets = {"synthetic": (f"synthetic:classes=fashion-mnist+tuxpaint,n={args.images},size=96",),
             "real": (f"fashion-mnist:train[:{args.images - 392}]", "tuxpaint[0::2]")}
-    speeds = {"teacher": {"torch": images_per_second(lite2), "onnx": images_per_second(lite2.accelerated("onnx"))}}
-    print("teacher img/s:", speeds["teacher"], flush=True)
     rows = [{"data": "-", "loss": "teacher", "params": teacher_params, **{e.spec: e.score(e.t) for e in evals}}]
     losses = args.losses or (("l2", "contrastive-text") if args.quick else LOSSES)
     work = Path(tempfile.mkdtemp(prefix="zeroshift-bench-distill-"))
+    runs: list[str] = []
     for data_name, specs in sets.items():
         for loss in losses:
             cfg = DistillConfig(teacher=TEACHER, data=specs, out=str(work / f"{data_name}-{loss}"), student=args.student,
@@ -79,9 +85,8 @@ def run(args) -> dict:
             print(f"{data_name:9s} {loss:20s} " + "  ".join(
                 f"{k}: agree {v['agree']:.3f} acc {v['acc1']:.3f} cos {v['cosine']:.3f}" for k, v in scores.items())
                 + f"  ({seconds:.0f} s)", flush=True)
-            if "student" not in speeds:
-                speeds["student"] = {"torch": speed(vlm.spec, "torch"), "onnx": speed(vlm.spec, "onnx")}
-    return {"rows": rows, "speeds": speeds, "sets": {k: list(v) for k, v in sets.items()}, "student": args.student,
+            runs.append(cfg.out)
+    return {"rows": rows, "speeds": speeds(runs[0]), "runs": runs, "sets": {k: list(v) for k, v in sets.items()}, "student": args.student,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "images": args.images}
 
 
@@ -122,7 +127,7 @@ def write(result: dict, out: Path) -> None:
         cells += [f"{r5 / t_r5:.2f}" if r5 is not None and t_r5 else "-", f"{r['train_s']:.0f}" if "train_s" in r else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     st, te = sp["student"], sp["teacher"]
-    lines += ["", "Images per second, model only, batch 64, after a warm-up (median of 5):", "",
+    lines += ["", "Images per second, model only, batch 64, timed in turns after a warm-up (median of 7):", "",
               "| runtime | teacher (EfficientNet-Lite2) | student | student / teacher |", "|---|---|---|---|"]
     for rt in ("torch", "onnx"):
         lines.append(f"| {rt} | {te[rt]:.1f} | {st[rt]:.1f} | {st[rt] / te[rt]:.1f}x |")
@@ -167,8 +172,16 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--losses", nargs="*", choices=LOSSES)
     p.add_argument("--quick", action="store_true", help="smoke run: 800 images, 2 epochs, l2 and contrastive-text")
+    p.add_argument("--speed-only", metavar="RUN", help="re-measure images per second against a student run folder "
+                   "and rewrite the results of the last full run (its distill.json) with them")
     p.add_argument("--out", default=str(HERE / "results"))
     args = p.parse_args()
+    if args.speed_only:
+        result = json.loads((Path(args.out) / "distill.json").read_text())
+        result.pop("machine", None)
+        result["speeds"] = speeds(f"run:{Path(args.speed_only).resolve()}")
+        write(result, Path(args.out))
+        return
     if args.quick:
         args.images, args.epochs = min(args.images, 800), min(args.epochs, 2)
     write(run(args), Path(args.out))

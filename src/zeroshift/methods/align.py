@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
-from ..cache import distributed as dist
 from ..cache import embed
 from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
@@ -40,6 +39,7 @@ from ..models.aligned import Heads, tower, trainable_blocks
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
+from ..train.batches import Epoch
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import encode_prompts
 from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_labels
@@ -260,37 +260,18 @@ class Rows:
         return len(self.image_index)
 
     def batches(self, batch_size: int, seed: int) -> Callable[[int], Epoch]:
-        return lambda epoch: Epoch(self, batch_size, seed, epoch)
+        """Epochs of batches {caption [B], image [B, fi], text [B, ft]} (locked) or {caption, pixels} (finetune)."""
 
-
-class Epoch:
-    """One epoch: a permutation seeded by (seed, epoch), split over the ranks; a final batch of one is kept."""
-
-    def __init__(self, rows: Rows, batch_size: int, seed: int, epoch: int) -> None:
-        world, rank = dist.world_size(), dist.rank()
-        self.rows, self.per_rank = rows, max(1, batch_size // world)
-        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
-        share = len(order) // world
-        self.order = order[rank * share:(rank + 1) * share]
-        self.n = -(-len(self.order) // self.per_rank)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[dict]:
-        return self.from_batch(0)
-
-    def from_batch(self, index: int) -> Iterator[dict]:
-        r = self.rows
-        for b in range(index, self.n):
-            rows = self.order[b * self.per_rank:(b + 1) * self.per_rank]
-            batch: dict = {"caption": torch.from_numpy(r.caption_ids[rows])}
-            if r.image is not None:
-                batch["image"] = r.image[r.image_index[rows]]  # [B, fi]
-                batch["text"] = r.text[r.caption_ids[rows]]  # [B, ft]
+        def make(rows: np.ndarray, g: torch.Generator) -> dict:
+            batch: dict = {"caption": torch.from_numpy(self.caption_ids[rows])}
+            if self.image is not None:
+                batch["image"] = self.image[self.image_index[rows]]  # [B, fi]
+                batch["text"] = self.text[self.caption_ids[rows]]  # [B, ft]
             else:
-                batch["pixels"] = r.pixels(r.image_index[rows])
-            yield batch
+                batch["pixels"] = self.pixels(self.image_index[rows])  # [B, 3, H, W]
+            return batch
+
+        return lambda epoch: Epoch(len(self), batch_size, seed, epoch, make)  # a last batch of one is kept
 
 
 def _image_positions(feats, part_rows: np.ndarray) -> np.ndarray:

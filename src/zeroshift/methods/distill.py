@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,12 +33,12 @@ from torch import nn
 
 from .. import __version__
 from ..cache import Features, embed
-from ..cache import distributed as dist
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
+from ..train.batches import Epoch
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 
@@ -205,38 +205,15 @@ class Rows:
         return out
 
     def batches(self, batch_size: int, seed: int, augment: str) -> Callable[[int], Epoch]:
-        return lambda epoch: Epoch(self, batch_size, seed, epoch, augment)
+        """Epochs of batches {pixels [B, 3, H, W], target [B, d], text [B]?}, augmented per (seed, epoch, batch)."""
 
+        def make(rows: np.ndarray, g: torch.Generator) -> dict:
+            batch = {"pixels": augment_batch(self.images(rows), augment, g), "target": self.targets[rows]}
+            if self.texts is not None:
+                batch["text"] = torch.from_numpy(self.texts[rows])
+            return batch
 
-class Epoch:
-    """One epoch's batches: a permutation seeded by (seed, epoch), split over the ranks, augmented with
-    a generator seeded by (seed, epoch, batch); a batch of one row is dropped (BatchNorm needs two)."""
-
-    def __init__(self, rows: Rows, batch_size: int, seed: int, epoch: int, augment: str) -> None:
-        world, rank = dist.world_size(), dist.rank()
-        self.rows, self.seed, self.epoch, self.augment = rows, seed, epoch, augment
-        self.per_rank = max(1, batch_size // world)
-        order = np.random.default_rng([seed, epoch]).permutation(len(rows))
-        share = len(order) // world
-        self.order = order[rank * share:(rank + 1) * share]  # [share] this rank's rows
-        n = len(self.order) // self.per_rank + (len(self.order) % self.per_rank >= 2)
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[dict]:
-        return self.from_batch(0)
-
-    def from_batch(self, index: int) -> Iterator[dict]:
-        for b in range(index, self.n):
-            rows = self.order[b * self.per_rank:(b + 1) * self.per_rank]
-            g = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, self.epoch, b]).integers(2**62)))
-            batch = {"pixels": augment_batch(self.rows.images(rows), self.augment, g),
-                     "target": self.rows.targets[rows]}
-            if self.rows.texts is not None:
-                batch["text"] = torch.from_numpy(self.rows.texts[rows])
-            yield batch
+        return lambda epoch: Epoch(len(self), batch_size, seed, epoch, make, min_batch=2)
 
 
 def augment_batch(images: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
