@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
+from ..cache import distributed as dist
 from ..cache import embed
 from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
@@ -167,27 +168,27 @@ class AlignTask(nn.Module):
         return self
 
     def step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Under torchrun both sides are gathered (with gradients) so that each rank scores its own rows
+        against the global batch; DDP's gradient average then equals one process at the global batch."""
         self.step_index += 1
         fi = self.image_fn(batch) if self.image_fn else batch["image"]  # [B, fi] backbone features
         ft = self.text_fn(batch) if self.text_fn else batch["text"]  # [B, ft]
         zi, zt = F.normalize(self.heads.image(fi), dim=-1), F.normalize(self.heads.text(ft), dim=-1)  # [B, d]
+        (zi_all, zt_all), rows = gather_cost(zi, zt)  # [N, d] over all ranks; `rows` = this rank's
         teacher = None
         if self.cfg.loss in ("ot", "kd"):
             with torch.no_grad():
                 ei, et = self.teacher.image(fi.detach()), self.teacher.text(ft.detach())  # [B, d] EMA embeddings
-                refs = (fi.detach(), ft.detach()) if self.cfg.similarity == "backbone" else (None, None)
-                (ei, et, ri, rt), rows = gather_cost(ei, et, *(r if r is not None else e for r, e in zip(refs, (ei, et))))
-                teacher = (ei, et, ri, rt)
+                ri, rt = (fi.detach(), ft.detach()) if self.cfg.similarity == "backbone" else (ei, et)
+                teacher, _ = gather_cost(ei, et, ri, rt)
         try:
-            y_it, y_ti = soft_targets(self.cfg, len(zi) if teacher is None else len(teacher[0]), zi.device, teacher)
+            y_it, y_ti = soft_targets(self.cfg, len(zi_all), zi.device, teacher)  # [N, N] each
         except ZeroshiftError as e:
             raise ZeroshiftError(f"step {self.step_index}: {e}") from None
-        if teacher is not None:
-            y_it, y_ti = y_it[rows][:, rows], y_ti[rows][:, rows]  # this rank's block of the global targets
-            y_it, y_ti = y_it / y_it.sum(-1, keepdim=True), y_ti / y_ti.sum(-1, keepdim=True)
-        logits = self.heads.scale() * zi @ zt.T  # [B, B]
-        loss = 0.5 * (_soft_ce(logits, y_it) + _soft_ce(logits.T, y_ti))
-        return {self.cfg.loss: loss}, {"logit_scale": float(self.heads.scale())}
+        scale = self.heads.scale()
+        logits_it, logits_ti = scale * zi @ zt_all.T, scale * zt @ zi_all.T  # [B, N] this rank's rows
+        loss = 0.5 * (_soft_ce(logits_it, y_it[rows]) + _soft_ce(logits_ti, y_ti[rows]))
+        return {self.cfg.loss: loss}, {"logit_scale": scale.item()}
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -367,7 +368,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     if eval_source is not None:
         tasks_for(eval_source)
     identity = {"kind": "aligned", "image": cfg.image, "text": cfg.text, "loss": cfg.loss}
-    with RunWriter(out, cfg.overwrite, identity) as run:
+    lead = dist.rank() == 0  # under torchrun only rank 0 writes the run; every rank trains and evaluates
+    with RunWriter(out, cfg.overwrite, identity, active=lead) as run:
         finetune = cfg.mode == "finetune"
         image_tower = tower(cfg.image, "image", "torch" if finetune else cfg.runtime)
         text_tower = tower(cfg.text, "text")
@@ -387,8 +389,9 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
         checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {
             **resumable, "data": [s.fingerprint() for s in sources], "rows": len(rows),
             "dims": [image_tower.dim, text_tower.dim]}, cfg.checkpoint_every)
-        if not cfg.resume:
+        if not cfg.resume and lead:
             checkpoints.clear()
+        dist.barrier()
         t1 = time.perf_counter()
         history = train(task, rows.batches(cfg.batch_size, cfg.seed), cfg.train_config(), run.path, progress,
                         checkpoints)
@@ -417,12 +420,15 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
             params = dict(model.named_parameters())
             state.update({f"{side}.{name}": params[name] for name in trained.get(side, [])})
         run.finish(config, state, model_card(config, history))
-    if not cfg.keep_checkpoints:
+    if not cfg.keep_checkpoints and lead:
         checkpoints.clear()
+    dist.barrier()  # the run folder is published
     vlm = load_run(str(out), runtime=cfg.runtime)
     if eval_source is not None:
-        records = evaluate(vlm, eval_source, out=out / "results", runtime=cfg.runtime, progress=progress)
-        write_card(out, model_card(config, history, list(records.values())))
+        records = evaluate(vlm, eval_source, out=out / "results" if lead else None, runtime=cfg.runtime,
+                           progress=progress and lead)
+        if lead:
+            write_card(out, model_card(config, history, list(records.values())))
     return vlm
 
 

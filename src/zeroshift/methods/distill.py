@@ -33,6 +33,7 @@ from torch import nn
 
 from .. import __version__
 from ..cache import Features, embed
+from ..cache import distributed as dist
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
 from ..models.pixels import pixel_pipeline
@@ -381,7 +382,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     if eval_source is not None and "zeroshot_classification" not in tasks_for(eval_source):
         raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the student against")
     identity = {"kind": "student", "teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
-    with RunWriter(out, cfg.overwrite, identity) as run:
+    lead = dist.rank() == 0  # under torchrun only rank 0 writes the run; every rank trains and evaluates
+    with RunWriter(out, cfg.overwrite, identity, active=lead) as run:
         teacher = load(cfg.teacher, runtime=cfg.runtime)
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
@@ -408,8 +410,9 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {
             **resumable, "data": [e["fingerprint"] for e in entries], "dims": [teacher.dim, pixel_encoder.dim]},
             cfg.checkpoint_every)
-        if not cfg.resume:
+        if not cfg.resume and lead:
             checkpoints.clear()
+        dist.barrier()
         t1 = time.perf_counter()
         history = train(task, rows.batches(cfg.batch_size, cfg.seed, cfg.augment), tcfg, run.path, progress,
                         checkpoints, None if scorer is None else lambda: scorer(student))
@@ -433,12 +436,15 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         }
         state = {f"student.{k}": v for k, v in student.state_dict().items()}
         run.finish(config, state, model_card(config, history))
-    if not cfg.keep_checkpoints:
+    if not cfg.keep_checkpoints and lead:
         checkpoints.clear()
+    dist.barrier()  # the run folder is published
     vlm = load_run(str(out), runtime=cfg.runtime)
     if eval_source is not None:
-        records = evaluate(vlm, eval_source, out=out / "results", runtime=cfg.runtime, progress=progress)
-        write_card(out, model_card(config, history, list(records.values())))
+        records = evaluate(vlm, eval_source, out=out / "results" if lead else None, runtime=cfg.runtime,
+                           progress=progress and lead)
+        if lead:
+            write_card(out, model_card(config, history, list(records.values())))
     return vlm
 
 

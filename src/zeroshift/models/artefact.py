@@ -111,16 +111,25 @@ def check_out(out: Path, overwrite: bool, identity: dict | None = None) -> None:
 
 class RunWriter:
     """Writes a run folder atomically: everything goes to `OUT.partial-<pid>` (`.path`), and `finish`
-    renames it to OUT. Refuses at construction if OUT already holds something (see check_out)."""
+    renames it to OUT. Refuses at construction if OUT already holds something (see check_out).
 
-    def __init__(self, out: str | os.PathLike, overwrite: bool = False, identity: dict | None = None) -> None:
+    Under torchrun only rank 0 writes: on the other ranks (`active=False`) `.path` is a throwaway
+    temporary folder and `finish` writes nothing."""
+
+    def __init__(self, out: str | os.PathLike, overwrite: bool = False, identity: dict | None = None,
+                 active: bool = True) -> None:
         self.out = Path(out).expanduser().absolute()
-        self.overwrite, self.identity = overwrite, dict(identity or {})
+        self.overwrite, self.identity, self.active = overwrite, dict(identity or {}), active
         check_out(self.out, overwrite, self.identity)
         self.path = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
         self.finished = False
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
+        if not self.active:
+            import tempfile
+
+            self.path = Path(tempfile.mkdtemp(prefix="zeroshift-rank-"))
+            return self
         check_out(self.out, self.overwrite, self.identity)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         clean_stale(self.out)
@@ -130,7 +139,7 @@ class RunWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.finished:
+        if not self.finished or not self.active:
             shutil.rmtree(self.path, ignore_errors=True)
 
     def finish(self, config: dict, state: dict[str, torch.Tensor], card: str) -> Path:
@@ -139,6 +148,9 @@ class RunWriter:
 
         if not self.path.is_dir():
             raise ZeroshiftError("RunWriter.finish called outside its `with` block")
+        if not self.active:
+            self.finished = True
+            return self.out
         if not isinstance(config.get("kind"), str):
             raise ZeroshiftError("a run's config needs a 'kind' (e.g. 'bridge')")
         tensors = {}

@@ -17,19 +17,21 @@ from ..cache import distributed as dist
 
 
 class Epoch:
-    """One epoch's batches of `batch_size` rows (over all ranks) out of `n`; a last batch smaller than
-    `min_batch` rows is dropped (BatchNorm needs two)."""
+    """One epoch's batches out of `n` rows. Global batch b is rows [b * G, (b + 1) * G) of the
+    permutation (G = `batch_size` rounded down to a multiple of the world size) and rank r takes its
+    r-th slice, so N ranks at batch G / N see exactly the rows one process sees at batch G. A last,
+    smaller global batch is shared evenly; one whose per-rank share is below `min_batch` is dropped
+    (BatchNorm needs two)."""
 
     def __init__(self, n: int, batch_size: int, seed: int, epoch: int,
                  make: Callable[[np.ndarray, torch.Generator], Any], min_batch: int = 1) -> None:
-        world, rank = dist.world_size(), dist.rank()
+        self.world, self.rank = dist.world_size(), dist.rank()
         self.seed, self.epoch, self.make = seed, epoch, make
-        self.per_rank = max(1, batch_size // world)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        share = n // world
-        self.order = order[rank * share:(rank + 1) * share]  # [share] this rank's rows
-        full, rest = divmod(len(self.order), self.per_rank)
-        self.n = full + (rest >= min_batch and rest > 0)
+        self.per_rank = max(1, batch_size // self.world)
+        self.order = np.random.default_rng([seed, epoch]).permutation(n)  # [n]
+        self.full, rest = divmod(n, self.per_rank * self.world)
+        self.last = rest // self.world  # rows per rank in the last, partial global batch
+        self.n = self.full + (self.last >= max(1, min_batch))
 
     def __len__(self) -> int:
         return self.n
@@ -37,9 +39,14 @@ class Epoch:
     def __iter__(self) -> Iterator[Any]:
         return self.from_batch(0)
 
+    def rows(self, b: int) -> np.ndarray:
+        """This rank's rows of batch b."""
+        size = self.per_rank if b < self.full else self.last
+        start = b * self.per_rank * self.world + self.rank * size
+        return self.order[start:start + size]
+
     def from_batch(self, index: int) -> Iterator[Any]:
         """The batches from `index` on, each made exactly as in an uninterrupted epoch."""
         for b in range(index, self.n):
-            rows = self.order[b * self.per_rank:(b + 1) * self.per_rank]
             seed = int(np.random.default_rng([self.seed, self.epoch, b]).integers(2**62))
-            yield self.make(rows, torch.Generator().manual_seed(seed))
+            yield self.make(self.rows(b), torch.Generator().manual_seed(seed))

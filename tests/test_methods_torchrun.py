@@ -1,0 +1,108 @@
+"""distill and align under torchrun (2 gloo ranks on CPU): the run rank 0 writes equals the run one
+process writes at the same global batch, weight for weight."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from test_embed_torchrun import free_port
+
+import zeroshift
+from zeroshift.methods.align import AlignConfig, align
+from zeroshift.methods.distill import DistillConfig, distill
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, torch.distributed
+    from zeroshift.methods.align import AlignConfig, align
+    from zeroshift.methods.distill import DistillConfig, distill
+    data, out = sys.argv[1], sys.argv[2]
+    align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
+                      out=f"{out}/aligned", dim=16, epochs=2, batch_size=8, loss="ot", runtime="torch",
+                      device="cpu"), progress=False)
+    distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=f"{out}/student",
+                          student="student-vit:dim=32,depth=1,heads=2,patch=8,size=16", epochs=2, batch_size=8,
+                          augment="none", runtime="torch", device="cpu", precision="fp32"), progress=False)
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def _data(root):
+    rng = np.random.default_rng(0)
+    lines = ["path,caption"]
+    for name, rgb in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}.items():
+        (root / name).mkdir(parents=True)
+        for i in range(8):  # 24 rows: whole global batches of 8
+            pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+            lines.append(f"{name}/{i}.png,a {['small', 'big'][i % 2]} {name} thing")
+    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_two_ranks_write_the_run_one_process_writes(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    data = _data(tmp_path / "data")
+    script = tmp_path / "methods_dist.py"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(script), str(data), str(tmp_path / "dist")]
+    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["aligned", "student"]  # no rank leftovers
+
+    align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
+                      out=str(tmp_path / "one" / "aligned"), dim=16, epochs=2, batch_size=8, loss="ot",
+                      runtime="torch", device="cpu"), progress=False)
+    distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=str(tmp_path / "one" / "student"),
+                          student="student-vit:dim=32,depth=1,heads=2,patch=8,size=16", epochs=2, batch_size=8,
+                          augment="none", runtime="torch", device="cpu", precision="fp32"), progress=False)
+    a = load_file(str(tmp_path / "dist" / "aligned" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "aligned" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"aligned: {k}")
+    # The student is compared by what it computes: attention's key bias gets a gradient of ~0 that AdamW
+    # normalises into noise-sized steps, so that one weight differs while the embeddings agree.
+    dist_vlm, one_vlm = (zeroshift.load(f"run:{tmp_path / d / 'student'}") for d in ("dist", "one"))
+    images = torch.stack([one_vlm.image_transform(Image.open(data / "red" / f"{i}.png").convert("RGB")) for i in range(4)])
+    torch.testing.assert_close(dist_vlm.encode_image(images), one_vlm.encode_image(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("world", [2])
+def test_a_rank_that_dies_fails_the_run_fast(tmp_path, monkeypatch, world):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    script = tmp_path / "die.py"
+    script.write_text(textwrap.dedent(
+        """
+        import os, sys, time, torch
+        from torch import nn
+        from zeroshift.cache import distributed as dist
+        from zeroshift.train import TrainConfig, train
+
+        class Task(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = nn.Linear(4, 2)
+            def step(self, batch):
+                if dist.rank() == 1 and batch[0] == 3:
+                    os._exit(3)  # killed mid-epoch
+                return {"mse": self.net(torch.ones(2, 4)).pow(2).mean()}, {}
+
+        train(Task(), lambda e: [(i,) for i in range(50)], TrainConfig(epochs=1, device="cpu"), progress=False)
+        """))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", f"--master_port={free_port()}",
+           str(script)]
+    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "exitcode" in done.stderr and "3" in done.stderr
