@@ -14,5 +14,5 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch/torchvision first, pinned to the pair that installs on the build machines.
 .venv/bin/python -m pip install -q -c constraints.txt torch torchvision
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[catalogue,data,synthetic,test]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[catalogue,data,synthetic,serve,test]"
 echo "$want" > "$stamp"

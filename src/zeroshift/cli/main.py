@@ -20,6 +20,7 @@ COMMANDS = [
     ("models", "catalogue", "list the model schemes and what is installed here"),
     ("datasets", "catalogue", "list the data schemes and what is fetched here"),
     ("data", "data", "fetch offline datasets (zeroshift data fetch NAME)"),
+    ("serve", "serve", "an HTTP service and web page for served models"),
 ]
 
 
