@@ -5,10 +5,13 @@ process and `barrier` does nothing, so one process behaves exactly as it would w
 """
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
 import torch.distributed as dist
+
+from ..errors import ZeroshiftError
 
 
 def _env_int(name: str, default: int) -> int:
@@ -40,19 +43,52 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
+def timeout_s() -> float:
+    """How long a rank waits for the others ($ZEROSHIFT_DIST_TIMEOUT seconds, default 600)."""
+    value = os.environ.get("ZEROSHIFT_DIST_TIMEOUT", "")
+    try:
+        return float(value) if value.strip() else 600.0
+    except ValueError:
+        raise ZeroshiftError(f"ZEROSHIFT_DIST_TIMEOUT must be a number of seconds, not {value!r}") from None
+
+
 def init() -> None:
-    """Initialise the default process group from the environment if nobody has yet.
+    """Initialise the default process group from the environment if nobody has yet, then check that
+    every rank runs the same zeroshift and torch.
 
     gloo serves CPU tensors; where CUDA is present NCCL serves GPU tensors in the same group, so a
     later DDP run reuses it (a destroyed default group cannot be re-created under torchrun's store).
+    A rendezvous that does not complete within timeout_s() (a wrong world size, address or port) is a
+    one-line error instead of a hang.
     """
     if _initialized() or not is_distributed():
         return
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank())
-        dist.init_process_group("cpu:gloo,cuda:nccl")
-    else:
-        dist.init_process_group("gloo")
+    where = ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    timeout = datetime.timedelta(seconds=timeout_s())
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank())
+            dist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
+        else:
+            dist.init_process_group("gloo", timeout=timeout)
+    except (ValueError, RuntimeError) as e:  # missing variables; the store's timeout (DistStoreError)
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ZeroshiftError(f"could not join the torch.distributed group ({where}): {reason}; launch with "
+                             "torchrun --nproc_per_node=N (and --nnodes/--rdzv-endpoint across machines)") from None
+    check_versions()
+
+
+def check_versions() -> None:
+    """ZeroshiftError on every rank when the ranks do not all run the same zeroshift and torch versions."""
+    from .. import __version__
+
+    mine = {"zeroshift": __version__, "torch": torch.__version__}
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    for rank_, theirs in enumerate(everyone):
+        if theirs != everyone[0]:
+            raise ZeroshiftError(f"ranks run different library versions: rank 0 has {everyone[0]}, rank {rank_} has "
+                                 f"{theirs}; install the same zeroshift and torch on every machine")
 
 
 def barrier() -> None:
