@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 import zeroshift
 from zeroshift.data.templates import get_templates
+from zeroshift.errors import ZeroshiftError
 from zeroshift.report import wilson_interval
-from zeroshift.zeroshot.classifier import zeroshot_weights
+from zeroshift.zeroshot.classifier import check_classnames, zeroshot_weights
 from zeroshift.zeroshot.metrics import caption_groups, retrieval_metrics
 
 
@@ -64,3 +65,83 @@ class EvalSet:
 def machine() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+# ---------------------------------------------------------------- VLMs made of frozen towers and heads
+def zero_shot(z: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, texts: torch.Tensor | None = None,
+              positives: torch.Tensor | None = None) -> dict:
+    """Accuracy (chance, Wilson 95% interval) of image embeddings z [N, d] against class weights [C, d], and
+    caption recall@1/5 both ways against caption embeddings texts [T, d] (positives [T, N])."""
+    pred = (F.normalize(z.float(), dim=-1) @ F.normalize(weights.float(), dim=-1).T).argmax(1)  # [N]
+    acc = float((pred == labels).float().mean())
+    lo, hi = wilson_interval(acc, len(pred))
+    out = {"acc1": acc, "acc1_lo": lo, "acc1_hi": hi, "chance": 1 / len(weights), "n": len(pred)}
+    if texts is not None:
+        r = retrieval_metrics(F.normalize(texts.float(), dim=-1) @ F.normalize(z.float(), dim=-1).T, positives)
+        out.update({"i2t_R@1": r["text_retrieval_recall@1"], "i2t_R@5": r["text_retrieval_recall@5"],
+                    "t2i_R@1": r["image_retrieval_recall@1"], "t2i_R@5": r["image_retrieval_recall@5"],
+                    "captions": len(texts)})
+    return out
+
+
+def vlm_scores(vlm, spec: str) -> dict:
+    """zero_shot() of any VLM on an eval set: its cached image features, class prompts and captions."""
+    f = features(vlm, spec)
+    weights = zeroshot_weights(vlm, f.classes, get_templates(None, spec))  # [C, d]
+    texts, positives = caption_groups(f.captions) if f.captions else (None, None)
+    return zero_shot(f.torch(), torch.from_numpy(f.labels), weights,
+                     None if texts is None else vlm.encode_text(texts), positives)
+
+
+class TowerEvalSet:
+    """One eval set for VLMs that share frozen towers and differ in their heads (aligned VLMs): the towers'
+    features of the images, class prompts and captions are computed once; each VLM's heads map them."""
+
+    def __init__(self, image_tower, text_tower, spec: str, batch_size: int = 256) -> None:
+        self.spec, self.source = spec, zeroshift.dataset(spec)
+        f = features(image_tower, spec)
+        self.index, self.classes = f.index, check_classnames(f.classes)
+        self.x = f.torch()  # [N, fi] backbone features
+        self.labels = torch.from_numpy(f.labels)  # [N]
+        self.templates = get_templates(None, spec)
+        prompts = [t.format(c=c) for c in self.classes for t in self.templates]  # class-major, C * P
+
+        def encode(texts: list[str]) -> torch.Tensor:  # [len(texts), ft]
+            with torch.no_grad():
+                return torch.cat([text_tower.encode_text(texts[s:s + batch_size]).float()
+                                  for s in range(0, len(texts), batch_size)])
+
+        self.prompts = encode(prompts)  # [C * P, ft]
+        self.texts, self.positives, self.caption_x = None, None, None
+        if f.captions:
+            self.texts, self.positives = caption_groups(f.captions)  # T distinct captions, [T, N]
+            self.caption_x = encode(self.texts)  # [T, ft]
+
+    def embed(self, vlm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(images [N, d], class weights [C, d], captions [T, d] or None) in the VLM's joint space."""
+        with torch.no_grad():
+            z = vlm.image_head(self.x).float()  # [N, d]
+            p = F.normalize(vlm.text_head(self.prompts).float(), dim=-1)  # [C * P, d]
+            w = F.normalize(p.view(len(self.classes), len(self.templates), -1).mean(1), dim=-1)  # [C, d]
+            t = None if self.caption_x is None else vlm.text_head(self.caption_x).float()  # [T, d]
+        return z, w, t
+
+    def score(self, vlm) -> dict:
+        """zero_shot() of a VLM whose towers are this set's, through its image_head and text_head."""
+        z, w, t = self.embed(vlm)
+        return zero_shot(z, self.labels, w, t, self.positives)
+
+    def check(self, vlm, n: int = 4) -> dict:
+        """Largest differences between the head-on-cache path and vlm.encode_image / zeroshot_weights /
+        vlm.encode_text on the first n images, the class weights and n captions; ZeroshiftError if they differ."""
+        z, w, t = self.embed(vlm)
+        images = torch.stack([vlm.image_transform(self.source.load_image(int(i))) for i in self.index[:n]])  # [n, 3, H, W]
+        diffs = {"image": float((vlm.encode_image(images) - z[:n]).abs().max()),
+                 "class_weights": float((zeroshot_weights(vlm, self.classes, self.templates) - w).abs().max())}
+        if t is not None:
+            diffs["captions"] = float((vlm.encode_text(self.texts[:n]) - t[:n]).abs().max())
+        if max(diffs.values()) > 1e-3 * max(float(z[:n].abs().max()), 1.0):
+            raise ZeroshiftError(
+                f"{self.spec}: cached features through the heads differ from {vlm.spec}'s own encoders by "
+                f"{max(diffs.values()):.2g}; delete the effnet feature cache and rerun")
+        return diffs
