@@ -174,3 +174,13 @@ def test_an_aligned_vlm_teaches_transfer(tmp_path):
                                  data=f"folder:{tmp_path / 'data'}", out=str(tmp_path / "bridge"), method="lstsq",
                                  runtime="torch")
     assert bridged.dim == 16 and bridged.encode_text(["a red thing"]).shape == (1, 16)
+
+
+@pytest.mark.assets
+def test_a_huge_caption_is_truncated_at_the_text_towers_limit():
+    minilm = zeroshift.load("minilm")
+    limit = minilm.model.max_seq_length
+    huge, start = "a red thing " * 5000, "a red thing " * limit
+    emb = minilm.encode_text([huge, start])  # [2, 384]
+    assert emb.shape == (2, 384) and torch.isfinite(emb).all()
+    torch.testing.assert_close(emb[0], emb[1], atol=1e-5, rtol=1e-4)  # only the first tokens count
