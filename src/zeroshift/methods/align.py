@@ -404,7 +404,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
             "finetuned": trained,
             "loss": {"name": cfg.loss, "alpha": cfg.alpha, "lam": cfg.lam, "sinkhorn_iters": cfg.sinkhorn_iters,
                      "kd_temperature": cfg.kd_temperature, "ema": cfg.ema, "similarity": cfg.similarity},
-            "logit_scale": float(heads.scale()),
+            "logit_scale": heads.scale().item(),
             "pairs": [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources],
             "rows": len(rows), "captions": len(rows.captions), "noise": {"fraction": cfg.noise, "replaced": pairs.noisy},
             "skipped": pairs.skipped,
