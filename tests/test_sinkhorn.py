@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from zeroshift.errors import ZeroshiftError
-from zeroshift.methods.sinkhorn import gather_cost, ot_soft_labels, sinkhorn
+from zeroshift.methods.sinkhorn import gather_cost, ot_soft_label_pair, ot_soft_labels, sinkhorn
 
 
 def _pot():
@@ -269,3 +269,22 @@ def test_gather_cost_two_ranks_match_one_process(tmp_path):
         torch.testing.assert_close(got["img"], y_img[start:start + SIZES[rank]])
         torch.testing.assert_close(got["txt"], y_txt[start:start + SIZES[rank]])
         torch.testing.assert_close(got["grad"], len(SIZES) * got["weights"])
+
+
+def test_default_shifted_kernel_equals_the_log_domain_and_falls_back_for_tiny_lam():
+    torch.manual_seed(0)
+    for n, m, lam in ((7, 12, 0.15), (64, 64, 0.05), (512, 512, 0.15)):
+        cost = torch.randn(n, m) + 200 * torch.eye(n, m)  # OTTER pushes the diagonal similarities down: cost up
+        torch.testing.assert_close(sinkhorn(cost, lam=lam), sinkhorn(cost, lam=lam, log_domain=True), atol=1e-6, rtol=1e-4)
+    cost = torch.rand(16, 16) * 5
+    tiny = sinkhorn(cost, lam=1e-3)  # the shifted kernel leaves float range here: the log domain answers
+    assert torch.isfinite(tiny).all()
+    torch.testing.assert_close(tiny, sinkhorn(cost, lam=1e-3, log_domain=True))
+
+
+def test_the_pair_gives_both_directions_of_ot_soft_labels():
+    torch.manual_seed(1)
+    img, txt, iref, tref = torch.randn(9, 6), torch.randn(9, 6), torch.randn(9, 11), torch.randn(9, 5)
+    y_it, y_ti = ot_soft_label_pair(img, txt, 0.5, 0.15, 5, iref, tref)
+    torch.testing.assert_close(y_it, ot_soft_labels(img, txt, 0.5, 0.15, 5, iref, tref))
+    torch.testing.assert_close(y_ti, ot_soft_labels(txt, img, 0.5, 0.15, 5, tref, iref))

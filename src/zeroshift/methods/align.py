@@ -43,7 +43,7 @@ from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import encode_prompts
-from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_labels
+from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_label_pair
 
 LOSSES = ("infonce", "ls", "kd", "ot")
 MODES = ("locked", "finetune")
@@ -127,9 +127,7 @@ def soft_targets(cfg: AlignConfig, n: int, device: torch.device, teacher: tuple 
         return y, y
     img, txt, img_ref, txt_ref = teacher
     if cfg.loss == "ot":
-        it = ot_soft_labels(img, txt, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, img_ref, txt_ref)
-        ti = ot_soft_labels(txt, img, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, txt_ref, img_ref)
-        return it, ti
+        return ot_soft_label_pair(img, txt, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, img_ref, txt_ref)
     return _kd(img, txt, img_ref, txt_ref, cfg.alpha, cfg.kd_temperature)
 
 

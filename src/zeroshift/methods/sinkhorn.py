@@ -53,12 +53,18 @@ def _marginal(weights: Tensor | None, size: int, name: str, like: Tensor) -> Ten
 
 
 def sinkhorn(cost: Tensor, lam: float = 0.15, iters: int = 5, a: Tensor | None = None, b: Tensor | None = None,
-             log_domain: bool = True) -> Tensor:
+             log_domain: bool | None = None) -> Tensor:
     """Entropic OT plan P = diag(u) exp(-cost / lam) diag(v) for cost [..., N, M], marginals a [..., N], b [..., M].
 
     Marginals default to uniform (1/N, 1/M). Computed in float32 (float64 if the cost is float64); the plan
     is returned in that dtype, so half or bfloat16 costs give a float32 plan (entries ~1/(NM) would fall
     below half's normal range). Differentiable; wrap in `torch.no_grad()` for targets.
+
+    `log_domain`: True iterates with logsumexp (stable for any lam); False with the plain kernel (POT's
+    `ot.sinkhorn`, which under/overflows for small lam); None (default) takes the first half-step in the
+    log domain and the rest with the kernel shifted by each row's maximum, which is exact in arithmetic
+    and needs one exp pass instead of one per half-step, falling back to the log domain where a scaling
+    leaves float range (small lam).
     """
     if cost.dim() < 2 or cost.shape[-1] == 0 or cost.shape[-2] == 0:
         raise ZeroshiftError(f"sinkhorn: cost must be [..., N, M] with N, M >= 1; got shape {tuple(cost.shape)}")
@@ -71,6 +77,11 @@ def sinkhorn(cost: Tensor, lam: float = 0.15, iters: int = 5, a: Tensor | None =
     log_a = _marginal(a, n, "a", cost)  # [..., N]
     log_b = _marginal(b, m, "b", cost)  # [..., M]
     logits = -cost / lam  # [..., N, M]
+    if log_domain is None:
+        plan = _shifted(logits, log_a, log_b, iters)
+        if plan is not None:
+            return plan
+        log_domain = True
     if log_domain:
         log_u = torch.zeros_like(logits[..., 0])  # [..., N]
         for _ in range(iters):
@@ -86,6 +97,25 @@ def sinkhorn(cost: Tensor, lam: float = 0.15, iters: int = 5, a: Tensor | None =
     return u.unsqueeze(-1) * kernel * v.unsqueeze(-2)  # [..., N, M]
 
 
+def _shifted(logits: Tensor, log_a: Tensor, log_b: Tensor, iters: int) -> Tensor | None:
+    """Sinkhorn with the kernel exp(logits - row max): u carries the row maxima, so the plan equals the
+    log-domain one; None when a scaling under- or overflows (then the caller uses the log domain)."""
+    log_v = log_b - torch.logsumexp(logits, dim=-2)  # [..., M], the first half-step from u = 1
+    shift = logits.amax(dim=-1, keepdim=True)  # [..., N, 1]
+    kernel = torch.exp(logits - shift)  # [..., N, M], each row's largest entry is 1
+    weight_a, weight_b = log_a.exp(), log_b.exp()  # [..., N], [..., M]
+    v = log_v.exp()  # [..., M]
+    for k in range(iters):
+        u = weight_a / (kernel @ v.unsqueeze(-1)).squeeze(-1)  # [..., N], u_true * exp(shift)
+        if k == iters - 1:
+            break
+        v = weight_b / (kernel.transpose(-1, -2) @ u.unsqueeze(-1)).squeeze(-1)  # [..., M]
+    plan = u.unsqueeze(-1) * kernel * v.unsqueeze(-2)  # [..., N, M]
+    if not bool(torch.isfinite(plan).all()) or not bool((plan.sum(-1) > 0).all()):
+        return None
+    return plan
+
+
 def _rows(x: Tensor, n: int, name: str, dtype: torch.dtype) -> Tensor:
     """x as an L2-normalised [n, d] matrix in `dtype`, or a one-line error."""
     if x.dim() != 2 or x.shape[0] != n:
@@ -94,13 +124,15 @@ def _rows(x: Tensor, n: int, name: str, dtype: torch.dtype) -> Tensor:
 
 
 @torch.no_grad()
-def ot_soft_labels(img: Tensor, txt: Tensor, alpha: float = 0.5, lam: float = 0.15, iters: int = 5,
-                   img_ref: Tensor | None = None, txt_ref: Tensor | None = None) -> Tensor:
-    """OTTER's image->text targets Y [N, N] for N image/text pairs (row i pairs img[i] with txt[i]); rows sum to 1.
+def ot_soft_label_pair(img: Tensor, txt: Tensor, alpha: float = 0.5, lam: float = 0.15, iters: int = 5,
+                       img_ref: Tensor | None = None, txt_ref: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """OTTER's (image->text, text->image) targets, each [N, N] with rows summing to 1, for N image/text
+    pairs (row i pairs img[i] with txt[i]).
 
-    S_vv and S_tt come from img_ref / txt_ref when given (e.g. frozen backbone features, any width), else from
-    img / txt; S_vt from img / txt. The text->image targets are `ot_soft_labels(txt, img, img_ref=txt_ref,
-    txt_ref=img_ref)`. No gradient flows; float32 (float64 for float64 inputs) is returned.
+    S_vv and S_tt come from img_ref / txt_ref when given (e.g. frozen backbone features, any width), else
+    from img / txt; S_vt from img / txt. Both directions share S_vv + S_tt, and their two Sinkhorn problems
+    (costs C and C.T) are solved in one batched call. No gradient flows; float32 (float64 for float64
+    inputs) is returned.
     """
     if img.dim() != 2 or img.shape[0] == 0:
         raise ZeroshiftError(f"ot_soft_labels: img must be [N, d] with N >= 1; got {tuple(img.shape)}")
@@ -115,12 +147,20 @@ def ot_soft_labels(img: Tensor, txt: Tensor, alpha: float = 0.5, lam: float = 0.
     img_r = img_n if img_ref is None else _rows(img_ref, n, "img_ref", dtype)  # [N, d_v]
     txt_r = txt_n if txt_ref is None else _rows(txt_ref, n, "txt_ref", dtype)  # [N, d_t]
     eye = torch.eye(n, dtype=dtype, device=img.device)  # [N, N]
-    s_vv = img_r @ img_r.T - DIAGONAL_PUSH * eye  # [N, N]
-    s_tt = txt_r @ txt_r.T - DIAGONAL_PUSH * eye  # [N, N]
-    cost_t = -(s_vv + s_tt + txt_n @ img_n.T)  # [N, N] text x image: C.T, as S_vv and S_tt are symmetric
-    plan = sinkhorn(cost_t, lam=lam, iters=iters).T  # [N, N] image x text; OTTER's order: columns exact
-    plan = plan / plan.sum(dim=1, keepdim=True)  # [N, N]; each row sums to 1
-    return alpha * eye + (1.0 - alpha) * plan  # [N, N]
+    same = img_r @ img_r.T + txt_r @ txt_r.T - 2 * DIAGONAL_PUSH * eye  # [N, N] S_vv + S_tt, symmetric
+    s_tv = txt_n @ img_n.T  # [N, N] text x image
+    costs = torch.stack([-(same + s_tv), -(same + s_tv.T)])  # [2, N, N]: C.T (for image->text), C (text->image)
+    plans = sinkhorn(costs, lam=lam, iters=iters).transpose(-1, -2)  # [2, N, N]; OTTER's order: columns exact
+    plans = plans / plans.sum(dim=-1, keepdim=True)  # each row sums to 1
+    y = alpha * eye + (1.0 - alpha) * plans  # [2, N, N]
+    return y[0], y[1]
+
+
+def ot_soft_labels(img: Tensor, txt: Tensor, alpha: float = 0.5, lam: float = 0.15, iters: int = 5,
+                   img_ref: Tensor | None = None, txt_ref: Tensor | None = None) -> Tensor:
+    """OTTER's image->text targets Y [N, N] (see ot_soft_label_pair); the text->image targets are
+    `ot_soft_labels(txt, img, img_ref=txt_ref, txt_ref=img_ref)`."""
+    return ot_soft_label_pair(img, txt, alpha, lam, iters, img_ref, txt_ref)[0]
 
 
 def _all_gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
