@@ -110,10 +110,9 @@ def _shifted(logits: Tensor, log_a: Tensor, log_b: Tensor, iters: int) -> Tensor
         if k == iters - 1:
             break
         v = weight_b / (kernel.transpose(-1, -2) @ u.unsqueeze(-1)).squeeze(-1)  # [..., M]
-    plan = u.unsqueeze(-1) * kernel * v.unsqueeze(-2)  # [..., N, M]
-    if not bool(torch.isfinite(plan).all()) or not bool((plan.sum(-1) > 0).all()):
+    if not bool(torch.isfinite(u).all() & torch.isfinite(v).all()):  # kernel is in [0, 1]: checks the plan
         return None
-    return plan
+    return u.unsqueeze(-1) * kernel * v.unsqueeze(-2)  # [..., N, M]
 
 
 def _rows(x: Tensor, n: int, name: str, dtype: torch.dtype) -> Tensor:
