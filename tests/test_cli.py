@@ -118,3 +118,21 @@ def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path,
     assert {"config.json", "model.safetensors", "README.md", "metrics.jsonl", "loss.png"} <= {p.name for p in run.iterdir()}
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # refuses to replace a run
     assert main(["predict", "--model", f"run:{run}", "--labels", "red,green,blue", "--json", str(folder / "red" / "0.png")]) == 0
+
+
+def test_distill_and_align_commands_write_runs(home, folder, tmp_path, capsys):
+    student = tmp_path / "student"
+    assert main(["distill", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--student",
+                 "student-cnn:width=8,size=32", "--epochs", "1", "--batch-size", "4", "--eval-dataset", f"folder:{folder}",
+                 "--out", str(student), "--runtime", "torch", "--device", "cpu"]) == 0
+    assert f"run: {student}" in capsys.readouterr().out and (student / "results").is_dir()
+    pairs = folder / "pairs.csv"
+    pairs.write_text("path,caption\n" + "".join(f"{c}/{i}.png,a {c} square\n" for c in COLOURS for i in range(4)))
+    aligned = tmp_path / "aligned"
+    assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--pairs", f"csv:{pairs}",
+                 "--dim", "8", "--epochs", "2", "--batch-size", "4", "--out", str(aligned), "--runtime", "torch",
+                 "--device", "cpu"]) == 0
+    assert main(["predict", "--model", f"run:{aligned}", "--labels", "red,green,blue", "--json",
+                 str(folder / "red" / "0.png")]) == 0
+    assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--pairs", f"csv:{pairs}",
+                 "--out", str(aligned)]) == 2 and "--overwrite" in capsys.readouterr().err

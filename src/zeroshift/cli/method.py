@@ -1,0 +1,30 @@
+"""What the training commands (transfer, distill, align) share: options generated from the method's
+config dataclass, and after the run a table of its evaluation records."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from .options import add_options, from_args
+from .table import print_table
+
+SHOWN = ("acc1", "acc5", "flat_hit@5", "image_retrieval_recall@5", "text_retrieval_recall@5")
+
+
+def configure_method(parser: argparse.ArgumentParser, config: type, train: Callable[[Any], Any]) -> None:
+    """Add the options of `config` and run `train(config)` then the results table when parsed."""
+    add_options(parser, config)
+    parser.set_defaults(run=lambda ns: run_method(train, from_args(config, ns)))
+
+
+def run_method(train: Callable[[Any], Any], cfg: Any) -> int:
+    from zeroshift.zeroshot.records import read_records
+
+    vlm = train(cfg)
+    rows = [(r["dataset"], r["task"], k, v) for r in read_records(f"{cfg.out}/results")
+            for k, v in r["metrics"].items() if k in SHOWN]
+    if rows:
+        print_table(rows, ["dataset", "task", "metric", "value"], title=f"\n{vlm.spec}")
+    print(f"run: {cfg.out}  (use it as --model run:{cfg.out})")
+    return 0
