@@ -93,3 +93,22 @@ def bar_plot(table: list[tuple], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+CARD_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+
+
+def card_tail(out: str, records: list[dict] | None, commands: list[str], files: str) -> list[str]:
+    """The end of a run's model card: its results (CLIP_benchmark records) and how to use it."""
+    lines = ["", "## Results", ""]
+    if records:
+        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
+        lines += [f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |" for r in records for k, v in r["metrics"].items()
+                  if k in CARD_METRICS or k.startswith("flat_hit") or k.endswith(("recall@1", "recall@5"))]
+        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
+    else:
+        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{out} --dataset ...`")
+    return lines + [
+        "", "## Use", "", "```", f"zeroshift predict --model run:{out} --labels 'cat,dog' image.jpg", *commands, "```", "",
+        "```python", "import zeroshift", f"model = zeroshift.load('run:{out}')", "```", "", f"Files: {files}", "",
+    ]

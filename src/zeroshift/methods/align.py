@@ -39,6 +39,7 @@ from ..errors import DataError, ZeroshiftError
 from ..models.aligned import Heads, tower, trainable_blocks
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
+from ..report import card_tail
 from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..train.loop import PRECISIONS
@@ -454,23 +455,10 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         f"| caption noise | {config['noise']['fraction']:g} ({config['noise']['replaced']} replaced) |",
         (f"| training | {t['epochs']} epochs, {t['steps']} steps, AdamW lr {t['lr']:g}, batch {t['batch_size']}, "
          f"final logit scale {config['logit_scale']:.1f}, {config['seconds']['train']} s |"),
-        "", "## Results", "",
     ]
-    if records:
-        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
-        for r in records:
-            for k, v in r["metrics"].items():
-                if k in ("acc1", "acc5", "mean_per_class_recall") or k.startswith("flat_hit") \
-                        or k.endswith(("recall@1", "recall@5")):
-                    lines.append(f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |")
-        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
-    else:
-        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{o['out']} --dataset ...`")
-    lines += [
-        "", "## Use", "", "```", f"zeroshift predict --model run:{o['out']} --labels 'cat,dog' image.jpg",
+    lines += card_tail(o["out"], records, [
         f"zeroshift transfer --teacher run:{o['out']} --encoder effnet-lite0 --data ... --out bridge",
-        f"zeroshift distill --teacher run:{o['out']} --data ... --out student", "```", "",
-        ("Files: `config.json` (every option), `model.safetensors` (heads and any finetuned blocks), "
-        "`metrics.jsonl`, `loss.png`."), "",
-    ]
+        f"zeroshift distill --teacher run:{o['out']} --data ... --out student"],
+        "`config.json` (every option), `model.safetensors` (heads and any finetuned blocks), `metrics.jsonl`, "
+        "`loss.png`.")
     return "\n".join(lines)

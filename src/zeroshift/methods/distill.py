@@ -38,6 +38,7 @@ from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
+from ..report import card_tail
 from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..train.loop import PRECISIONS
@@ -478,21 +479,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         last = evals[-1]
         shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in last.items() if k.startswith("eval/"))
         lines.append(f"| held out, last epoch | `{o['eval_dataset']}` ({o['eval_rows']} rows at most): {shown} |")
-    lines += ["", "## Results", ""]
-    if records:
-        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
-        for r in records:
-            for k, v in r["metrics"].items():
-                if k in ("acc1", "acc5", "mean_per_class_recall") or k.endswith(("recall@1", "recall@5")):
-                    lines.append(f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |")
-        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
-    else:
-        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{o['out']} --dataset ...`")
-    lines += [
-        "", "## Use", "", "```", f"zeroshift predict --model run:{o['out']} --labels 'cat,dog' image.jpg",
-        f"zeroshift export run:{o['out']} --labels 'cat,dog' --out student.onnx", "```", "",
-        "```python", "import zeroshift", f"model = zeroshift.load('run:{o['out']}')", "```", "",
-        ("Files: `config.json` (every option), `model.safetensors` (student and head), `metrics.jsonl`, "
-         "`loss.png` and `accuracy.png` (held-out scores per epoch)."), "",
-    ]
+    lines += card_tail(o["out"], records, [f"zeroshift export run:{o['out']} --labels 'cat,dog' --out student.onnx"],
+                       "`config.json` (every option), `model.safetensors` (student and head), `metrics.jsonl`, "
+                       "`loss.png` and `accuracy.png` (held-out scores per epoch).")
     return "\n".join(lines)

@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -80,6 +79,7 @@ from ..data.base import DataSource, Subset
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
 from ..models.bridge import KINDS, Bridge, Moments
 from ..models.vlm import VLM
+from ..report import card_tail
 from ..train.loop import TrainConfig, plot_history, train
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
 
@@ -521,21 +521,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         lines.append(f"| training | {t['epochs']} epoch(s), {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, "
                      f"final loss {history[-1]['loss']:.4g} |")
     lines.append(f"| fit time | {config['seconds']['fit']} s (features: {config['seconds']['embed']} s) |")
-    lines += ["", "## Results", ""]
-    if records:
-        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
-        for r in records:
-            for k, v in r["metrics"].items():
-                if k in ("acc1", "acc5", "mean_per_class_recall") or re.match(r".*recall@(1|5)$", k):
-                    lines.append(f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |")
-        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
-    else:
-        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{o['out']} --dataset ...`")
-    lines += [
-        "", "## Use", "", "```", f"zeroshift predict --model run:{o['out']} --labels 'cat,dog' image.jpg",
-        f"zeroshift eval --model run:{o['out']} --dataset fashion-mnist:test", "```", "",
-        "```python", "import zeroshift", f"model = zeroshift.load('run:{o['out']}')", "```", "",
-        ("Files: `config.json` (every option), `model.safetensors` (the bridge), `metrics.jsonl` and "
-         "`loss.png` (training curve; none for the closed form)."), "",
-    ]
+    lines += card_tail(o["out"], records, [f"zeroshift eval --model run:{o['out']} --dataset fashion-mnist:test"],
+                       "`config.json` (every option), `model.safetensors` (the bridge), `metrics.jsonl` and "
+                       "`loss.png` (training curve; none for the closed form).")
     return "\n".join(lines)
