@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import CacheError, CacheMismatch, SpecError
+from .artefact import load_part
 from .vlm import VLM, ImageEncoder, TextEncoder, TowersVLM
 
 THETA0 = 3.9  # initial log logit scale (exp 3.9 ~ 49), clamped to [1, 100] as OTTER and CLIP do
@@ -96,13 +97,7 @@ def vlm_from_artefact(folder: Path, config: dict, state: dict[str, torch.Tensor]
                     own[k].copy_(v)
             model.spec = f"{config['spec']}/{side}"  # caches keyed by spec must not reuse the pretrained tower's
     heads = Heads(image_dim, text_dim, dim)
-    weights = {k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")}
-    expected = heads.state_dict()
-    wrong = sorted(set(expected) ^ set(weights)) or [k for k in expected if expected[k].shape != weights[k].shape]
-    if wrong:
-        raise CacheMismatch(f"{folder}: model.safetensors does not match its heads ({', '.join(wrong[:3])}); "
-                            "the run is damaged, retrain it")
-    heads.load_state_dict(weights)
+    load_part(heads, state, "heads", folder, "from other towers; retrain it")
     if tuned["image"] and runtime != "torch":
         image = image.accelerated(runtime)
     return TowersVLM(image=image, text=text, spec=config["spec"], image_head=heads.image.eval(),

@@ -194,6 +194,21 @@ def write_card(folder: str | os.PathLike, card: str) -> Path:
     return path
 
 
+def load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, folder: Path,
+              what: str) -> torch.nn.Module:
+    """Load the `prefix.*` tensors of a run's state into `module`, exactly: a missing, extra or reshaped
+    tensor is a one-line CacheMismatch saying the run is damaged or `what` (e.g. 'from another student')."""
+    weights = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    expected = module.state_dict()
+    wrong = sorted(set(expected) ^ set(weights)) or [
+        k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
+    if wrong:
+        raise CacheMismatch(f"{folder}: model.safetensors does not match its {prefix} config (at {', '.join(wrong[:3])}); "
+                            f"the run is damaged or {what}")
+    module.load_state_dict(weights)
+    return module
+
+
 def weights_digest(folder: Path) -> str:
     """sha256 (hex) of the run's model.safetensors."""
     h = hashlib.sha256()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CacheMismatch, ZeroshiftError
+from .artefact import load_part
 from .vlm import VLM, TowersVLM, VLMTextTower
 
 KINDS = ("linear", "mlp")
@@ -193,14 +194,7 @@ def vlm_from_artefact(folder: Path, config: dict, state: dict[str, torch.Tensor]
     from ..specs import load
 
     bridge = Bridge.from_config(config["bridge"])
-    weights = {k[len("bridge."):]: v for k, v in state.items() if k.startswith("bridge.")}
-    expected = bridge.state_dict()
-    wrong = sorted(set(expected) ^ set(weights)) or [
-        k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
-    if wrong:
-        raise CacheMismatch(f"{folder}: model.safetensors does not match its bridge config "
-                            f"({', '.join(wrong[:3])}); the run is damaged, retrain it")
-    bridge.load_state_dict(weights)
+    load_part(bridge, state, "bridge", folder, "from another bridge; retrain it")
     encoder = load(config["encoder"], runtime=runtime)
     teacher = load(config["teacher"], runtime="torch")
     for name, model, want in (("encoder", encoder, bridge.source_dim), ("teacher", teacher, bridge.teacher_dim)):

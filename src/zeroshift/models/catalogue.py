@@ -19,7 +19,8 @@ from torch import nn
 from .. import paths
 from ..errors import MissingBackend, SpecError
 from .onnx_encoder import OnnxImageEncoder
-from .st_encoder import STTextEncoder, load as load_st
+from .st_encoder import STTextEncoder
+from .st_encoder import load as load_st
 from .transforms import ArrayTransform, resize_crop
 from .vlm import ImageEncoder
 

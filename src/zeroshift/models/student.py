@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CacheError, CacheMismatch, SpecError
+from .artefact import load_part
 from .transforms import probe_batch, resize_crop
 from .vlm import VLM, ImageEncoder, ModuleEncoder, TowersVLM, VLMTextTower
 
@@ -256,14 +257,7 @@ def vlm_from_artefact(folder: Path, config: dict, state: dict[str, torch.Tensor]
     if student.encoder.dim != features:
         raise CacheMismatch(f"{folder} was trained with {features}-d student features, but {student_spec} now "
                             f"gives {student.encoder.dim}-d; the run is damaged or from another student")
-    weights = {k[len("student."):]: v for k, v in state.items() if k.startswith("student.")}
-    expected = student.state_dict()
-    wrong = sorted(set(expected) ^ set(weights)) or [
-        k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
-    if wrong:
-        raise CacheMismatch(f"{folder}: model.safetensors does not fit {student_spec} (at {', '.join(wrong[:3])}); "
-                            "the run is damaged or from another student")
-    student.load_state_dict(weights, strict=True)
+    load_part(student, state, "student", folder, "from another student")
     student.spec = config["spec"] + "/image"
     teacher = load(teacher_spec, runtime="torch")
     if teacher.dim != dim:

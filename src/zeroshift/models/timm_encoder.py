@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import ModuleEncoder
 
