@@ -40,8 +40,9 @@ from ..models.aligned import Heads, tower, trainable_blocks
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
-from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
+from ..train import TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
+from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import encode_prompts
 from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_label_pair
@@ -362,6 +363,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     out = Path(cfg.out).expanduser().absolute()
     check_out(out, cfg.overwrite)
     sources = [dataset(spec) for spec in cfg.pairs]
+    entries = [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources]  # hashed once
     pairs = collect_pairs(sources, cfg.noise, cfg.seed)
     eval_source = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
     if eval_source is not None:
@@ -382,15 +384,9 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
         if finetune:
             towers, image_fn, text_fn, trained = _finetune_parts(cfg, image_tower, text_tower, rows, finish)
         task = AlignTask(cfg, heads, image_fn, text_fn, towers)
-        resumable = {k: v for k, v in asdict(cfg).items()
-                     if k not in ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device",
-                                  "runtime", "eval_dataset")}
-        checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {
-            **resumable, "data": [s.fingerprint() for s in sources], "rows": len(rows),
-            "dims": [image_tower.dim, text_tower.dim]}, cfg.checkpoint_every)
-        if not cfg.resume and lead:
-            checkpoints.clear()
-        dist.barrier()
+        checkpoints = run_checkpoints(out, asdict(cfg), cfg.checkpoint_every, cfg.resume,
+                                      data=[e["fingerprint"] for e in entries], rows=len(rows),
+                                      dims=[image_tower.dim, text_tower.dim])
         t1 = time.perf_counter()
         history = train(task, rows.batches(cfg.batch_size, cfg.seed), cfg.train_config(), run.path, progress,
                         checkpoints)
@@ -404,7 +400,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
             "loss": {"name": cfg.loss, "alpha": cfg.alpha, "lam": cfg.lam, "sinkhorn_iters": cfg.sinkhorn_iters,
                      "kd_temperature": cfg.kd_temperature, "ema": cfg.ema, "similarity": cfg.similarity},
             "logit_scale": heads.scale().item(),
-            "pairs": [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources],
+            "pairs": entries,
             "rows": len(rows), "captions": len(rows.captions), "noise": {"fraction": cfg.noise, "replaced": pairs.noisy},
             "skipped": pairs.skipped,
             "train": {**asdict(cfg.train_config()), "batch_size": cfg.batch_size,

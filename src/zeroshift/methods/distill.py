@@ -39,8 +39,9 @@ from ..errors import CacheMismatch, DataError, ZeroshiftError
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
-from ..train import Checkpoints, TrainConfig, plot_eval, plot_history, train
+from ..train import TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
+from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 
@@ -405,15 +406,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         prepare_seconds = time.perf_counter() - t0
         task = DistillTask(student, finish, loss)
         tcfg = cfg.train_config()
-        resumable = {k: v for k, v in asdict(cfg).items()
-                     if k not in ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device",
-                                  "runtime", "eval_dataset", "eval_rows")}
-        checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {
-            **resumable, "data": [e["fingerprint"] for e in entries], "dims": [teacher.dim, pixel_encoder.dim]},
-            cfg.checkpoint_every)
-        if not cfg.resume and lead:
-            checkpoints.clear()
-        dist.barrier()
+        checkpoints = run_checkpoints(out, asdict(cfg), cfg.checkpoint_every, cfg.resume,
+                                      data=[e["fingerprint"] for e in entries], dims=[teacher.dim, pixel_encoder.dim])
         t1 = time.perf_counter()
         history = train(task, rows.batches(cfg.batch_size, cfg.seed, cfg.augment), tcfg, run.path, progress,
                         checkpoints, None if scorer is None else lambda: scorer(student))

@@ -91,6 +91,25 @@ class Checkpoints:
             pass  # the user keeps other files there
 
 
+# Options that do not change what a run computes: a checkpoint written under other values still fits.
+RUN_ONLY = ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device", "runtime",
+            "eval_dataset", "eval_rows")
+
+
+def run_checkpoints(out: Path, options: dict[str, Any], every: int, resume: bool, **identity: Any) -> Checkpoints:
+    """The checkpoints of the run that writes `out`, kept in OUT.ckpt beside it. Their identity is every
+    option that changes the result plus `identity` (data fingerprints, dims); without `resume` earlier
+    ones are removed first (by rank 0, the others waiting)."""
+    from ..cache import distributed as dist
+
+    kept = {k: v for k, v in options.items() if k not in RUN_ONLY}
+    checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {**kept, **identity}, every)
+    if not resume and dist.rank() == 0:
+        checkpoints.clear()
+    dist.barrier()
+    return checkpoints
+
+
 def _short(value: Any, n: int = 80) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= n else text[: n - 3] + "..."
