@@ -145,3 +145,27 @@ class TowerEvalSet:
                 f"{self.spec}: cached features through the heads differ from {vlm.spec}'s own encoders by "
                 f"{max(diffs.values()):.2g}; delete the effnet feature cache and rerun")
         return diffs
+
+
+def agreement_plot(rows: list[dict], evals: list[str], labels: list[str], path) -> None:
+    """Horizontal bars per row and eval set: agreement with the teacher and accuracy, chance as a line
+    (rows[0] is the teacher, whose chance level is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(evals), figsize=(12, 0.3 * len(rows) + 1.5), sharey=True)
+    y = np.arange(len(rows))[::-1]
+    for ax, e in zip(axes, evals):
+        ax.barh(y + 0.2, [r[e]["agree"] for r in rows], height=0.4, label="agreement with teacher", color="#4c72b0")
+        ax.barh(y - 0.2, [r[e]["acc1"] for r in rows], height=0.4, label="accuracy", color="#dd8452")
+        ax.axvline(rows[0][e]["chance"], color="#c44e52", lw=1, label="chance")
+        ax.set_title(e, fontsize=9)
+        ax.set_xlim(0, 1)
+    axes[0].set_yticks(y, labels, fontsize=6 if len(rows) > 20 else 7)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

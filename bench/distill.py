@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from common import EvalSet, features, machine
+from common import EvalSet, agreement_plot, features, machine
 
 import zeroshift
 from zeroshift.methods.distill import LOSSES, DistillConfig, distill
@@ -174,26 +174,7 @@ def targets(rows: list[dict], sp: dict) -> list[str]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, len(EVALS), figsize=(12, 0.35 * len(rows) + 1.5), sharey=True)
-    labels = [f"{r['data']} | {r['loss']}" for r in rows]
-    y = np.arange(len(rows))[::-1]
-    for ax, e in zip(axes, EVALS):
-        ax.barh(y + 0.2, [r[e]["agree"] for r in rows], height=0.4, label="agreement with teacher", color="#4c72b0")
-        ax.barh(y - 0.2, [r[e]["acc1"] for r in rows], height=0.4, label="accuracy", color="#dd8452")
-        ax.axvline(rows[0][e]["chance"], color="#c44e52", lw=1, label="chance")
-        ax.set_title(e, fontsize=9)
-        ax.set_xlim(0, 1)
-    axes[0].set_yticks(y, labels, fontsize=7)
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    agreement_plot(rows, EVALS, [f"{r['data']} | {r['loss']}" for r in rows], path)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import EvalSet, features, machine
+from common import EvalSet, agreement_plot, features, machine
 
 import zeroshift
 from zeroshift.methods.transfer import TransferConfig, encode_prompts, fit, vocabulary
@@ -198,25 +198,7 @@ def write(result: dict, out: Path) -> None:
 
 
 def plot(rows: list[dict], evals: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(evals), figsize=(12, 0.28 * len(rows) + 1.5), sharey=True)
-    labels = [f"{r['encoder']} | {r['fit']} | {r['row']}" for r in rows]
-    y = np.arange(len(rows))[::-1]
-    for ax, e in zip(axes, evals):
-        ax.barh(y + 0.2, [r[e]["agree"] for r in rows], height=0.4, label="agreement with teacher", color="#4c72b0")
-        ax.barh(y - 0.2, [r[e]["acc1"] for r in rows], height=0.4, label="accuracy", color="#dd8452")
-        ax.axvline(rows[0][e]["chance"], color="#c44e52", lw=1, label="chance")
-        ax.set_title(e, fontsize=9)
-        ax.set_xlim(0, 1)
-    axes[0].set_yticks(y, labels, fontsize=6)
-    axes[-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    agreement_plot(rows, evals, [f"{r['encoder']} | {r['fit']} | {r['row']}" for r in rows], path)
 
 
 def main() -> None:
