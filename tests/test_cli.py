@@ -85,6 +85,8 @@ def test_models_and_datasets_list(home, capsys):
 
 def test_quickstart_writes_report_plot_records_config(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "old_record.json").write_text("{}")  # an earlier quickstart's: replaced, not mixed in
     assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
                  "--encoders", "--students", "--align-towers", "--out", str(out), "--runtime", "torch"]) == 0
     assert "acc1" in (out / "report.md").read_text() and (out / "zeroshot.png").stat().st_size > 1000

@@ -50,6 +50,8 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for old in (out / "results").glob("*.json"):  # records of an earlier quickstart here would mix with this one's
+        old.unlink()
     started = time.perf_counter()
     models = [("teacher", cfg.teacher, lambda: load(cfg.teacher, runtime=cfg.runtime))]
     for enc in cfg.encoders:
