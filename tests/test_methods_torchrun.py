@@ -1,5 +1,6 @@
-"""distill and align under torchrun (2 gloo ranks on CPU): the run rank 0 writes equals the run one
-process writes at the same global batch, weight for weight."""
+"""transfer, distill and align under torchrun (2 gloo ranks on CPU): the run rank 0 writes equals the
+run one process writes at the same global batch, weight for weight; a rank that dies, or cannot read
+its cache, fails the job fast with a clear message."""
 from __future__ import annotations
 
 import os
@@ -17,13 +18,19 @@ from test_embed_torchrun import free_port
 import zeroshift
 from zeroshift.methods.align import AlignConfig, align
 from zeroshift.methods.distill import DistillConfig, distill
+from zeroshift.methods.transfer import TransferConfig, transfer
 
 SCRIPT = textwrap.dedent(
     """
     import sys, torch.distributed
     from zeroshift.methods.align import AlignConfig, align
     from zeroshift.methods.distill import DistillConfig, distill
+    from zeroshift.methods.transfer import TransferConfig, transfer
     data, out = sys.argv[1], sys.argv[2]
+    for name, unpaired in (("bridge", None), ("unpaired", f"csv:{data}/pairs.csv")):
+        transfer(TransferConfig(teacher="tiny-clip:seed=0", encoder="tiny-clip:seed=1", data=f"folder:{data}",
+                                unpaired_data=unpaired, prompts=f"{data}/prompts.txt", epochs=2, batch_size=8,
+                                out=f"{out}/{name}", runtime="torch"), progress=False)
     align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
                       out=f"{out}/aligned", dim=16, epochs=2, batch_size=8, loss="ot", runtime="torch",
                       device="cpu"), progress=False)
@@ -45,6 +52,7 @@ def _data(root):
             Image.fromarray(pixels).save(root / name / f"{i}.png")
             lines.append(f"{name}/{i}.png,a {['small', 'big'][i % 2]} {name} thing")
     (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    (root / "prompts.txt").write_text("".join(f"a photo of a {c} thing.\n" for c in ("red", "green", "blue", "grey")))
     return root
 
 
@@ -59,7 +67,16 @@ def test_two_ranks_write_the_run_one_process_writes(tmp_path, monkeypatch):
            str(script), str(data), str(tmp_path / "dist")]
     done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["aligned", "student"]  # no rank leftovers
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["aligned", "bridge", "student", "unpaired"]
+
+    for name, unpaired in (("bridge", None), ("unpaired", f"csv:{data}/pairs.csv")):
+        transfer(TransferConfig(teacher="tiny-clip:seed=0", encoder="tiny-clip:seed=1", data=f"folder:{data}",
+                                unpaired_data=unpaired, prompts=f"{data}/prompts.txt", epochs=2, batch_size=8,
+                                out=str(tmp_path / "one" / name), runtime="torch"), progress=False)
+        a, b = (load_file(str(tmp_path / d / name / "model.safetensors")) for d in ("dist", "one"))
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"{name}: {k}")
 
     align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
                       out=str(tmp_path / "one" / "aligned"), dim=16, epochs=2, batch_size=8, loss="ot",
@@ -106,3 +123,39 @@ def test_a_rank_that_dies_fails_the_run_fast(tmp_path, monkeypatch, world):
            str(script)]
     done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "exitcode" in done.stderr and "3" in done.stderr
+
+
+def test_a_rank_that_cannot_read_its_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    from zeroshift.cache import write_features
+
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
+    for side in ("source", "teacher"):
+        write_features(tmp_path / side, [x], rows=64, dim=8, model=side, data="d", shard_rows=16)
+    script = tmp_path / "partial.py"
+    script.write_text(textwrap.dedent(
+        """
+        import shutil, sys
+        from pathlib import Path
+        from zeroshift.cache import distributed as dist, load_features
+        from zeroshift.errors import ZeroshiftError
+        from zeroshift.methods.transfer import TransferConfig, fit
+        root = Path(sys.argv[1])
+        if dist.rank() == 1:  # this machine's copy of the teacher cache lacks a shard
+            shutil.copytree(root / "teacher", root / "copy")
+            (root / "copy" / "shard-00003.npy").unlink()
+        src, tch = load_features(root / "source"), load_features(root / ("copy" if dist.rank() == 1 else "teacher"),
+                                                                 verify=False)
+        cfg = TransferConfig(teacher="t", encoder="s", data="d", out="-", method="lstsq")
+        try:
+            fit(cfg, src, tch, progress=False)
+        except ZeroshiftError as e:
+            sys.exit(f"zeroshift: error: {e}")
+        """))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env={**os.environ, "ZEROSHIFT_DIST_TIMEOUT": "60"}, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "zeroshift: error: rank 1 cannot read" in done.stderr and "shard-00003.npy" in done.stderr, done.stderr[-2000:]

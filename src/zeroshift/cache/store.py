@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ META = "meta.json"
 LABELS = "labels.npy"
 DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
 TMP_SUFFIX = ".tmp"
+RESIDENT_BYTES = 128 << 20  # a reader hands mapped pages back to the OS after touching about this much
 
 
 def shard_name(i: int) -> str:
@@ -203,6 +205,9 @@ class Features:
         if manifest.get("labels") and (self.path / LABELS).exists():
             self.labels = np.load(self.path / LABELS)[self.index].astype(np.int64)
         self._maps: dict[int, np.ndarray] = {}
+        self._mmaps: list[mmap.mmap] = []
+        self._touched = 0  # bytes of mapped pages touched since the last release()
+        self._row_bytes = self.dim * np.dtype(self.dtype).itemsize
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -213,14 +218,40 @@ class Features:
     def shard(self, k: int) -> np.ndarray:
         """Shard k memory-mapped, all rows (bad ones are zeros). [rows, dim]"""
         if k not in self._maps:
-            self._maps[k] = np.load(self.path / self._names[k], mmap_mode="r")
+            self._maps[k] = self._map(k)
         return self._maps[k]
+
+    def _map(self, k: int) -> np.ndarray:
+        path = self.path / self._names[k]
+        try:
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(f)
+                offset = f.tell()
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as e:
+            raise CacheError(f"rank {_rank()} cannot read {path} ({type(e).__name__}: {e.strerror or e}): every "
+                             "process needs the whole cache; put it on storage all machines share") from None
+        if fortran or len(shape) != 2 or shape[1] != self.dim:
+            raise CacheError(f"{path} holds an array of shape {shape}, not [rows, {self.dim}]: re-embed with overwrite")
+        self._mmaps.append(mapped)
+        return np.frombuffer(mapped, dtype=dtype, count=shape[0] * shape[1], offset=offset).reshape(shape)
+
+    def release(self) -> None:
+        """Drop the mapped pages this process holds (they are re-read from the file, or the page cache,
+        when touched again), so a pass over a cache larger than RAM keeps resident memory bounded."""
+        self._touched = 0
+        for mapped in self._mmaps:
+            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                mapped.madvise(mmap.MADV_DONTNEED)
 
     def numpy(self) -> np.ndarray:
         """All valid rows as one float32 array [N, dim] (in memory)."""
         out = np.empty((len(self), self.dim), dtype=np.float32)
         for k, local in enumerate(self._local):
             out[self._offsets[k]:self._offsets[k + 1]] = self.shard(k)[local]
+        self.release()
         return out
 
     def torch(self) -> torch.Tensor:
@@ -235,6 +266,9 @@ class Features:
         for k in np.unique(shard_of):
             sel = shard_of == k
             out[sel] = self.shard(int(k))[self._local[k][rows[sel] - self._offsets[k]]]
+        self._touched += len(rows) * max(self._row_bytes, mmap.PAGESIZE)  # a scattered row maps a page at least
+        if self._touched > RESIDENT_BYTES:
+            self.release()
         return out
 
     def iter_batches(
@@ -250,6 +284,12 @@ class Features:
         for b in range(0, n, batch_size):
             rows = order[b:b + batch_size]
             yield torch.from_numpy(self.gather(rows)), rows
+
+
+def _rank() -> int:
+    from .distributed import rank
+
+    return rank()
 
 
 def verify_shard(folder: Path, entry: dict, dim: int, dtype: str) -> str | None:

@@ -61,11 +61,9 @@ image->text) as a ratio of the teacher's (0.206 / 0.178). One run, 2 CPU cores:
 from __future__ import annotations
 
 import hashlib
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +73,13 @@ from torch import nn
 
 from .. import __version__
 from ..cache import Features, embed
+from ..cache import distributed as dist
 from ..data.base import DataSource, Subset
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
 from ..models.bridge import KINDS, Bridge, Moments
 from ..models.vlm import VLM
 from ..report import card_tail
+from ..train.batches import Epoch
 from ..train.loop import TrainConfig, plot_history, train
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
 
@@ -243,10 +243,19 @@ class PGKDLoss(nn.Module):
         if self.paired:
             return {"pgkd": self.weight * self.distill(student, target)}
         cycled = self.logits(bridge.from_teacher(bridge.h(bridge.g(v.uc))))  # [B', C]
-        p_c = target.softmax(-1).mean(0)  # [C] the teacher batch's mean distribution
-        p_s = student.softmax(-1).mean(0)  # [C]
+        p_c = _global_mean(target.softmax(-1).mean(0))  # [C] the teacher batch's mean distribution
+        p_s = _global_mean(student.softmax(-1).mean(0))  # [C]
         marginal = (p_c * (p_c.clamp_min(1e-12).log() - p_s.clamp_min(1e-12).log())).sum()
         return {"pgkd_cycle": self.weight * self.distill(cycled, target), "pgkd_marginal": self.weight * marginal}
+
+
+def _global_mean(p: torch.Tensor) -> torch.Tensor:
+    """A per-rank batch mean [C] made the mean over the global batch (ranks hold equal shares)."""
+    if not dist.is_distributed():
+        return p
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(p) / dist.world_size()  # gradients flow back to every rank's rows
 
 
 class BridgeTask(nn.Module):
@@ -315,54 +324,42 @@ class FitRows:
 
     def moments(self, scatter: bool) -> tuple[Moments, Moments, int, int]:
         """One pass over the fit rows: (source moments, teacher moments, their sides). Paired, one
-        Moments holds both sides (0 source, 1 teacher) and their cross products."""
+        Moments holds both sides (0 source, 1 teacher) and their cross products. Under torchrun each
+        rank reads every world-th chunk and the sums are added up across ranks."""
         if self.paired:
             m = Moments(scatter)
-            for s in range(0, len(self.ps), STATS_ROWS):
-                m.update(self._read(self.source, self.ps[s:s + STATS_ROWS]),
-                         self._read(self.teacher, self.pc[s:s + STATS_ROWS]))
+            self._pass(m, (self.source, self.ps), (self.teacher, self.pc))
             return m, m, 0, 1
         out = []
         for feats, rows in ((self.source, self.ps), (self.teacher, self.pc)):
             m = Moments(scatter=False)
-            for s in range(0, len(rows), STATS_ROWS):
-                m.update(self._read(feats, rows[s:s + STATS_ROWS]))
+            self._pass(m, (feats, rows))
             out.append(m)
         return out[0], out[1], 0, 0
 
+    def _pass(self, m: Moments, *sides: tuple[Features, np.ndarray]) -> None:
+        m.start(*(self._read(f, rows[:STATS_ROWS]) for f, rows in sides))  # the same shift on every rank
+        for s in range(dist.rank() * STATS_ROWS, len(sides[0][1]), dist.world_size() * STATS_ROWS):
+            m.update(*(self._read(f, rows[s:s + STATS_ROWS]) for f, rows in sides))
+        m.all_reduce()
+
     def batches(self, batch_size: int, seed: int) -> Callable[[int], Epoch]:
-        """A function of the epoch giving that epoch's shuffled batches (for train/loop.py)."""
-        return partial(Epoch, self, batch_size, seed)
+        """A function of the epoch giving that epoch's shuffled batches {"source": [B, m], "teacher":
+        [B, d]} (for train/loop.py; this rank's share under torchrun). Paired, rows are shuffled
+        together; unpaired, each side on its own, the smaller one wrapping around."""
+        n = max(len(self.ps), len(self.pc))
 
+        def epoch(e: int) -> Epoch:
+            other = None if self.paired else np.random.default_rng([seed, e, 1]).permutation(n)  # [n]
 
-class Epoch:
-    """One epoch of batches {"source": [B, m], "teacher": [B, d]} read from the caches. Paired, rows
-    are shuffled together; unpaired, each side on its own, the smaller one wrapping around."""
+            def make(rows: np.ndarray, _: torch.Generator) -> dict[str, torch.Tensor]:
+                c = rows if other is None else other[rows]
+                return {"source": torch.from_numpy(self.source.gather(self.ps[rows % len(self.ps)])),
+                        "teacher": torch.from_numpy(self.teacher.gather(self.pc[c % len(self.pc)]))}
 
-    def __init__(self, rows: FitRows, batch_size: int, seed: int, epoch: int) -> None:
-        rng = np.random.default_rng([seed, epoch])
-        n = max(len(rows.ps), len(rows.pc))
-        self.rows, self.batch_size, self.steps = rows, batch_size, math.ceil(n / batch_size)
-        if rows.paired:
-            order = rng.permutation(len(rows.ps))
-            self.s_order, self.c_order = rows.ps[order], rows.pc[order]
-        else:
-            self.s_order = rows.ps[_cycled(rng, len(rows.ps), n)]
-            self.c_order = rows.pc[_cycled(rng, len(rows.pc), n)]
+            return Epoch(n, batch_size, seed, e, make)
 
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for k in range(self.steps):
-            sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
-            yield {"source": torch.from_numpy(self.rows.source.gather(self.s_order[sl])),
-                   "teacher": torch.from_numpy(self.rows.teacher.gather(self.c_order[sl]))}
-
-
-def _cycled(rng: np.random.Generator, n: int, length: int) -> np.ndarray:
-    """`length` positions into range(n): successive permutations, concatenated."""
-    return np.concatenate([rng.permutation(n) for _ in range(math.ceil(length / n))])[:length]
+        return epoch
 
 
 # ---------------------------------------------------------------- fitting
@@ -396,6 +393,7 @@ def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Promp
     options = train_config(cfg)
     if options is not None:
         tcfg, batch_size = options
+        bridge.g.requires_grad_("cycle" in loss_weights(cfg))  # g is trained by the cycle terms alone
         task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired, batch_size, cfg.seed)
         history = train(task, rows.batches(batch_size, cfg.seed), tcfg, run_dir, progress)
     return Fit(bridge.eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0)
@@ -449,7 +447,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     out = Path(cfg.out).expanduser().resolve()
     identity = {"kind": "bridge", "teacher": cfg.teacher, "encoder": cfg.encoder, "data": cfg.data,
                 "method": cfg.method}
-    with RunWriter(out, cfg.overwrite, identity) as run:
+    lead = dist.rank() == 0  # under torchrun only rank 0 writes the run; every rank fits and evaluates
+    with RunWriter(out, cfg.overwrite, identity, active=lead) as run:
         encoder, teacher = load(cfg.encoder, runtime=cfg.runtime), load(cfg.teacher, runtime=cfg.runtime)
         t0 = time.perf_counter()
         src = embed(encoder, source_data, runtime=cfg.runtime, progress=progress)
@@ -484,10 +483,13 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
         }
         state = {f"bridge.{k}": v.detach().cpu().contiguous() for k, v in result.bridge.state_dict().items()}
         run.finish(config, state, model_card(config, result.history))
+    dist.barrier()  # the run folder is published
     vlm = load_run(str(out), runtime=cfg.runtime)
     if eval_source is not None:
-        records = evaluate(vlm, eval_source, out=out / "results", runtime=cfg.runtime, progress=progress)
-        write_card(out, model_card(config, result.history, list(records.values())))
+        records = evaluate(vlm, eval_source, out=out / "results" if lead else None, runtime=cfg.runtime,
+                           progress=progress and lead)
+        if lead:
+            write_card(out, model_card(config, result.history, list(records.values())))
     return vlm
 
 

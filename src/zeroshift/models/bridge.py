@@ -62,20 +62,38 @@ class Moments:
         self.squares: list[torch.Tensor] = []  # per side: [dim] (scatter=False) or [dim, dim]
         self.cross: torch.Tensor | None = None  # [m, d] for paired rows
 
+    def start(self, *sides: torch.Tensor) -> None:
+        """Take the shift from these rows (every rank of a distributed pass must pass the same ones)."""
+        self.shift = [s.double().mean(0) for s in sides]
+        self.sums = [torch.zeros_like(m) for m in self.shift]
+        self.squares = [torch.zeros(len(m), len(m), dtype=torch.float64) if self.scatter
+                        else torch.zeros_like(m) for m in self.shift]
+        if len(sides) == 2 and self.scatter:
+            self.cross = torch.zeros(len(self.shift[0]), len(self.shift[1]), dtype=torch.float64)  # [m, d]
+
     def update(self, *sides: torch.Tensor) -> None:
         if not self.shift:
-            self.shift = [s.double().mean(0) for s in sides]
-            self.sums = [torch.zeros_like(m) for m in self.shift]
-            self.squares = [torch.zeros(len(m), len(m), dtype=torch.float64) if self.scatter
-                            else torch.zeros_like(m) for m in self.shift]
+            self.start(*sides)
         xs = [(s - m.float()) for s, m in zip(sides, self.shift)]  # shifted, float32 [B, dim]
         for k, x in enumerate(xs):
             self.sums[k] += x.sum(0).double()
             self.squares[k] += (x.T @ x).double() if self.scatter else (x * x).sum(0).double()
         if len(xs) == 2 and self.scatter:
-            cross = (xs[0].T @ xs[1]).double()  # [m, d]
-            self.cross = cross if self.cross is None else self.cross + cross
+            self.cross += (xs[0].T @ xs[1]).double()  # [m, d]
         self.n += len(sides[0])
+
+    def all_reduce(self) -> None:
+        """Sum the running sums over the ranks of a torchrun job (each rank having passed its share of
+        the rows after the same `start`); nothing to do in one process."""
+        from ..cache import distributed as dist
+
+        if not dist.is_distributed():
+            return
+        dist.init()
+        n = torch.tensor([float(self.n)], dtype=torch.float64)
+        for t in [n, *self.sums, *self.squares] + ([self.cross] if self.cross is not None else []):
+            torch.distributed.all_reduce(t)
+        self.n = int(n.item())
 
     def mean(self, k: int = 0) -> torch.Tensor:
         return self.shift[k] + self.sums[k] / self.n  # [dim]
