@@ -1,5 +1,5 @@
 """torch.distributed set-up errors are one clear line, never a hang: a rendezvous that cannot complete
-(a wrong world size), and ranks running different library versions."""
+(a wrong world size), more processes than GPUs, and ranks running different library versions."""
 from __future__ import annotations
 
 import os
@@ -51,3 +51,18 @@ def test_ranks_with_different_versions_are_refused(tmp_path):
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "different library versions" in done.stdout and "0.0.0+other" in done.stdout
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    import pytest
+    import torch
+
+    from zeroshift.cache import distributed as dist
+    from zeroshift.errors import ZeroshiftError
+
+    for var, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ZeroshiftError, match=r"LOCAL_RANK=1 needs GPU 1, but this machine has 1: .*nproc_per_node=1"):
+        dist.init()

@@ -67,6 +67,10 @@ def init() -> None:
     timeout = datetime.timedelta(seconds=timeout_s())
     try:
         if torch.cuda.is_available():
+            if local_rank() >= torch.cuda.device_count():
+                raise ZeroshiftError(f"LOCAL_RANK={local_rank()} needs GPU {local_rank()}, but this machine has "
+                                     f"{torch.cuda.device_count()}: start at most one process per GPU "
+                                     f"(torchrun --nproc_per_node={torch.cuda.device_count()})")
             torch.cuda.set_device(local_rank())
             dist.init_process_group("cpu:gloo,cuda:nccl", timeout=timeout)
         else:
