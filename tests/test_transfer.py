@@ -150,8 +150,9 @@ def test_every_term_switchable_and_its_gradient_flows(paired):
     losses = ("mse", "cycle", "pgkd") if paired else ("cycle", "pgkd")
     cfg = _cfg(losses=losses, **({} if paired else {"unpaired_data": "y"}))
     bridge = Bridge(16, 32)
-    task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, paired, text_batch=4, seed=0)
-    terms, _ = task.step({"source": torch.randn(6, 16), "teacher": torch.randn(6 if paired else 5, 32)})
+    task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, paired)
+    terms, _ = task.step({"source": torch.randn(6, 16), "teacher": torch.randn(6 if paired else 5, 32),
+                          "text": torch.tensor([0, 2, 3, 1])})
     expected = {"cycle_source", "cycle_teacher", "cycle_text"} | (
         {"mse", "pgkd"} if paired else {"pgkd_cycle", "pgkd_marginal"})
     assert set(terms) == expected
@@ -331,3 +332,37 @@ def test_transfer_writes_a_run_that_loads_and_classifies(tmp_path):
                           data_fraction=0.5), progress=False)
     assert not (out / "loss.png").exists() and lstsq.spec != vlm.spec
     assert json.loads((out / "config.json").read_text())["data"]["rows"] == 60
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_bridge(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    data = _folder(tmp_path / "data", {"red": 30, "green": 30})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"a photo of a {w}." for w in WORDS) + "\n")
+
+    def cfg(out: str, **kw) -> TransferConfig:  # unpaired-style cycle terms use the prompt minibatches
+        return _cfg(data=f"folder:{data}", out=str(tmp_path / out), prompts=str(prompts), runtime="torch",
+                    losses=("mse", "cycle", "pgkd"), batch_size=8, epochs=2, checkpoint_every=3, **kw)
+
+    transfer(cfg("whole"), progress=False)
+    step, calls = BridgeTask.step, {"n": 0}
+
+    def killed(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 11:  # mid epoch 2 (8 steps an epoch); the last checkpoint is step 9
+            raise KeyboardInterrupt
+        return step(self, batch)
+
+    monkeypatch.setattr(BridgeTask, "step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        transfer(cfg("run"), progress=False)
+    assert not (tmp_path / "run").exists() and (tmp_path / "run.ckpt" / "last.pt").is_file()
+    monkeypatch.setattr(BridgeTask, "step", step)
+    with pytest.raises(CacheMismatch, match="tau"):  # a checkpoint of another run is refused
+        transfer(cfg("run", tau=10.0), progress=False)
+    transfer(cfg("run"), progress=False)
+    a, b = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("whole", "run"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["resumed_from_step"] == 9
+    assert not (tmp_path / "run.ckpt").exists()

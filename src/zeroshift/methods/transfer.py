@@ -80,6 +80,7 @@ from ..models.bridge import KINDS, Bridge, Moments
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train.batches import Epoch
+from ..train.checkpoint import Checkpoints, run_checkpoints
 from ..train.loop import TrainConfig, plot_history, train
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
 
@@ -123,6 +124,9 @@ class TransferConfig:
     seed: int = field(default=0, metadata={"help": "seed of the data subset, shuffling and initialisation"})
     eval_dataset: str | None = field(default=None, metadata={"help": "evaluate the result zero-shot on this data spec"})
     overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
+    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
 
     def __post_init__(self) -> None:
@@ -138,8 +142,9 @@ class TransferConfig:
         if min(self.mse_weight, self.cycle_weight, self.pgkd_weight, self.ridge) < 0 or self.tau <= 0:
             raise ZeroshiftError("loss weights and --ridge must be at least 0, and --tau above 0")
         counts = [x for x in (self.epochs, self.batch_size, self.hidden) if x is not None]
-        if min(counts) < 1 or (self.lr is not None and self.lr <= 0):
-            raise ZeroshiftError("--epochs, --batch-size and --hidden must be at least 1, and --lr above 0")
+        if min(counts) < 1 or (self.lr is not None and self.lr <= 0) or self.checkpoint_every < 0:
+            raise ZeroshiftError("--epochs, --batch-size and --hidden must be at least 1, --lr above 0 and "
+                                 "--checkpoint-every at least 0")
         if self.method != "zoomshot":
             if self.bridge != "linear" or self.losses:
                 raise ZeroshiftError(f"--method {self.method} is a fixed affine recipe: --bridge mlp and "
@@ -259,23 +264,21 @@ def _global_mean(p: torch.Tensor) -> torch.Tensor:
 
 
 class BridgeTask(nn.Module):
-    """The zoomshot and ttc task for train/loop.py: a bridge, its loss terms and the frozen prompts."""
+    """The zoomshot and ttc task for train/loop.py: a bridge, its loss terms and the frozen prompts.
+    Each batch names its own prompt minibatch ("text"), drawn from the batch's seeded generator, so
+    every rank and a resumed run draw the same one."""
 
-    def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool,
-                 text_batch: int, seed: int) -> None:
+    def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool) -> None:
         super().__init__()
-        self.bridge, self.losses, self.paired, self.text_batch = bridge, nn.ModuleList(losses), paired, text_batch
+        self.bridge, self.losses, self.paired = bridge, nn.ModuleList(losses), paired
         text = prompts.embeddings if prompts is not None else torch.zeros(0, bridge.teacher_dim)
         self.register_buffer("text", text.float())  # [P, d] raw teacher text embeddings
-        self.generator = torch.Generator().manual_seed(seed)
 
     def step(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         b = self.bridge
         zs, zc = batch["source"], batch["teacher"]  # [B, m], [B', d] raw
-        pick = torch.randint(len(self.text), (min(self.text_batch, len(self.text)),), generator=self.generator) \
-            if len(self.text) else torch.zeros(0, dtype=torch.long)
         us = b.to_source(zs)
-        views = Views(us=us, uc=b.to_teacher(zc), hs=b.h(us), ut=b.to_teacher(self.text[pick]), zc=zc)
+        views = Views(us=us, uc=b.to_teacher(zc), hs=b.h(us), ut=b.to_teacher(self.text[batch["text"]]), zc=zc)
         terms: dict[str, torch.Tensor] = {}
         for loss in self.losses:
             terms.update(loss(b, views))
@@ -343,19 +346,21 @@ class FitRows:
             m.update(*(self._read(f, rows[s:s + STATS_ROWS]) for f, rows in sides))
         m.all_reduce()
 
-    def batches(self, batch_size: int, seed: int) -> Callable[[int], Epoch]:
+    def batches(self, batch_size: int, seed: int, prompts: int = 0) -> Callable[[int], Epoch]:
         """A function of the epoch giving that epoch's shuffled batches {"source": [B, m], "teacher":
-        [B, d]} (for train/loop.py; this rank's share under torchrun). Paired, rows are shuffled
-        together; unpaired, each side on its own, the smaller one wrapping around."""
+        [B, d], "text": [T] rows of a `prompts`-row vocabulary} (for train/loop.py; this rank's share
+        under torchrun). Paired, rows are shuffled together; unpaired, each side on its own, the
+        smaller one wrapping around."""
         n = max(len(self.ps), len(self.pc))
 
         def epoch(e: int) -> Epoch:
             other = None if self.paired else np.random.default_rng([seed, e, 1]).permutation(n)  # [n]
 
-            def make(rows: np.ndarray, _: torch.Generator) -> dict[str, torch.Tensor]:
+            def make(rows: np.ndarray, g: torch.Generator) -> dict[str, torch.Tensor]:
                 c = rows if other is None else other[rows]
                 return {"source": torch.from_numpy(self.source.gather(self.ps[rows % len(self.ps)])),
-                        "teacher": torch.from_numpy(self.teacher.gather(self.pc[c % len(self.pc)]))}
+                        "teacher": torch.from_numpy(self.teacher.gather(self.pc[c % len(self.pc)])),
+                        "text": torch.randint(max(prompts, 1), (min(batch_size, prompts),), generator=g)}
 
             return Epoch(n, batch_size, seed, e, make)
 
@@ -372,9 +377,10 @@ class Fit:
 
 
 def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Prompts | None = None,
-        run_dir: Path | None = None, progress: bool = True) -> Fit:
+        run_dir: Path | None = None, progress: bool = True, checkpoints: Checkpoints | None = None) -> Fit:
     """Fit a bridge from cached features (paired rows of one data set, or two unpaired sets) by
-    `cfg.method`. `prompts` is needed when a zoomshot cycle or pgkd term is on."""
+    `cfg.method`. `prompts` is needed when a zoomshot cycle or pgkd term is on; with `checkpoints`
+    the training steps resume from the last one."""
     t0 = time.perf_counter()
     if cfg.method == "zoomshot" and prompts is None and {"cycle", "pgkd"} & set(loss_weights(cfg)):
         raise ZeroshiftError("the cycle and pgkd terms need the prompt vocabulary's embeddings")
@@ -394,8 +400,9 @@ def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Promp
     if options is not None:
         tcfg, batch_size = options
         bridge.g.requires_grad_("cycle" in loss_weights(cfg))  # g is trained by the cycle terms alone
-        task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired, batch_size, cfg.seed)
-        history = train(task, rows.batches(batch_size, cfg.seed), tcfg, run_dir, progress)
+        task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired)
+        batches = rows.batches(batch_size, cfg.seed, len(task.text))
+        history = train(task, batches, tcfg, run_dir, progress, checkpoints)
     return Fit(bridge.eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0)
 
 
@@ -459,7 +466,9 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
                                     f"{model.spec} gives {model.dim}-d: re-embed with overwrite")
         prompts = encode_prompts(teacher, texts, groups, progress) if needs_prompts else None
         embed_seconds = time.perf_counter() - t0
-        result = fit(cfg, src, tch, prompts, run.path, progress)
+        checkpoints = run_checkpoints(out, asdict(cfg), cfg.checkpoint_every, cfg.resume, dims=[src.dim, tch.dim],
+                                      data=[src.manifest["fingerprint"], tch.manifest["fingerprint"]])
+        result = fit(cfg, src, tch, prompts, run.path, progress, checkpoints)
         if result.history:
             plot_history(result.history, run.path / "loss.png", title=f"{cfg.method}: {cfg.encoder} -> {cfg.teacher}")
         options = train_config(cfg)
@@ -470,7 +479,7 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
             "method": cfg.method, "losses": weights,
             "pgkd": cfg.pgkd if "pgkd" in weights else None, "tau": cfg.tau if "pgkd" in weights else None,
             "train": None if options is None else {**asdict(options[0]), "batch_size": options[1]},
-            "ridge": cfg.ridge, "paired": cfg.paired,
+            "ridge": cfg.ridge, "paired": cfg.paired, "resumed_from_step": checkpoints.resumed_step,
             "data": _data_entry(source_data, result.rows[0]),
             "unpaired_data": None if cfg.paired else _data_entry(teacher_data, result.rows[1]),
             "prompts": None if not needs_prompts else {
@@ -483,6 +492,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
         }
         state = {f"bridge.{k}": v.detach().cpu().contiguous() for k, v in result.bridge.state_dict().items()}
         run.finish(config, state, model_card(config, result.history))
+    if not cfg.keep_checkpoints and lead:
+        checkpoints.clear()
     dist.barrier()  # the run folder is published
     vlm = load_run(str(out), runtime=cfg.runtime)
     if eval_source is not None:
