@@ -51,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
+    from zeroshift.cache import distributed as dist
+
+    if dist.rank() != 0:  # under torchrun rank 0 prints the results; every rank still reports its errors
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     try:
         return int(args.run(args) or 0)
     except ZeroshiftError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}" if not dist.is_distributed() else f"error (rank {dist.rank()}): {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
