@@ -30,7 +30,8 @@ META = "meta.json"
 LABELS = "labels.npy"
 DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
 TMP_SUFFIX = ".tmp"
-RESIDENT_BYTES = 128 << 20  # a reader hands mapped pages back to the OS after touching about this much
+RESIDENT_BYTES = 64 << 20  # a reader hands mapped pages back to the OS after touching about this much
+FAULT_WINDOW = 64 << 10  # bytes a page fault may map at once (Linux's default fault_around_bytes)
 
 
 def shard_name(i: int) -> str:
@@ -265,8 +266,10 @@ class Features:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for k in np.unique(shard_of):
             sel = shard_of == k
-            out[sel] = self.shard(int(k))[self._local[k][rows[sel] - self._offsets[k]]]
-        self._touched += len(rows) * max(self._row_bytes, mmap.PAGESIZE)  # a scattered row maps a page at least
+            local = self._local[k][rows[sel] - self._offsets[k]]
+            out[sel] = self.shard(int(k))[local]
+            # A page fault maps the whole window around it (Linux's fault-around), so count windows.
+            self._touched += len(np.unique(local * self._row_bytes // FAULT_WINDOW)) * 2 * FAULT_WINDOW
         if self._touched > RESIDENT_BYTES:
             self.release()
         return out

@@ -403,7 +403,7 @@ def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Promp
         task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired)
         batches = rows.batches(batch_size, cfg.seed, len(task.text))
         history = train(task, batches, tcfg, run_dir, progress, checkpoints)
-    return Fit(bridge.eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0)
+    return Fit(bridge.cpu().eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------- the command
