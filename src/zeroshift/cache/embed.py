@@ -94,8 +94,10 @@ def _default_workers(rows: _Rows, todo: Sequence[int], encode: Any, dev: torch.d
     None for small jobs, or when decoding costs little next to the model (under a quarter of its time
     per image): worker start-up and inter-process copies then cost more than they save, and on a CPU
     the workers take cores from the model (measured, effnet-lite2 on Fashion-MNIST: 93 img/s with no
-    worker, 83 with two). Otherwise two workers (fewer with fewer cores per rank), which overlap image
-    decoding (JPEG, PNG) with encoding.
+    worker, 83 with two). Otherwise, on a CPU, two workers (fewer with fewer cores per rank), which
+    overlap image decoding (JPEG, PNG) with encoding; on a GPU, this rank's cores less one (at most 16):
+    one core decodes a 500 x 375 JPEG into a 224 px input in 2.3 ms, while an H100 encodes with
+    ResNet-50 (fp32) in 0.17 ms.
     """
     if len(todo) < 1024:
         return 0
@@ -118,6 +120,8 @@ def _default_workers(rows: _Rows, todo: Sequence[int], encode: Any, dev: torch.d
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    if dev.type == "cuda":  # a GPU outpaces any one core's decoding, and the cores are free for it
+        return max(1, min(per_rank - 1, 16))
     return max(0, min(2, per_rank))
 
 
