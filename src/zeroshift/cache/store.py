@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -30,8 +29,7 @@ META = "meta.json"
 LABELS = "labels.npy"
 DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
 TMP_SUFFIX = ".tmp"
-RESIDENT_BYTES = 64 << 20  # a reader hands mapped pages back to the OS after touching about this much
-FAULT_WINDOW = 64 << 10  # bytes a page fault may map at once (Linux's default fault_around_bytes)
+MAX_OPEN = 64  # shard files a reader keeps open at once
 
 
 def shard_name(i: int) -> str:
@@ -206,9 +204,9 @@ class Features:
         if manifest.get("labels") and (self.path / LABELS).exists():
             self.labels = np.load(self.path / LABELS)[self.index].astype(np.int64)
         self._maps: dict[int, np.ndarray] = {}
-        self._mmaps: list[mmap.mmap] = []
-        self._touched = 0  # bytes of mapped pages touched since the last release()
+        self._open: dict[int, tuple[int, int]] = {}  # shard -> (file descriptor, byte offset of row 0)
         self._row_bytes = self.dim * np.dtype(self.dtype).itemsize
+        self._starts = np.array([s["start"] for s in shards], dtype=np.int64)  # [n_shards] first source row
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -216,43 +214,74 @@ class Features:
     def __repr__(self) -> str:
         return f"Features({self.path}, rows={len(self)}, dim={self.dim}, dtype={self.dtype}, model={self.spec!r})"
 
+    def __del__(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the shard files this reader holds open (it reopens them when read again)."""
+        for fd, _ in getattr(self, "_open", {}).values():
+            os.close(fd)
+        getattr(self, "_open", {}).clear()
+
     def shard(self, k: int) -> np.ndarray:
         """Shard k memory-mapped, all rows (bad ones are zeros). [rows, dim]"""
         if k not in self._maps:
-            self._maps[k] = self._map(k)
+            self._fd(k)  # the same checks and errors as a read
+            self._maps[k] = np.load(self.path / self._names[k], mmap_mode="r")
         return self._maps[k]
 
-    def _map(self, k: int) -> np.ndarray:
+    def _fd(self, k: int) -> tuple[int, int]:
+        """Shard k's open file and the byte offset of its first row, checked against the manifest."""
+        if k in self._open:
+            return self._open[k]
         path = self.path / self._names[k]
         try:
-            with open(path, "rb") as f:
+            fd = os.open(path, os.O_RDONLY)
+            with os.fdopen(os.dup(fd), "rb") as f:
                 version = np.lib.format.read_magic(f)
                 header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = header(f)
                 offset = f.tell()
-                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as e:
-            raise CacheError(f"rank {_rank()} cannot read {path} ({type(e).__name__}: {e.strerror or e}): every "
-                             "process needs the whole cache; put it on storage all machines share") from None
-        if fortran or len(shape) != 2 or shape[1] != self.dim:
-            raise CacheError(f"{path} holds an array of shape {shape}, not [rows, {self.dim}]: re-embed with overwrite")
-        self._mmaps.append(mapped)
-        return np.frombuffer(mapped, dtype=dtype, count=shape[0] * shape[1], offset=offset).reshape(shape)
+            raise CacheError(f"rank {_rank()} cannot read {path} ({type(e).__name__}: {getattr(e, 'strerror', None) or e}): "
+                             "every process needs the whole cache; put it on storage all machines share") from None
+        if fortran or shape != (len(self._local_rows(k)), self.dim) or dtype != np.dtype(self.dtype):
+            os.close(fd)
+            raise CacheError(f"{path} holds {shape} {dtype}, not the manifest's ({len(self._local_rows(k))}, {self.dim}) "
+                             f"{self.dtype}: re-embed with overwrite")
+        if len(self._open) >= MAX_OPEN:  # bound the descriptors held: close the longest-open one
+            os.close(self._open.pop(next(iter(self._open)))[0])
+        self._open[k] = (fd, offset)
+        return fd, offset
 
-    def release(self) -> None:
-        """Drop the mapped pages this process holds (they are re-read from the file, or the page cache,
-        when touched again), so a pass over a cache larger than RAM keeps resident memory bounded."""
-        self._touched = 0
-        for mapped in self._mmaps:
-            if hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                mapped.madvise(mmap.MADV_DONTNEED)
+    def _local_rows(self, k: int) -> range:
+        return range(self.manifest["shards"][k]["rows"])
+
+    def _read(self, shard: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """Rows `local[i]` of shards `shard[i]` as [n, dim] in the cache's dtype, read with pread, one call
+        per run of consecutive rows, into this array alone: resident memory never holds more of the cache."""
+        if len(local) == 0:
+            return np.empty((0, self.dim), dtype=self.dtype)
+        order = np.lexsort((local, shard))  # [n] by shard, then row
+        key = shard[order] * (int(local.max(initial=0)) + 2) + local[order]  # consecutive rows: key + 1
+        cuts = np.flatnonzero(np.diff(key) != 1) + 1
+        starts, ends = np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(key)]]).tolist()
+        ranked = np.empty((len(local), self.dim), dtype=self.dtype)  # rows in `order`
+        view = memoryview(ranked.reshape(-1).view(np.uint8))
+        rb = self._row_bytes
+        for a, b, k, row in zip(starts, ends, shard[order][starts].tolist(), local[order][starts].tolist()):
+            fd, offset = self._fd(k)
+            if os.preadv(fd, [view[a * rb:b * rb]], offset + row * rb) != (b - a) * rb:
+                raise CacheError(f"{self.path / self._names[k]} ends early (truncated): re-embed with overwrite")
+        out = np.empty_like(ranked)
+        out[order] = ranked
+        return out
 
     def numpy(self) -> np.ndarray:
         """All valid rows as one float32 array [N, dim] (in memory)."""
         out = np.empty((len(self), self.dim), dtype=np.float32)
         for k, local in enumerate(self._local):
-            out[self._offsets[k]:self._offsets[k + 1]] = self.shard(k)[local]
-        self.release()
+            out[self._offsets[k]:self._offsets[k + 1]] = self._read(np.full(len(local), k), local)
         return out
 
     def torch(self) -> torch.Tensor:
@@ -260,26 +289,20 @@ class Features:
         return torch.from_numpy(self.numpy())
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Valid rows at positions `rows` (0..len-1) as float32 [len(rows), dim], read from the maps."""
+        """Valid rows at positions `rows` (0..len-1) as float32 [len(rows), dim]. Rows are read from the
+        files on demand (the OS's page cache keeps the hot ones), so a cache larger than RAM is read in
+        memory bounded by the batch."""
         rows = np.asarray(rows, dtype=np.int64)
-        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1  # [B]
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        for k in np.unique(shard_of):
-            sel = shard_of == k
-            local = self._local[k][rows[sel] - self._offsets[k]]
-            out[sel] = self.shard(int(k))[local]
-            # A page fault maps the whole window around it (Linux's fault-around), so count windows.
-            self._touched += len(np.unique(local * self._row_bytes // FAULT_WINDOW)) * 2 * FAULT_WINDOW
-        if self._touched > RESIDENT_BYTES:
-            self.release()
-        return out
+        shard = np.searchsorted(self._offsets, rows, side="right") - 1  # [B]
+        local = self.index[rows] - self._starts[shard]  # [B] row within its shard
+        return self._read(shard, local).astype(np.float32)
 
     def iter_batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0
     ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """Yield (features [B, dim] float32, positions of those rows among the valid rows).
 
-        Rows are read from memory-mapped shards batch by batch, so a cache larger than RAM is read in
+        Rows are read from the shard files batch by batch, so a cache larger than RAM is read in
         bounded memory. Positions index `labels`, `captions` and `index`.
         """
         n = len(self)

@@ -18,6 +18,8 @@ class EmbedConfig:
     dtype: str = field(default="float32", metadata={"help": "stored dtype", "choices": ["float32", "float16"]})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
     workers: int | None = field(default=None, metadata={"help": "decoding worker processes (default: automatic)"})
+    shard_rows: int | None = field(default=None, metadata={
+        "help": "source rows per shard, the unit of resume and of the split across torchrun ranks (default 4096)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a cache made by another model or data"})
 
 
@@ -27,11 +29,13 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(cfg: EmbedConfig) -> int:
+    from zeroshift.cache import distributed as dist
     from zeroshift.cache import embed
 
-    feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype,
+    feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows,
                   runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite)
-    write_config(cfg, Path(feats.path) / "config.json")
+    if dist.rank() == 0:
+        write_config(cfg, Path(feats.path) / "config.json")
     s = feats.summary or {}
     rows = [(feats.spec, feats.manifest["data_spec"], len(feats), feats.dim, s.get("skipped", 0),
              s.get("shards_reused", 0), s.get("seconds", 0.0), s.get("images_per_s", 0.0))]
