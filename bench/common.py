@@ -62,6 +62,18 @@ class EvalSet:
 
 
 
+def write_results(out: str | os.PathLike, name: str, text: str, result: dict) -> None:
+    """OUT/NAME.md and OUT/NAME.json, then the markdown on stdout."""
+    import json
+    from pathlib import Path
+
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.md").write_text(text)
+    (folder / f"{name}.json").write_text(json.dumps(result, indent=2))
+    print(text, end="")
+
+
 def machine() -> str:
     return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}")

@@ -4,7 +4,6 @@ gloo+nccl process group. Skipped on machines without a GPU (CI); run on one with
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
