@@ -65,8 +65,7 @@ def run_one(name: str, quick: bool, out: Path, cuda: bool, reuse: bool = False) 
     script = HERE / f"{name}.py"
     started, load0 = time.time(), os.getloadavg()[0]
     if reuse:
-        mds = sorted(out.glob(f"{name}*.md"))
-        when = max((datetime.datetime.fromtimestamp(p.stat().st_mtime, datetime.UTC) for p in mds), default=None)
+        when = max((written(p) for p in sorted(out.glob(f"{name}*.md"))), default=None)
         print(f"== {name}: not run (--reuse)", flush=True)
         return Outcome(name, None, 0.0, started, (load0, load0), skipped=True,
                        note="Not run by this invocation (--reuse): the results below are from its last run"
@@ -97,6 +96,17 @@ def run_one(name: str, quick: bool, out: Path, cuda: bool, reuse: bool = False) 
     lines = [s for s in re.split(r"[\r\n]+", tail.decode("utf-8", "replace")) if s.strip()][-TAIL_LINES:]
     print(f"== {name}: exit {proc.returncode} after {seconds:.0f} s", flush=True)
     return Outcome(name, proc.returncode, seconds, started, (load0, os.getloadavg()[0]), lines)
+
+
+def written(path: Path) -> datetime.datetime:
+    """When a results file was written: its last commit if git tracks it unchanged, else its mtime."""
+    done = subprocess.run(["git", "log", "-1", "--format=%cI", "--", path.name], cwd=path.parent, capture_output=True,
+                          text=True, check=False)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", path.name], cwd=path.parent, capture_output=True,
+                           text=True, check=False)
+    if done.returncode == 0 and done.stdout.strip() and not dirty.stdout.strip():
+        return datetime.datetime.fromisoformat(done.stdout.strip()).astimezone(datetime.UTC)
+    return datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.UTC)
 
 
 def fresh(path: Path, since: float) -> bool:
@@ -155,7 +165,7 @@ def section(o: Outcome, out: Path) -> list[str]:
     if not mds and stale.is_file():
         lines += ["", f"This run did not write {stale.name}; the file there is from an earlier run and is not shown."]
     linked = {Path(m.group(2) or m.group(5)).name for m in LINK.finditer(shown)}
-    plots = [p for p in sorted(out.glob(f"{o.name}*.png")) if fresh(p, o.started) and p.name not in linked]
+    plots = [p for p in sorted(out.glob(f"{o.name}*.png")) if (o.skipped or fresh(p, o.started)) and p.name not in linked]
     for p in plots:
         lines += ["", f"![{p.stem}]({p.name})"]
     if o.skipped:

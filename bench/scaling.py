@@ -204,7 +204,7 @@ def report(r: dict) -> str:
          "cancels the fixed cost (start-up, model loading, the torchrun rendezvous, the manifest): the first run "
          f"took {e1['wall_s']:.1f} s vs {e1['fixed_wall_s']:.1f} s for {s['batch_size']} rows (1 process), "
          f"{e2['wall_s']:.1f} s vs {e2['fixed_wall_s']:.1f} s (2 processes). The cache's shards hold "
-         f"{s['shard_rows']} rows (the command has no option for it) and rank r takes shards i % 2 == r, so the "
+         f"{s['shard_rows']} rows (the default --shard-rows) and rank r takes shards i % 2 == r, so the "
          f"ranks embed {' and '.join(map(str, s['rows_per_rank']))} rows; under {2 * s['shard_rows']} rows the "
          "second rank would have nothing to do. "
          f"Cache check: the 2-process cache holds {'the same' if c['same_rows'] else 'DIFFERENT'} {c['rows']} rows "

@@ -22,6 +22,7 @@ import torch
 
 from .. import paths
 from ..errors import CacheError, CacheMismatch
+from . import distributed as dist
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -243,19 +244,17 @@ class Features:
                 shape, fortran, dtype = header(f)
                 offset = f.tell()
         except (OSError, ValueError) as e:
-            raise CacheError(f"rank {_rank()} cannot read {path} ({type(e).__name__}: {getattr(e, 'strerror', None) or e}): "
+            raise CacheError(f"rank {dist.rank()} cannot read {path} ({type(e).__name__}: {getattr(e, 'strerror', None) or e}): "
                              "every process needs the whole cache; put it on storage all machines share") from None
-        if fortran or shape != (len(self._local_rows(k)), self.dim) or dtype != np.dtype(self.dtype):
+        expected = (self.manifest["shards"][k]["rows"], self.dim)
+        if fortran or shape != expected or dtype != np.dtype(self.dtype):
             os.close(fd)
-            raise CacheError(f"{path} holds {shape} {dtype}, not the manifest's ({len(self._local_rows(k))}, {self.dim}) "
-                             f"{self.dtype}: re-embed with overwrite")
+            raise CacheError(f"{path} holds {shape} {dtype}, not the manifest's {expected} {self.dtype}: "
+                             "re-embed with overwrite")
         if len(self._open) >= MAX_OPEN:  # bound the descriptors held: close the longest-open one
             os.close(self._open.pop(next(iter(self._open)))[0])
         self._open[k] = (fd, offset)
         return fd, offset
-
-    def _local_rows(self, k: int) -> range:
-        return range(self.manifest["shards"][k]["rows"])
 
     def _read(self, shard: np.ndarray, local: np.ndarray) -> np.ndarray:
         """Rows `local[i]` of shards `shard[i]` as [n, dim] in the cache's dtype, read with pread, one call
@@ -310,12 +309,6 @@ class Features:
         for b in range(0, n, batch_size):
             rows = order[b:b + batch_size]
             yield torch.from_numpy(self.gather(rows)), rows
-
-
-def _rank() -> int:
-    from .distributed import rank
-
-    return rank()
 
 
 def verify_shard(folder: Path, entry: dict, dim: int, dtype: str) -> str | None:

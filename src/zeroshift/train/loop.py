@@ -171,7 +171,8 @@ def train(
     resumes from it, giving the same weights as an uninterrupted run. Batches must depend on the
     epoch (and seed) only. A non-finite loss stops training with a ZeroshiftError naming the step and
     the batch; the last checkpoint saved before it is kept. Under torchrun the gradients are averaged
-    over the ranks by DistributedDataParallel.
+    over the ranks by DistributedDataParallel; on GPUs BatchNorm layers become SyncBatchNorm (it has no
+    CPU kernel, so on CPUs each rank normalises by its own share of the batch).
     """
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
@@ -210,6 +211,8 @@ def train(
         from torch.nn.parallel import DistributedDataParallel
 
         dist.init()
+        if device.type == "cuda":  # batch statistics over the global batch, as one process computes them
+            nn.SyncBatchNorm.convert_sync_batchnorm(task)  # in place below the top; the same parameters
         model = DistributedDataParallel(_Forward(task), device_ids=[device.index] if device.type == "cuda" else None)
     forward = model if model is not task else task.step
 
