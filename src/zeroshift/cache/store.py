@@ -30,7 +30,19 @@ META = "meta.json"
 LABELS = "labels.npy"
 DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
 TMP_SUFFIX = ".tmp"
-MAX_OPEN = 64  # shard files a reader keeps open at once
+
+
+def _max_open() -> int:
+    """Shard files a reader keeps open at once: a quarter of the process's descriptor limit, at least 64."""
+    try:
+        import resource
+
+        return max(64, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4)
+    except (ImportError, ValueError, OSError):  # pragma: no cover - platforms without rlimits
+        return 64
+
+
+MAX_OPEN = _max_open()
 
 
 def shard_name(i: int) -> str:
@@ -206,6 +218,7 @@ class Features:
             self.labels = np.load(self.path / LABELS)[self.index].astype(np.int64)
         self._maps: dict[int, np.ndarray] = {}
         self._open: dict[int, tuple[int, int]] = {}  # shard -> (file descriptor, byte offset of row 0)
+        self._checked: dict[int, int] = {}  # shard -> byte offset of row 0, once its header passed the checks
         self._row_bytes = self.dim * np.dtype(self.dtype).itemsize
         self._starts = np.array([s["start"] for s in shards], dtype=np.int64)  # [n_shards] first source row
 
@@ -238,12 +251,26 @@ class Features:
         path = self.path / self._names[k]
         try:
             fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise CacheError(f"rank {dist.rank()} cannot read {path} ({type(e).__name__}: {e.strerror}): every process "
+                             "needs the whole cache; put it on storage all machines share") from None
+        if len(self._open) >= MAX_OPEN:  # bound the descriptors held: close the longest-open one
+            os.close(self._open.pop(next(iter(self._open)))[0])
+        if k not in self._checked:
+            self._checked[k] = self._header(k, fd, path)
+        self._open[k] = (fd, self._checked[k])
+        return self._open[k]
+
+    def _header(self, k: int, fd: int, path: Path) -> int:
+        """The byte offset of shard k's first row, after checking its header against the manifest."""
+        try:
             with os.fdopen(os.dup(fd), "rb") as f:
                 version = np.lib.format.read_magic(f)
                 header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = header(f)
                 offset = f.tell()
         except (OSError, ValueError) as e:
+            os.close(fd)
             raise CacheError(f"rank {dist.rank()} cannot read {path} ({type(e).__name__}: {getattr(e, 'strerror', None) or e}): "
                              "every process needs the whole cache; put it on storage all machines share") from None
         expected = (self.manifest["shards"][k]["rows"], self.dim)
@@ -251,10 +278,7 @@ class Features:
             os.close(fd)
             raise CacheError(f"{path} holds {shape} {dtype}, not the manifest's {expected} {self.dtype}: "
                              "re-embed with overwrite")
-        if len(self._open) >= MAX_OPEN:  # bound the descriptors held: close the longest-open one
-            os.close(self._open.pop(next(iter(self._open)))[0])
-        self._open[k] = (fd, offset)
-        return fd, offset
+        return offset
 
     def _read(self, shard: np.ndarray, local: np.ndarray) -> np.ndarray:
         """Rows `local[i]` of shards `shard[i]` as [n, dim] in the cache's dtype, read with pread, one call
