@@ -39,7 +39,8 @@ def run(cfg: EmbedConfig) -> int:
     s = feats.summary or {}
     rows = [(feats.spec, feats.manifest["data_spec"], len(feats), feats.dim, s.get("skipped", 0),
              s.get("shards_reused", 0), s.get("seconds", 0.0), s.get("images_per_s", 0.0))]
-    print_table(rows, ["model", "data", "rows", "dim", "skipped", "reused shards", "seconds", "images/s"])
+    speed = "images/s" if s.get("world_size", 1) == 1 else f"images/s (rank 0 of {s['world_size']})"
+    print_table(rows, ["model", "data", "rows", "dim", "skipped", "reused shards", "seconds", speed])
     skipped = feats.manifest.get("skipped") or []
     for item in skipped[:20]:
         print(f"  skipped {item}")
