@@ -311,14 +311,15 @@ class Features:
         """All valid rows as a float32 tensor [N, dim]."""
         return torch.from_numpy(self.numpy())
 
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        """Valid rows at positions `rows` (0..len-1) as float32 [len(rows), dim]. Rows are read from the
-        files on demand (the OS's page cache keeps the hot ones), so a cache larger than RAM is read in
-        memory bounded by the batch."""
+    def gather(self, rows: np.ndarray, dtype: str | None = "float32") -> np.ndarray:
+        """Valid rows at positions `rows` (0..len-1) as [len(rows), dim] in `dtype` (None: the cache's own).
+        Rows are read from the files on demand (the OS's page cache keeps the hot ones), so a cache larger
+        than RAM is read in memory bounded by the batch."""
         rows = np.asarray(rows, dtype=np.int64)
         shard = np.searchsorted(self._offsets, rows, side="right") - 1  # [B]
         local = self.index[rows] - self._starts[shard]  # [B] row within its shard
-        return self._read(shard, local).astype(np.float32)
+        out = self._read(shard, local)
+        return out if dtype is None else out.astype(dtype, copy=False)
 
     def iter_batches(
         self, batch_size: int, shuffle: bool = False, seed: int = 0

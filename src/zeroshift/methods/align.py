@@ -37,7 +37,7 @@ from ..cache import embed
 from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
 from ..models.aligned import Heads, tower, trainable_blocks
-from ..models.pixels import pixel_pipeline
+from ..models.pixels import PixelRows, pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import TrainConfig, plot_eval, plot_history, train
@@ -312,18 +312,7 @@ def build_rows(cfg: AlignConfig, pairs: Pairs, image_tower, text_tower, progress
         text = encode_prompts(text_tower, unique, len(unique), progress).embeddings  # [T, ft]
         rows = Rows(image, text, positions[keep], caption_ids[keep])
     else:
-        bounds = np.cumsum([0] + [len(c) for c in caches])
-        shape = encoder.shape
-
-        def pixels(index: np.ndarray) -> torch.Tensor:  # global cache positions -> [B, 3, H, W] uint8
-            out = torch.empty(len(index), *shape, dtype=torch.uint8 if encoder.dtype == "uint8" else torch.float32)
-            part = np.searchsorted(bounds, index, side="right") - 1
-            for k in np.unique(part):
-                sel = part == k
-                block = caches[k].gather(index[sel] - bounds[k])  # [b, 3 * H * W]
-                out[torch.from_numpy(np.flatnonzero(sel))] = torch.from_numpy(block).view(-1, *shape).to(out.dtype)
-            return out
-
+        pixels = PixelRows(caches, encoder.shape)  # global cache positions -> [B, 3, H, W]
         rows = Rows(None, None, positions[keep], caption_ids[keep], pixels=pixels)
     rows.captions = unique
     return rows, finish

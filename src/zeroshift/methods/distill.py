@@ -36,7 +36,7 @@ from ..cache import Features, embed
 from ..cache import distributed as dist
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
-from ..models.pixels import pixel_pipeline
+from ..models.pixels import PixelRows, pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import TrainConfig, plot_eval, plot_history, train
@@ -190,22 +190,16 @@ class Rows:
 
     def __init__(self, pixels: list[Features], positions: list[np.ndarray], targets: torch.Tensor,
                  texts: np.ndarray | None, shape: tuple[int, ...]) -> None:
-        self.pixels, self.shape, self.targets, self.texts = pixels, shape, targets, texts
-        self.source = np.concatenate([np.full(len(p), k) for k, p in enumerate(positions)])  # [N] which cache
-        self.position = np.concatenate(positions)  # [N] row in that cache
+        self.pixels, self.targets, self.texts = PixelRows(pixels, shape), targets, texts
+        starts = self.pixels.bounds[:-1]  # [K] first global row of each cache
+        self.index = np.concatenate([starts[k] + p for k, p in enumerate(positions)])  # [N] global pixel row
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def images(self, rows: np.ndarray) -> torch.Tensor:
         """Cached pixels of `rows` as [B, 3, H, W] (uint8 where the cache is)."""
-        out = torch.empty(len(rows), *self.shape,
-                          dtype=torch.uint8 if self.pixels[0].dtype == "uint8" else torch.float32)
-        for k in np.unique(self.source[rows]):
-            sel = self.source[rows] == k
-            block = self.pixels[k].gather(self.position[rows[sel]])  # [b, 3 * H * W] float32
-            out[torch.from_numpy(np.flatnonzero(sel))] = torch.from_numpy(block).view(-1, *self.shape).to(out.dtype)
-        return out
+        return self.pixels(self.index[rows])
 
     def batches(self, batch_size: int, seed: int, augment: str) -> Callable[[int], Epoch]:
         """Epochs of batches {pixels [B, 3, H, W], target [B, d], text [B]?}, augmented per (seed, epoch, batch)."""

@@ -8,8 +8,9 @@ features. The batch-level part (scale, normalise) runs on each training batch.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
 from ..errors import ZeroshiftError
@@ -51,3 +52,26 @@ def pixel_pipeline(transform: ImageTransform) -> tuple[PixelEncoder, Callable[[t
         return batch_part(images.to(torch.uint8))
 
     return encoder, finish
+
+
+class PixelRows:
+    """Pixel caches end to end: global row i (cache k's rows follow cache k - 1's) -> its image."""
+
+    def __init__(self, caches: Sequence, shape: tuple[int, ...]) -> None:
+        self.caches, self.shape = list(caches), tuple(shape)
+        self.bounds = np.cumsum([0] + [len(c) for c in self.caches])  # [K + 1] first global row of each cache
+
+    def __len__(self) -> int:
+        return int(self.bounds[-1])
+
+    def __call__(self, index: np.ndarray) -> torch.Tensor:
+        """Images at global rows `index` as [B, 3, H, W], in the caches' dtype (uint8, or float16 -> float32)."""
+        index = np.asarray(index, dtype=np.int64)
+        uint8 = self.caches[0].dtype == "uint8"
+        out = torch.empty(len(index), *self.shape, dtype=torch.uint8 if uint8 else torch.float32)
+        part = np.searchsorted(self.bounds, index, side="right") - 1  # [B] which cache
+        for k in np.unique(part):
+            sel = part == k
+            block = self.caches[k].gather(index[sel] - self.bounds[k], dtype=None if uint8 else "float32")  # [b, 3HW]
+            out[torch.from_numpy(np.flatnonzero(sel))] = torch.from_numpy(block).view(-1, *self.shape)
+        return out
