@@ -177,7 +177,6 @@ def test_an_aligned_vlm_teaches_transfer(tmp_path):
 
 
 @pytest.mark.assets
-@pytest.mark.assets  # the packaged MiniLM weights
 def test_a_huge_caption_is_truncated_at_the_text_towers_limit():
     minilm = zeroshift.load("minilm")
     limit = minilm.model.max_seq_length
