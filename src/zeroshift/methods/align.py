@@ -45,6 +45,7 @@ from ..train.batches import Epoch
 from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import encode_prompts
+from .publish import publish_run
 from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_label_pair
 
 LOSSES = ("infonce", "ls", "kd", "ot")
@@ -344,9 +345,9 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     and write the run folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png);
     returns it loaded as a VLM. Checkpoints go to OUT.ckpt; a rerun after a kill resumes there. With
     `cfg.eval_dataset`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
-    from ..models.artefact import RunWriter, check_out, load_run, write_card
+    from ..models.artefact import RunWriter, check_out
     from ..specs import dataset
-    from ..zeroshot.evaluate import evaluate, tasks_for
+    from ..zeroshot.evaluate import tasks_for
 
     started = time.perf_counter()
     out = Path(cfg.out).expanduser().absolute()
@@ -358,8 +359,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     if eval_source is not None:
         tasks_for(eval_source)
     identity = {"kind": "aligned", "image": cfg.image, "text": cfg.text, "loss": cfg.loss}
-    lead = dist.rank() == 0  # under torchrun only rank 0 writes the run; every rank trains and evaluates
-    with RunWriter(out, cfg.overwrite, identity, active=lead) as run:
+    # under torchrun only rank 0 writes the run; every rank trains and evaluates
+    with RunWriter(out, cfg.overwrite, identity, active=dist.rank() == 0) as run:
         finetune = cfg.mode == "finetune"
         image_tower = tower(cfg.image, "image", "torch" if finetune else cfg.runtime)
         text_tower = tower(cfg.text, "text")
@@ -404,16 +405,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
             params = dict(model.named_parameters())
             state.update({f"{side}.{name}": params[name] for name in trained.get(side, [])})
         run.finish(config, state, model_card(config, history))
-    if not cfg.keep_checkpoints and lead:
-        checkpoints.clear()
-    dist.barrier()  # the run folder is published
-    vlm = load_run(str(out), runtime=cfg.runtime)
-    if eval_source is not None:
-        records = evaluate(vlm, eval_source, out=out / "results" if lead else None, runtime=cfg.runtime,
-                           progress=progress and lead)
-        if lead:
-            write_card(out, model_card(config, history, list(records.values())))
-    return vlm
+    return publish_run(out, cfg.runtime, checkpoints, cfg.keep_checkpoints, eval_source,
+                       lambda records: model_card(config, history, records), progress)
 
 
 # ---------------------------------------------------------------- model card

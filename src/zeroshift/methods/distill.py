@@ -44,6 +44,7 @@ from ..train.batches import Epoch
 from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
+from .publish import publish_run
 
 LOSSES = ("l2", "cosine", "kl", "contrastive-text", "contrastive-feature")
 AUGMENT = ("none", "flip", "light")
@@ -365,10 +366,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     With `cfg.eval_dataset`, a seeded subset is scored every epoch and the finished run is evaluated as
     `zeroshift eval --model run:OUT` would, with records in OUT/results.
     """
-    from ..models.artefact import RunWriter, check_out, load_run, write_card
+    from ..models.artefact import RunWriter, check_out
     from ..models.student import build_student, param_count
     from ..specs import dataset, load
-    from ..zeroshot.evaluate import evaluate, tasks_for
+    from ..zeroshot.evaluate import tasks_for
 
     started = time.perf_counter()
     out = Path(cfg.out).expanduser().absolute()
@@ -378,8 +379,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     if eval_source is not None and "zeroshot_classification" not in tasks_for(eval_source):
         raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the student against")
     identity = {"kind": "student", "teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
-    lead = dist.rank() == 0  # under torchrun only rank 0 writes the run; every rank trains and evaluates
-    with RunWriter(out, cfg.overwrite, identity, active=lead) as run:
+    # under torchrun only rank 0 writes the run; every rank trains and evaluates
+    with RunWriter(out, cfg.overwrite, identity, active=dist.rank() == 0) as run:
         teacher = load(cfg.teacher, runtime=cfg.runtime)
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
@@ -425,16 +426,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         }
         state = {f"student.{k}": v for k, v in student.state_dict().items()}
         run.finish(config, state, model_card(config, history))
-    if not cfg.keep_checkpoints and lead:
-        checkpoints.clear()
-    dist.barrier()  # the run folder is published
-    vlm = load_run(str(out), runtime=cfg.runtime)
-    if eval_source is not None:
-        records = evaluate(vlm, eval_source, out=out / "results" if lead else None, runtime=cfg.runtime,
-                           progress=progress and lead)
-        if lead:
-            write_card(out, model_card(config, history, list(records.values())))
-    return vlm
+    return publish_run(out, cfg.runtime, checkpoints, cfg.keep_checkpoints, eval_source,
+                       lambda records: model_card(config, history, records), progress)
 
 
 # ---------------------------------------------------------------- model card

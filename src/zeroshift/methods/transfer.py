@@ -83,6 +83,7 @@ from ..train.batches import Epoch
 from ..train.checkpoint import Checkpoints, run_checkpoints
 from ..train.loop import TrainConfig, plot_history, train
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
+from .publish import publish_run
 
 METHODS = ("zoomshot", "ttc", "lstsq")
 LOSSES = ("mse", "cycle", "pgkd")
@@ -436,9 +437,9 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     (so later evaluations reuse its feature cache); the records go to OUT/results and the results
     table into the model card.
     """
-    from ..models.artefact import RunWriter, load_run, write_card
+    from ..models.artefact import RunWriter
     from ..specs import dataset, load
-    from ..zeroshot.evaluate import evaluate, tasks_for
+    from ..zeroshot.evaluate import tasks_for
 
     # Everything that can be checked without models is checked before any work.
     started = time.perf_counter()
@@ -454,8 +455,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     out = Path(cfg.out).expanduser().resolve()
     identity = {"kind": "bridge", "teacher": cfg.teacher, "encoder": cfg.encoder, "data": cfg.data,
                 "method": cfg.method}
-    lead = dist.rank() == 0  # under torchrun only rank 0 writes the run; every rank fits and evaluates
-    with RunWriter(out, cfg.overwrite, identity, active=lead) as run:
+    # under torchrun only rank 0 writes the run; every rank fits and evaluates
+    with RunWriter(out, cfg.overwrite, identity, active=dist.rank() == 0) as run:
         encoder, teacher = load(cfg.encoder, runtime=cfg.runtime), load(cfg.teacher, runtime=cfg.runtime)
         t0 = time.perf_counter()
         src = embed(encoder, source_data, runtime=cfg.runtime, progress=progress)
@@ -492,16 +493,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
         }
         state = {f"bridge.{k}": v.detach().cpu().contiguous() for k, v in result.bridge.state_dict().items()}
         run.finish(config, state, model_card(config, result.history))
-    if not cfg.keep_checkpoints and lead:
-        checkpoints.clear()
-    dist.barrier()  # the run folder is published
-    vlm = load_run(str(out), runtime=cfg.runtime)
-    if eval_source is not None:
-        records = evaluate(vlm, eval_source, out=out / "results" if lead else None, runtime=cfg.runtime,
-                           progress=progress and lead)
-        if lead:
-            write_card(out, model_card(config, result.history, list(records.values())))
-    return vlm
+    return publish_run(out, cfg.runtime, checkpoints, cfg.keep_checkpoints, eval_source,
+                       lambda records: model_card(config, result.history, records), progress)
 
 
 # ---------------------------------------------------------------- model card
