@@ -67,7 +67,7 @@ class InMemory:
         return self.x[np.asarray(rows)].astype(np.float32)
 
 
-class Mapped(InMemory):
+class Mapped:
     """A cache whose shards are memory-mapped (np.load(mmap_mode='r')), rows gathered from the maps."""
 
     def __init__(self, feats) -> None:

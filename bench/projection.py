@@ -119,7 +119,8 @@ def project(costs: dict, diffusion: dict | None, epochs_otter: int, epochs_disti
 
 
 def write(out: Path, tag: str, results: dict[str, list[dict]], diffusion: dict | None, decode: float, where: str,
-          epochs_otter: int, epochs_distill: int, workers: int) -> None:
+          epochs_otter: int, epochs_distill: int, workers: int, resnet50: float) -> None:
+    """OUT/projection.md; `resnet50` is the bf16 ResNet-50 rate (images/s) the host's decoding must feed."""
     lines = ["# Projection: the papers' full-scale settings on 1 and 8 GPUs", "",
              f"From per-item costs measured on one {tag.upper()} (bench/costs.py, bench/diffusion_cost.py; random "
              "weights of the papers' architectures, random inputs) times the work each setting needs as zeroshift "
@@ -140,17 +141,14 @@ def write(out: Path, tag: str, results: dict[str, list[dict]], diffusion: dict |
         lines.append("")
     lines += [f"Feeding the GPU: one CPU core decodes and preprocesses a 500 x 375 JPEG into a 224 px input in "
               f"{decode:.1f} ms ({where}), so ResNet-50 extraction at the bf16 rate needs about "
-              "{cores} cores per GPU; zeroshift's DataLoader workers scale with `--workers`.", ""]
+              f"{f'{resnet50 * decode / 1e3:.0f}' if resnet50 else '(no bf16 figure)'} cores per GPU; zeroshift's "
+              "DataLoader workers scale with `--workers`.", ""]
     lines += ["Rendered images are written once as PNGs and decoded once into zeroshift's uint8 pixel cache (decode "
               "not counted); at 224 px that cache holds 150 KB per image, 450 GB for 3M images: put it on local NVMe.", ""]
     if diffusion:
         lines.append(f"Rendering: {diffusion['images_per_s']:.1f} images/s per GPU ({diffusion['precision']}, batch "
                      f"{diffusion['batch']}, {diffusion['denoise_steps']} steps with guidance).")
-    text = "\n".join(lines) + "\n"
-    bf16 = {m["name"]: m["items_per_s"] for m in json.loads((out / f"costs-{tag}-bf16.json").read_text())["measurements"]
-            if m.get("items_per_s")} if (out / f"costs-{tag}-bf16.json").exists() else {}
-    cores = bf16.get("encode/resnet50", 0) * decode / 1e3
-    (out / "projection.md").write_text(text.replace("{cores}", f"{cores:.0f}" if cores else "(no bf16 figure)"))
+    (out / "projection.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -180,7 +178,10 @@ def main() -> None:
         decode, where = decode_ms(), "measured here, not on the GPU's host"
     results = {pr: project(c, diffusion, args.otter_epochs, args.distill_epochs, decode / 1e3, args.host_cores)
                for pr, c in found.items()}
-    write(out, args.tag, results, diffusion, decode, where, args.otter_epochs, args.distill_epochs, args.host_cores)
+    resnet50 = next((m["items_per_s"] for m in found.get("bf16", {}).get("measurements", [])
+                     if m["name"] == "encode/resnet50" and m.get("items_per_s")), 0.0)
+    write(out, args.tag, results, diffusion, decode, where, args.otter_epochs, args.distill_epochs, args.host_cores,
+          resnet50)
     print((out / "projection.md").read_text())
 
 
