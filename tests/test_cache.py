@@ -11,7 +11,7 @@ import torch
 
 import zeroshift
 from zeroshift.cache import CacheError, embed, find_cache, load_features
-from zeroshift.cache import distributed as dist
+from zeroshift import distributed as dist
 from zeroshift.cache.embed import _default_workers, _Rows, _wait_for_shards
 from zeroshift.data.base import BadImage
 from zeroshift.data.memory import ArraySource

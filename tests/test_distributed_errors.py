@@ -21,7 +21,7 @@ def _env(**extra: str) -> dict:
 def test_a_world_that_never_fills_times_out_with_a_clear_error():
     env = _env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                ZEROSHIFT_DIST_TIMEOUT="3")
-    code = ("from zeroshift.cache import distributed as dist\n"
+    code = ("from zeroshift import distributed as dist\n"
             "from zeroshift.errors import ZeroshiftError\n"
             "try:\n    dist.init()\nexcept ZeroshiftError as e:\n    print('ERROR', e)\n")
     t0 = time.perf_counter()
@@ -36,11 +36,11 @@ def test_ranks_with_different_versions_are_refused(tmp_path):
     script = tmp_path / "versions.py"
     script.write_text(textwrap.dedent(
         """
-        import os, zeroshift
-        from zeroshift.cache import distributed as dist
+        import os, zeroshift.version
+        from zeroshift import distributed as dist
         from zeroshift.errors import ZeroshiftError
         if os.environ["RANK"] == "1":
-            zeroshift.__version__ = "0.0.0+other"
+            zeroshift.version.__version__ = "0.0.0+other"
         try:
             dist.init()
         except ZeroshiftError as e:
@@ -57,7 +57,7 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     import pytest
     import torch
 
-    from zeroshift.cache import distributed as dist
+    from zeroshift import distributed as dist
     from zeroshift.errors import ZeroshiftError
 
     for var, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}.items():

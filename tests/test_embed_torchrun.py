@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch.distributed
     import zeroshift
-    from zeroshift.cache import distributed as dist
+    from zeroshift import distributed as dist
     from zeroshift.data.memory import ArraySource
 
     rng = np.random.default_rng(0)

@@ -105,7 +105,7 @@ def test_a_rank_that_dies_fails_the_run_fast(tmp_path, monkeypatch, world):
         """
         import os, sys, time, torch
         from torch import nn
-        from zeroshift.cache import distributed as dist
+        from zeroshift import distributed as dist
         from zeroshift.train import TrainConfig, train
 
         class Task(nn.Module):
@@ -138,7 +138,8 @@ def test_a_rank_that_cannot_read_its_cache_fails_fast_and_clearly(tmp_path, monk
         """
         import shutil, sys
         from pathlib import Path
-        from zeroshift.cache import distributed as dist, load_features
+        from zeroshift import distributed as dist
+        from zeroshift.cache import load_features
         from zeroshift.errors import ZeroshiftError
         from zeroshift.methods.transfer import TransferConfig, fit
         root = Path(sys.argv[1])

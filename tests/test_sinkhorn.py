@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from zeroshift.errors import ZeroshiftError
-from zeroshift.methods.sinkhorn import gather_cost, ot_soft_label_pair, ot_soft_labels, sinkhorn
+from zeroshift.distributed import gather_rows
+from zeroshift.methods.sinkhorn import ot_soft_label_pair, ot_soft_labels, sinkhorn
 
 
 def _pot():
@@ -217,10 +218,10 @@ def test_soft_labels_errors():
 
 def test_gather_cost_single_process_is_identity():
     img, txt = _pairs(5, seed=12)
-    gathered, rows = gather_cost(img, txt, None, None)
+    gathered, rows = gather_rows(img, txt, None, None)
     assert gathered[0] is img and gathered[1] is txt and gathered[2] is None and rows == slice(0, 5)
     with pytest.raises(ZeroshiftError, match="4 rows"):
-        gather_cost(img[:4], txt)
+        gather_rows(img[:4], txt)
 
 
 SIZES = (5, 3)  # uneven local batches: rank 0 holds pairs 0-4, rank 1 pairs 5-7
@@ -238,12 +239,12 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
     try:
         start = sum(SIZES[:rank])
         local = [t[start:start + SIZES[rank]] for t in _global_batch()]
-        (img, txt, iref, tref), rows = gather_cost(*local)
+        (img, txt, iref, tref), rows = gather_rows(*local)
         y_img = ot_soft_labels(img, txt, img_ref=iref, txt_ref=tref)[rows]  # [n, G]
         y_txt = ot_soft_labels(txt, img, img_ref=tref, txt_ref=iref)[rows]  # [n, G]
         leaf = local[0].clone().requires_grad_()
         weights = torch.randn(sum(SIZES), leaf.shape[1], generator=torch.Generator().manual_seed(15))  # same on ranks
-        (gathered,), _ = gather_cost(leaf)
+        (gathered,), _ = gather_rows(leaf)
         (gathered * weights).sum().backward()  # each rank's loss reaches every rank's rows
         torch.save({"rows": (rows.start, rows.stop), "img": y_img, "txt": y_txt, "grad": leaf.grad,
                     "weights": weights[rows]}, f"{out}/rank{rank}.pt")

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import torch, torch.distributed
     from torch import nn
-    from zeroshift.cache import distributed as dist
+    from zeroshift import distributed as dist
     from zeroshift.train import Checkpoints, TrainConfig, train
 
     class Task(nn.Module):

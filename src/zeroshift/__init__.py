@@ -1,7 +1,7 @@
 """zeroshift: move a vision-language model's zero-shot ability into other models, cheaply."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (the public name)
 
 from .errors import ZeroshiftError  # noqa: E402
 from .specs import dataset, load  # noqa: E402

@@ -9,7 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import __version__, paths
+from . import paths
+from .version import __version__
 from .errors import ZeroshiftError
 from .report import HEADERS, bar_plot, display, markdown_table, rows
 

@@ -15,10 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
 from ..errors import CacheError
+from ..version import __version__
 from .store import (
-    DTYPES, FORMAT, LABELS, MANIFEST, META, Features, atomic_write_json, load_features, read_manifest, save_npy,
+    DTYPES,
+    FORMAT,
+    LABELS,
+    MANIFEST,
+    META,
+    Features,
+    load_features,
+    read_manifest,
+    save_json,
+    save_npy,
     shard_name,
 )
 
@@ -75,8 +84,8 @@ def write_features(
         flush(left)
     if labels is not None:
         save_npy(out / LABELS, np.asarray(labels, dtype=np.int64))
-    atomic_write_json(out / META, {"classes": classes, "captions": None, "keys": None})
-    atomic_write_json(out / MANIFEST, {
+    save_json(out / META, {"classes": classes, "captions": None, "keys": None})
+    save_json(out / MANIFEST, {
         "format": FORMAT, "zeroshift_version": __version__, "model_spec": model, "transform": "precomputed",
         "data_spec": data, "fingerprint": fingerprint, "rows": rows, "dim": dim, "dtype": dtype,
         "shard_rows": shard_rows, "n_shards": math.ceil(rows / shard_rows), "shards": shards,

@@ -20,15 +20,32 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .. import __version__, specs
+from .. import distributed as dist
+from .. import specs
 from ..data.base import BadImage, DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
+from ..io import clean_temp
 from ..models.transforms import one_thread, split_batchable
-from . import distributed as dist
+from ..version import __version__
 from .store import (
-    DTYPES, FORMAT, LABELS, MANIFEST, META, CacheError, Features, Identity, atomic_write_json,
-    check_compatible, default_dir, describe_transform, read_json, read_manifest, remove_temp_files,
-    save_npy, shard_name, sidecar_name, verify_shard,
+    DTYPES,
+    FORMAT,
+    LABELS,
+    MANIFEST,
+    META,
+    CacheError,
+    Features,
+    Identity,
+    check_compatible,
+    default_dir,
+    describe_transform,
+    read_json,
+    read_manifest,
+    save_json,
+    save_npy,
+    shard_name,
+    sidecar_name,
+    verify_shard,
 )
 
 DEFAULT_SHARD_ROWS = 4096
@@ -130,7 +147,7 @@ def _clear(out: Path) -> None:
     for pattern in ("shard-*.npy", "shard-*.json", MANIFEST, META, LABELS):
         for p in out.glob(pattern):
             p.unlink(missing_ok=True)
-    remove_temp_files(out)
+    clean_temp(out)
 
 
 def _base_manifest(identity: Identity, shard_rows: int, dim: int | None) -> dict:
@@ -201,9 +218,9 @@ def embed(
         out.mkdir(parents=True, exist_ok=True)
         if overwrite:
             _clear(out)
-        remove_temp_files(out)
+        clean_temp(out)
         if not (existing and existing.get("complete") and _complete_and_sound(out, existing)):
-            atomic_write_json(out / MANIFEST, _base_manifest(identity, shard_rows, model_dim))
+            save_json(out / MANIFEST, _base_manifest(identity, shard_rows, model_dim))
     dist.barrier()
     manifest = read_manifest(out)
     if manifest and manifest.get("complete"):
@@ -348,7 +365,7 @@ def _write(
         "bad": [{"row": r, "key": keys[r], "reason": why} for r, why in bad],
         "token": token, "rank": dist.rank(),
     }
-    atomic_write_json(out / sidecar_name(i), sidecar)
+    save_json(out / sidecar_name(i), sidecar)
     return sidecar
 
 
@@ -422,7 +439,7 @@ def _finalize(out: Path, identity: Identity, shard_rows: int, source: DataSource
     if labels is not None:
         save_npy(out / LABELS, np.asarray(labels, dtype=np.int64))
     captions = getattr(source, "captions", None)
-    atomic_write_json(out / META, {
+    save_json(out / META, {
         "classes": None if source.classes is None else list(source.classes),
         "captions": None if captions is None else list(captions),
         "keys": list(source.keys),
@@ -436,7 +453,7 @@ def _finalize(out: Path, identity: Identity, shard_rows: int, source: DataSource
     manifest["labels"] = LABELS if labels is not None else None
     manifest["meta"] = META
     manifest["complete"] = True
-    atomic_write_json(out / MANIFEST, manifest)
+    save_json(out / MANIFEST, manifest)
     return manifest
 
 

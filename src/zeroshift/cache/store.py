@@ -20,16 +20,16 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from .. import paths
 from ..errors import CacheError, CacheMismatch
-from . import distributed as dist
+from ..io import write_bytes, write_json
 
 FORMAT = 1
 MANIFEST = "manifest.json"
 META = "meta.json"
 LABELS = "labels.npy"
 DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
-TMP_SUFFIX = ".tmp"
 
 
 def _max_open() -> int:
@@ -89,44 +89,7 @@ def default_dir(identity: Identity) -> Path:
     return paths.features_dir() / name
 
 
-# ---------------------------------------------------------------- atomic files
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary sibling, fsync it and rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TMP_SUFFIX}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
-def remove_temp_files(folder: Path) -> int:
-    """Delete temporary files left by an interrupted writer; returns how many."""
-    n = 0
-    for tmp in folder.glob(f".*{TMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
-        n += 1
-    return n
-
-
+# ---------------------------------------------------------------- files
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -135,12 +98,17 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def save_json(path: Path, obj: Any) -> None:
+    """Write a cache's JSON file (manifest, sidecar, meta) atomically and durably: a resume relies on it."""
+    write_json(path, obj, indent=1, durable=True)
+
+
 def save_npy(path: Path, array: np.ndarray) -> str:
     """Write `array` as .npy atomically; returns the sha256 of the file's bytes."""
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     data = buf.getvalue()
-    atomic_write_bytes(path, data)
+    write_bytes(path, data, durable=True)
     return hashlib.sha256(data).hexdigest()
 
 

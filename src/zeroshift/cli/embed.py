@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(cfg: EmbedConfig) -> int:
-    from zeroshift.cache import distributed as dist
+    from zeroshift import distributed as dist
     from zeroshift.cache import embed
 
     feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows,

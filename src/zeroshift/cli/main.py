@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 1
-    from zeroshift.cache import distributed as dist
+    from zeroshift import distributed as dist
 
     if dist.rank() != 0:  # under torchrun rank 0 prints the results; every rank still reports its errors
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process

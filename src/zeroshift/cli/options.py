@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
+
+from ..io import write_json
 
 C = TypeVar("C")
 
@@ -65,8 +66,4 @@ def from_args(cls: type[C], ns: argparse.Namespace) -> C:
 
 def write_config(config: Any, path: Path, **extra: Any) -> None:
     """Write the resolved options (plus `extra`) as JSON beside a result."""
-    payload = {**dataclasses.asdict(config), **extra}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_json(path, {**dataclasses.asdict(config), **extra})

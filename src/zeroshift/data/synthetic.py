@@ -32,6 +32,7 @@ from PIL import Image, ImageFilter
 
 from .. import paths
 from ..errors import DataError, MissingBackend, SpecError, ZeroshiftError, fetch_failed
+from ..io import atomic_path, write_text
 from .base import BadImage, DataSource
 from .images import decode_image, to_rgb
 
@@ -635,7 +636,7 @@ class DiffusersSource(SyntheticSource):
         for stale in folder.glob(".*.tmp-*"):  # temp files of a killed run
             if time.time() - stale.stat().st_mtime > 600:
                 stale.unlink(missing_ok=True)
-        _atomic_text(folder / "spec.json", json.dumps(
+        write_text(folder / "spec.json", json.dumps(
             {"spec": self.spec, "fingerprint": self.fingerprint(), "prompts": self.captions}, indent=1))
         bar = tqdm(total=len(missing), unit="img", desc="synthetic", disable=not progress, dynamic_ncols=True)
         try:
@@ -676,15 +677,8 @@ def _square(im: Image.Image, size: int) -> Image.Image:
 
 
 def _atomic_png(path: Path, im: Image.Image) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    im.save(tmp, "PNG")
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        im.save(tmp, "PNG")
 
 
 # ------------------------------------------------------------------------------------- create

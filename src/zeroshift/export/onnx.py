@@ -188,7 +188,7 @@ def _eval_mode(module: nn.Module):
 def _sidecar(out: Path, data: bytes, model, vlm: VLM, names: list[str], templates: str | None,
              prompts: list[str], batch: torch.Tensor, report: dict | None) -> dict:
     """What a runtime needs beside the graph: labels, prompts, input size, preprocessing, provenance."""
-    from .. import __version__
+    from ..version import __version__
 
     return {
         "format": "onnx",

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
-from ..cache import distributed as dist
+from .. import distributed as dist
 from ..cache import embed
 from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
@@ -44,9 +43,10 @@ from ..train import TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
+from ..version import __version__
 from ..zeroshot.prompts import encode_prompts
 from .publish import publish_run
-from .sinkhorn import DIAGONAL_PUSH, gather_cost, ot_soft_label_pair
+from .sinkhorn import DIAGONAL_PUSH, ot_soft_label_pair
 
 LOSSES = ("infonce", "ls", "kd", "ot")
 MODES = ("locked", "finetune")
@@ -175,13 +175,13 @@ class AlignTask(nn.Module):
         fi = self.image_fn(batch) if self.image_fn else batch["image"]  # [B, fi] backbone features
         ft = self.text_fn(batch) if self.text_fn else batch["text"]  # [B, ft]
         zi, zt = F.normalize(self.heads.image(fi), dim=-1), F.normalize(self.heads.text(ft), dim=-1)  # [B, d]
-        (zi_all, zt_all), rows = gather_cost(zi, zt)  # [N, d] over all ranks; `rows` = this rank's
+        (zi_all, zt_all), rows = dist.gather_rows(zi, zt)  # [N, d] over all ranks; `rows` = this rank's
         teacher = None
         if self.cfg.loss in ("ot", "kd"):
             with torch.no_grad():
                 ei, et = self.teacher.image(fi.detach()), self.teacher.text(ft.detach())  # [B, d] EMA embeddings
                 ri, rt = (fi.detach(), ft.detach()) if self.cfg.similarity == "backbone" else (ei, et)
-                teacher, _ = gather_cost(ei, et, ri, rt)
+                teacher, _ = dist.gather_rows(ei, et, ri, rt)
         try:
             y_it, y_ti = soft_targets(self.cfg, len(zi_all), zi.device, teacher)  # [N, N] each
         except ZeroshiftError as e:

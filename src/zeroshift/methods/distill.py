@@ -31,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .. import distributed as dist
 from ..cache import Features, embed
-from ..cache import distributed as dist
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
 from ..models.pixels import PixelRows, pixel_pipeline
@@ -43,6 +42,7 @@ from ..train import TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
+from ..version import __version__
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .publish import publish_run
 

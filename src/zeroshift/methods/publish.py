@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..cache import distributed as dist
+from .. import distributed as dist
 from ..data.base import DataSource
 from ..models.vlm import VLM
 from ..train.checkpoint import Checkpoints

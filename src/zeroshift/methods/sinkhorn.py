@@ -6,7 +6,6 @@
   With `stopThr=0` it equals `ot.bregman.sinkhorn_log` (log domain) and `ot.sinkhorn(method="sinkhorn")`
   (plain) run for `numItermax=iters`.
 - `ot_soft_labels`: OTTER's targets Y = alpha I + (1 - alpha) M* for a batch of image/text pairs.
-- `gather_cost`: all-gathers the rows the cost is built from, so the plan is solved over the global batch.
 
 What OTTER does (Wu et al., ICLR 2022; facebookresearch/OTTER, models/model.py and model_util.py):
 - image->text cost C = -(S_vv + S_tt + S_vt) from the teacher's L2-normalised embeddings, with 100
@@ -25,8 +24,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -160,47 +157,3 @@ def ot_soft_labels(img: Tensor, txt: Tensor, alpha: float = 0.5, lam: float = 0.
     """OTTER's image->text targets Y [N, N] (see ot_soft_label_pair); the text->image targets are
     `ot_soft_labels(txt, img, img_ref=txt_ref, txt_ref=img_ref)`."""
     return ot_soft_label_pair(img, txt, alpha, lam, iters, img_ref, txt_ref)[0]
-
-
-def _all_gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
-    """Concatenate every rank's x ([sizes[r], ...] on rank r) into [sum(sizes), ...]; keeps gradients."""
-    width = max(sizes)
-    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, width - x.shape[0]))  # [width, ...]
-    if padded.requires_grad and torch.is_grad_enabled():
-        parts = list(dist_nn.all_gather(padded))  # world x [width, ...]
-    else:
-        parts = [torch.empty_like(padded) for _ in sizes]  # world x [width, ...]
-        dist.all_gather(parts, padded.contiguous())
-    return torch.cat([part[:size] for part, size in zip(parts, sizes)])  # [sum(sizes), ...]
-
-
-def gather_cost(*tensors: Tensor | None) -> tuple[tuple[Tensor | None, ...], slice]:
-    """All-gather row-aligned tensors over the default process group; returns them and this rank's rows.
-
-    Every tensor is [n, ...] with the same n on a rank (n may differ between ranks); None stays None and must
-    be None on every rank. Single process (no group, or world 1): the tensors themselves and slice(0, n).
-    Usage, targets over the global batch for this rank's rows (logits [n, G] against gathered columns):
-
-        (img_g, txt_g, iref_g, tref_g), rows = gather_cost(img, txt, img_ref, txt_ref)
-        y_img = ot_soft_labels(img_g, txt_g, img_ref=iref_g, txt_ref=tref_g)[rows]  # [n, G]
-        y_txt = ot_soft_labels(txt_g, img_g, img_ref=tref_g, txt_ref=iref_g)[rows]  # [n, G]
-    """
-    present = [t for t in tensors if t is not None]
-    if not present:
-        raise ZeroshiftError("gather_cost: give at least one tensor to gather")
-    if any(t.dim() == 0 for t in present):
-        raise ZeroshiftError("gather_cost: every tensor must be [n, ...], one row per pair; got a scalar")
-    n = present[0].shape[0]
-    if any(t.shape[0] != n for t in present):
-        raise ZeroshiftError(f"gather_cost: every tensor must have {n} rows, one per pair; got "
-                             f"{[tuple(t.shape) for t in present]}")
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensors, slice(0, n)
-    world, rank = dist.get_world_size(), dist.get_rank()
-    count = torch.tensor([n], device=present[0].device)  # [1]
-    counts = [torch.zeros_like(count) for _ in range(world)]  # world x [1]
-    dist.all_gather(counts, count)
-    sizes = [int(c.item()) for c in counts]
-    start = sum(sizes[:rank])
-    gathered = tuple(None if t is None else _all_gather_rows(t, sizes) for t in tensors)
-    return gathered, slice(start, start + n)

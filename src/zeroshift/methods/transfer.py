@@ -71,9 +71,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .. import distributed as dist
 from ..cache import Features, embed
-from ..cache import distributed as dist
 from ..data.base import DataSource, Subset
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
 from ..models.bridge import KINDS, Bridge, Moments
@@ -82,6 +81,7 @@ from ..report import card_tail
 from ..train.batches import Epoch
 from ..train.checkpoint import Checkpoints, run_checkpoints
 from ..train.loop import TrainConfig, plot_history, train
+from ..version import __version__
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
 from .publish import publish_run
 
@@ -249,19 +249,10 @@ class PGKDLoss(nn.Module):
         if self.paired:
             return {"pgkd": self.weight * self.distill(student, target)}
         cycled = self.logits(bridge.from_teacher(bridge.h(bridge.g(v.uc))))  # [B', C]
-        p_c = _global_mean(target.softmax(-1).mean(0))  # [C] the teacher batch's mean distribution
-        p_s = _global_mean(student.softmax(-1).mean(0))  # [C]
+        p_c = dist.global_mean(target.softmax(-1).mean(0))  # [C] the teacher batch's mean distribution
+        p_s = dist.global_mean(student.softmax(-1).mean(0))  # [C]
         marginal = (p_c * (p_c.clamp_min(1e-12).log() - p_s.clamp_min(1e-12).log())).sum()
         return {"pgkd_cycle": self.weight * self.distill(cycled, target), "pgkd_marginal": self.weight * marginal}
-
-
-def _global_mean(p: torch.Tensor) -> torch.Tensor:
-    """A per-rank batch mean [C] made the mean over the global batch (ranks hold equal shares)."""
-    if not dist.is_distributed():
-        return p
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(p) / dist.world_size()  # gradients flow back to every rank's rows
 
 
 class BridgeTask(nn.Module):

@@ -35,7 +35,7 @@ _PARTIAL = re.compile(r"\.(partial|old)-(\d+)$")
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 

@@ -85,14 +85,10 @@ class Moments:
     def all_reduce(self) -> None:
         """Sum the running sums over the ranks of a torchrun job (each rank having passed its share of
         the rows after the same `start`); nothing to do in one process."""
-        from ..cache import distributed as dist
+        from .. import distributed as dist
 
-        if not dist.is_distributed():
-            return
-        dist.init()
         n = torch.tensor([float(self.n)], dtype=torch.float64)
-        for t in [n, *self.sums, *self.squares] + ([self.cross] if self.cross is not None else []):
-            torch.distributed.all_reduce(t)
+        dist.all_reduce_([n, *self.sums, *self.squares] + ([self.cross] if self.cross is not None else []))
         self.n = int(n.item())
 
     def mean(self, k: int = 0) -> torch.Tensor:

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import importlib
 import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 
 from .. import paths
 from ..errors import MissingBackend, SpecError
+from ..io import atomic_path
 from .onnx_encoder import OnnxImageEncoder
 from .st_encoder import STTextEncoder
 from .st_encoder import load as load_st
@@ -94,13 +94,8 @@ def open_nsfw_features_model() -> Path:
     last_matmul = [node for node in graph.node if node.op_type == "MatMul"][-1]
     graph.node.append(onnx.helper.make_node("Identity", [last_matmul.input[0]], ["features"], name="features"))
     graph.output.append(onnx.helper.make_tensor_value_info("features", onnx.TensorProto.FLOAT, None))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(target) as tmp:
         onnx.save(model, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

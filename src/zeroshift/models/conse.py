@@ -15,14 +15,13 @@ $ZEROSHIFT_HOME/conse/ keyed by the text encoder (spec and weights) and the prom
 from __future__ import annotations
 
 import hashlib
-import os
-import uuid
 
 import torch
 import torch.nn.functional as F
 
 from .. import paths
 from ..errors import SpecError
+from ..io import atomic_path
 from .runtime import weights_digest
 from .vlm import ImageEncoder, TextEncoder, TowersVLM
 
@@ -48,13 +47,8 @@ def class_embeddings(text: TextEncoder, names: list[str], prompt: str = PROMPT) 
     if file.is_file():
         return load_file(str(file))["class_embeddings"]
     emb = F.normalize(text.encode_text([prompt.format(name) for name in names]), dim=-1)  # [C, d]
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(file) as tmp:
         save_file({"class_embeddings": emb.cpu().contiguous()}, str(tmp), metadata={"text": text.spec, "prompt": prompt})
-        os.replace(tmp, file)
-    finally:
-        tmp.unlink(missing_ok=True)
     return emb
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from torch import nn
 
 from .. import paths
 from ..errors import SpecError, ZeroshiftError
+from ..io import atomic_path
 from .transforms import probe_batch
 from .vlm import ImageEncoder
 
@@ -74,13 +73,8 @@ def export(encoder: ImageEncoder, example: torch.Tensor) -> Path:
     target = export_path(encoder, tuple(example.shape[1:]))
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(target) as tmp:
         _export_to(encoder, example, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 

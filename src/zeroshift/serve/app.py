@@ -503,6 +503,6 @@ def create_app(config: ServeConfig, models: Mapping[str, VLM] | None = None,
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..version import __version__
 
     return __version__

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cache import distributed as dist
+from .. import distributed as dist
 
 
 class Epoch:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from ..errors import CacheError, CacheMismatch, ZeroshiftError
+from ..io import atomic_path
 
 FILE = "last.pt"
 FORMAT = 1
@@ -63,16 +64,10 @@ class Checkpoints:
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write `state` (plus identity and format) as the new last checkpoint, atomically."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{FILE}.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as f:
+            with atomic_path(self.path, durable=True) as tmp, open(tmp, "wb") as f:
                 torch.save({**state, "format": FORMAT, "identity": json.dumps(self.identity, sort_keys=True)}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             kept = (f"the last complete checkpoint (step {self.saved_step}) is kept" if self.saved_step is not None
                     else "no earlier checkpoint exists")
             why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
@@ -100,7 +95,7 @@ def run_checkpoints(out: Path, options: dict[str, Any], every: int, resume: bool
     """The checkpoints of the run that writes `out`, kept in OUT.ckpt beside it. Their identity is every
     option that changes the result plus `identity` (data fingerprints, dims); without `resume` earlier
     ones are removed first (by rank 0, the others waiting)."""
-    from ..cache import distributed as dist
+    from .. import distributed as dist
 
     kept = {k: v for k, v in options.items() if k not in RUN_ONLY}
     checkpoints = Checkpoints(out.with_name(out.name + ".ckpt"), {**kept, **identity}, every)

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-import torch.distributed
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..cache import distributed as dist
+from .. import distributed as dist
 from ..errors import CacheMismatch, ZeroshiftError
 from .checkpoint import Checkpoints, rng_state, set_rng_state
 
@@ -289,10 +288,7 @@ def _kept(checkpoints: Checkpoints | None) -> str:
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
     """Whether the loss is finite on every rank (so that all ranks stop together)."""
-    finite = torch.isfinite(loss.detach()).float()
-    if dist.is_distributed():
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-    return bool(finite.item())
+    return bool(dist.all_min(torch.isfinite(loss.detach()).float()).item())
 
 
 def plot_history(history: list[dict], path: Path, title: str = "training") -> Path:

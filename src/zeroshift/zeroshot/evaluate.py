@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
 from ..cache import embed
 from ..data.base import DataSource
 from ..data.templates import get_templates
@@ -19,6 +18,7 @@ from ..errors import DataError, ZeroshiftError
 from ..models.vlm import VLM
 from ..specs import dataset as open_dataset
 from ..specs import load
+from ..version import __version__
 from .classifier import check_classnames, classify, zeroshot_weights
 from .metrics import caption_groups, classification_metrics, retrieval_metrics
 from .records import TASKS, make_record, write_record

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from .. import paths
 from ..data.templates import imagenet_classes
 from ..errors import CacheError, CacheMismatch, ZeroshiftError
+from ..io import atomic_path
 from ..models.vlm import VLM
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
@@ -80,13 +80,8 @@ def encode_prompts(teacher: VLM, texts: list[str], groups: int, progress: bool =
         emb = torch.cat(chunks)  # [P, d]
         if not torch.isfinite(emb).all():
             raise CacheError(f"the teacher {teacher.spec} gave NaN or inf text embeddings for the prompts")
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
+        with atomic_path(file) as tmp:
             save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"teacher": teacher.spec})
-            os.replace(tmp, file)
-        finally:
-            tmp.unlink(missing_ok=True)
     if emb.shape != (len(texts), teacher.dim):
         raise CacheMismatch(f"prompt cache {file} holds {tuple(emb.shape)} embeddings, expected "
                             f"({len(texts)}, {teacher.dim}): delete it to recompute")

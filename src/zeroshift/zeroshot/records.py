@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from ..errors import ZeroshiftError
+from ..io import write_text
 
 LANGUAGE = "en"
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
@@ -66,18 +65,8 @@ def record_filename(record: dict) -> str:
 
 def write_record(record: dict, out: str | Path) -> Path:
     """Write `record` into folder `out` atomically; returns the file's path."""
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / record_filename(record)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    path = Path(out) / record_filename(record)
+    write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
     return path
 
 

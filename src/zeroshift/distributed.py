@@ -1,4 +1,5 @@
-"""Tiny helpers for running under `torchrun`: who am I, how many are we, wait for everyone.
+"""Running under `torchrun`: who am I, how many are we, wait for everyone, and the collectives the
+cache, the training loop and the losses share (gathers and reductions that keep gradients).
 
 Outside torchrun (no RANK/WORLD_SIZE in the environment) every helper answers as a single
 process and `barrier` does nothing, so one process behaves exactly as it would without them.
@@ -10,8 +11,10 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
-from ..errors import ZeroshiftError
+from .errors import ZeroshiftError
+from . import version
 
 
 def _env_int(name: str, default: int) -> int:
@@ -84,9 +87,7 @@ def init() -> None:
 
 def check_versions() -> None:
     """ZeroshiftError on every rank when the ranks do not all run the same zeroshift and torch versions."""
-    from .. import __version__
-
-    mine = {"zeroshift": __version__, "torch": torch.__version__}
+    mine = {"zeroshift": version.__version__, "torch": torch.__version__}
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, mine)
     for rank_, theirs in enumerate(everyone):
@@ -101,3 +102,77 @@ def barrier() -> None:
         return
     init()
     dist.barrier()
+
+
+def all_reduce_(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks in place (no gradients); nothing to do in one process."""
+    if not is_distributed():
+        return
+    init()
+    for t in tensors:
+        dist.all_reduce(t)
+
+
+def all_min(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise minimum of `x` over the ranks (no gradients); `x` itself in one process."""
+    if not is_distributed():
+        return x
+    x = x.clone()
+    dist.all_reduce(x, op=dist.ReduceOp.MIN)
+    return x
+
+
+def global_mean(p: torch.Tensor) -> torch.Tensor:
+    """A per-rank batch mean made the mean over the global batch (ranks hold equal shares); gradients
+    flow back to every rank's rows."""
+    if not is_distributed():
+        return p
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(p) / world_size()
+
+
+def _all_gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenate every rank's x ([sizes[r], ...] on rank r) into [sum(sizes), ...]; keeps gradients."""
+    import torch.distributed.nn.functional as dist_nn
+
+    width = max(sizes)
+    padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, width - x.shape[0]))  # [width, ...]
+    if padded.requires_grad and torch.is_grad_enabled():
+        parts = list(dist_nn.all_gather(padded))  # world x [width, ...]
+    else:
+        parts = [torch.empty_like(padded) for _ in sizes]  # world x [width, ...]
+        dist.all_gather(parts, padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])  # [sum(sizes), ...]
+
+
+def gather_rows(*tensors: torch.Tensor | None) -> tuple[tuple[torch.Tensor | None, ...], slice]:
+    """All-gather row-aligned tensors over the default process group, keeping gradients; returns them and
+    this rank's rows in the gathered batch.
+
+    Every tensor is [n, ...] with the same n on a rank (n may differ between ranks); None stays None and must
+    be None on every rank. Single process (no group, or world 1): the tensors themselves and slice(0, n).
+    A loss over the global batch for this rank's rows (logits [n, G] against gathered columns):
+
+        (img_g, txt_g), rows = gather_rows(img, txt)
+        logits = img @ txt_g.T  # [n, G]; the positives of this rank's rows are columns `rows`
+    """
+    present = [t for t in tensors if t is not None]
+    if not present:
+        raise ZeroshiftError("gather_rows: give at least one tensor to gather")
+    if any(t.dim() == 0 for t in present):
+        raise ZeroshiftError("gather_rows: every tensor must be [n, ...], one row per pair; got a scalar")
+    n = present[0].shape[0]
+    if any(t.shape[0] != n for t in present):
+        raise ZeroshiftError(f"gather_rows: every tensor must have {n} rows, one per pair; got "
+                             f"{[tuple(t.shape) for t in present]}")
+    if not _initialized() or dist.get_world_size() == 1:
+        return tensors, slice(0, n)
+    world, me = dist.get_world_size(), dist.get_rank()
+    count = torch.tensor([n], device=present[0].device)  # [1]
+    counts = [torch.zeros_like(count) for _ in range(world)]  # world x [1]
+    dist.all_gather(counts, count)
+    sizes = [int(c.item()) for c in counts]
+    start = sum(sizes[:me])
+    gathered = tuple(None if t is None else _all_gather_rows(t, sizes) for t in tensors)
+    return gathered, slice(start, start + n)
