@@ -38,7 +38,8 @@ from zeroshift.methods.align import (
     build_rows,
     collect_pairs,
 )
-from zeroshift.models.aligned import Heads, tower
+from zeroshift.compose import tower
+from zeroshift.models.aligned import Heads
 
 HERE = Path(__file__).parent
 IMAGE, TEXT, TEACHER = "effnet-lite2", "minilm", "conse:effnet-lite2+minilm"

@@ -60,7 +60,8 @@ from zeroshift.methods.transfer import (
 from zeroshift.models.aligned import Heads, trainable_blocks
 from zeroshift.models.bridge import Bridge
 from zeroshift.models.pixels import pixel_pipeline
-from zeroshift.models.student import build_student, param_count
+from zeroshift.compose import build_student
+from zeroshift.models.student import param_count
 from zeroshift.train.loop import TrainConfig, autocast_dtype, resolve_device, train
 from zeroshift.zeroshot.prompts import Prompts, vocabulary
 

@@ -29,6 +29,7 @@ from zeroshift.methods.distill import LOSSES, DistillConfig, distill
 from zeroshift.methods.transfer import encode_prompts, vocabulary
 from zeroshift.models.student import param_count
 from zeroshift.models.transforms import probe_batch
+from zeroshift.models.runtime import accelerate
 
 HERE = Path(__file__).parent
 TEACHER = "conse:effnet-lite2+minilm"
@@ -53,7 +54,7 @@ def side_by_side(encoders: dict[str, object], batch: int = 64, repeats: int = 7)
 def speeds(student_spec: str) -> dict[str, dict[str, float]]:
     """Teacher image tower (EfficientNet-Lite2) and a student run's image tower, in PyTorch and onnxruntime."""
     lite2 = zeroshift.load("effnet-lite2", runtime="torch")
-    encoders = {"teacher/torch": lite2, "teacher/onnx": lite2.accelerated("onnx"),
+    encoders = {"teacher/torch": lite2, "teacher/onnx": accelerate(lite2, "onnx"),
                 "student/torch": zeroshift.load(student_spec, runtime="torch").image,
                 "student/onnx": zeroshift.load(student_spec, runtime="onnx").image}
     measured = side_by_side(encoders)

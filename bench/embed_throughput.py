@@ -25,6 +25,7 @@ import torch
 import zeroshift
 from zeroshift.cache import embed
 from zeroshift.data.base import Subset
+from zeroshift.models.runtime import accelerate
 
 HERE = Path(__file__).parent
 
@@ -44,7 +45,7 @@ def measure(spec: str, data: str, rows: int, batch_size: int, repeats: int = 2) 
     source = zeroshift.dataset(data)
     subset = Subset(source, np.arange(min(rows, len(source))))
     torch_enc = zeroshift.load(spec, runtime="torch")
-    fast = torch_enc.accelerated("onnx")
+    fast = accelerate(torch_enc, "onnx")
     ready = torch.stack([torch_enc.image_transform(subset.load_image(i)) for i in range(len(subset))])  # [R, 3, H, W]
     batches = list(ready.split(batch_size))
     ort, e2e = [], []

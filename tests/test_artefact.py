@@ -1,4 +1,4 @@
-"""models/artefact.py: run folders written atomically, refused when taken, loaded back as `run:` VLMs."""
+"""runfolder.py and runs.py: run folders written atomically, refused when taken, loaded back as `run:` VLMs."""
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +15,10 @@ from torch import nn
 
 from zeroshift import load
 from zeroshift.errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
-from zeroshift.models import artefact
-from zeroshift.models.artefact import RunWriter, load_run, read_run
+from zeroshift import runfolder as artefact
+from zeroshift import runs
+from zeroshift.runfolder import RunWriter, read_run
+from zeroshift.runs import load_run
 from zeroshift.models.transforms import probe_batch
 from zeroshift.models.vlm import TowersVLM
 
@@ -35,7 +37,7 @@ def build_toy(folder, config, state, runtime):
 @pytest.fixture(autouse=True)
 def toy_kind(tmp_path, monkeypatch):
     monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setitem(artefact.KINDS, "toy", f"{__name__}:build_toy")
+    monkeypatch.setitem(runs.KINDS, "toy", build_toy)
 
 
 def toy_state(seed: int = 0, dims: tuple[int, int] = (16, 32)) -> dict[str, torch.Tensor]:
@@ -116,7 +118,7 @@ def test_killed_run_leaves_only_staging_and_the_next_run_cleans_it(tmp_path):
     out = tmp_path / "toy"
     code = textwrap.dedent(f"""
         import os, signal
-        from zeroshift.models.artefact import RunWriter
+        from zeroshift.runfolder import RunWriter
         with RunWriter({str(out)!r}) as run:
             (run.path / "metrics.jsonl").write_text("{{}}\\n")
             os.kill(os.getpid(), signal.SIGKILL)

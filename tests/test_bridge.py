@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from zeroshift.errors import CacheMismatch, ZeroshiftError
-from zeroshift.models.bridge import VARIANCE, Bridge, Moments, ResidualMLP, vlm_from_artefact
+from zeroshift.models.bridge import VARIANCE, Bridge, Moments, ResidualMLP
+from zeroshift.runs import load_bridge as vlm_from_artefact
 
 
 def _moments(*sides: torch.Tensor, scatter: bool = True, chunk: int = 64) -> Moments:

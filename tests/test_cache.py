@@ -12,7 +12,8 @@ import torch
 import zeroshift
 from zeroshift.cache import CacheError, embed, find_cache, load_features
 from zeroshift import distributed as dist
-from zeroshift.cache.embed import _default_workers, _Rows, _wait_for_shards
+from zeroshift.cache.embed import _default_workers, _Rows
+from zeroshift.cache.shards import wait_for_shards as _wait_for_shards
 from zeroshift.data.base import BadImage
 from zeroshift.data.memory import ArraySource
 from zeroshift.errors import CacheMismatch, DataError, ZeroshiftError
@@ -62,6 +63,7 @@ def test_round_trip_order_and_reader(model, tmp_path):
     assert f.numpy().dtype == np.float32 and torch.equal(f.torch(), torch.from_numpy(f.numpy()))
     assert np.array_equal(f.index, np.arange(N)) and np.array_equal(f.labels, src.labels)
     assert f.classes == CLASSES and f.captions == src.captions
+    assert np.array_equal(np.asarray(f), f.numpy()) and np.asarray(f, dtype=np.float64).dtype == np.float64
     m = json.loads((out / "manifest.json").read_text())
     assert m["complete"] and m["rows"] == N and m["dtype"] == "float32" and m["shard_rows"] == 32
     assert [s["name"] for s in m["shards"]] == [f"shard-{i:05d}.npy" for i in range(4)]

@@ -15,11 +15,13 @@ from zeroshift.cli.main import main
 from zeroshift.errors import ZeroshiftError
 from zeroshift.export import export
 from zeroshift.export.onnx import export_classifier
-from zeroshift.models import artefact
+from zeroshift import runfolder as artefact
+from zeroshift import runs
 from zeroshift.models.onnx_encoder import OnnxImageEncoder, session
 from zeroshift.models.transforms import probe_batch, resize_crop
 from zeroshift.models.vlm import ImageEncoder, TowersVLM
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights
+from zeroshift.models.runtime import accelerate
 
 LABELS = ["a red square", "a green field", "a blue sky", "a yellow sun", "a black cat"]
 
@@ -101,7 +103,7 @@ def assert_same_classifier(path, vlm, labels=LABELS, templates=None, n: int = 5)
 def test_torch_tower_exports_one_matching_file(tmp_path, tower):
     tiny = load("tiny-clip:seed=0")
     # a PyTorch tower, the same accelerated by onnxruntime (its PyTorch module is exported), a whole VLM as encoder
-    vlm = bridged({"torch": tiny.image, "onnx": tiny.image.accelerated("onnx"), "vlm": tiny}[tower])
+    vlm = bridged({"torch": tiny.image, "onnx": accelerate(tiny.image, "onnx"), "vlm": tiny}[tower])
     path = export_classifier(vlm, LABELS, tmp_path / "out" / "classifier.onnx", templates="cifar10")
     assert path == tmp_path / "out" / "classifier.onnx"
     assert sorted(p.name for p in path.parent.iterdir()) == ["classifier.onnx", "classifier.onnx.json"]
@@ -161,8 +163,8 @@ def run_scheme(monkeypatch):
 
     if "run" not in specs.MODEL_SCHEMES:
         monkeypatch.setitem(specs.MODEL_SCHEMES, "run", specs.Scheme(
-            "run", "zeroshift.models.artefact:load_run", "vlm", "run:runs/my-bridge", "a trained zeroshift run"))
-    monkeypatch.setitem(artefact.KINDS, "toy", f"{__name__}:build_toy")
+            "run", "zeroshift.runs:load_run", "vlm", "run:runs/my-bridge", "a trained zeroshift run"))
+    monkeypatch.setitem(runs.KINDS, "toy", build_toy)
 
 
 def colour_images(tmp_path) -> list:

@@ -15,6 +15,7 @@ from zeroshift.models import conse
 from zeroshift.models.onnx_encoder import OnnxImageEncoder
 from zeroshift.models.st_encoder import STTextEncoder
 from zeroshift.models.transforms import probe_batch
+from zeroshift.models.runtime import accelerate
 
 
 def needs(*modules: str):
@@ -106,7 +107,7 @@ def test_open_nsfw_features_are_the_input_of_the_last_matmul(home):
 
     enc = load("open-nsfw")
     assert isinstance(enc, OnnxImageEncoder) and enc.dim == 1024 and enc.spec == "open-nsfw"
-    assert enc.accelerated("onnx") is enc
+    assert accelerate(enc, "onnx") is enc
     assert list((home / "onnx").glob("open-nsfw-features-*.onnx"))
     images = [photo("grace_hopper"), Image.new("RGB", (300, 200), (200, 120, 90))]
     x = torch.stack([enc.image_transform(im) for im in images])  # BGR, Caffe means removed
@@ -190,7 +191,7 @@ def test_conse_classifier_is_accelerated(home, tiny_st):
     vlm = load(f"conse:timm:test_resnet@random+st:{tiny_st}")
     x = probe_batch(vlm.image_transform, 3)
     want = vlm.encode_image(x)
-    fast = vlm.accelerated("onnx")
+    fast = accelerate(vlm, "onnx")
     assert isinstance(fast.image.logits, OnnxImageEncoder)
     assert torch.allclose(fast.encode_image(x), want, atol=1e-4)
 

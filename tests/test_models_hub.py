@@ -14,6 +14,7 @@ from zeroshift.errors import MissingWeights, SpecError
 from zeroshift.models.openclip import resolve
 from zeroshift.models.transforms import probe_batch, probe_images
 from zeroshift.models.vlm import ImageEncoder, TextEncoder, TowersVLM
+from zeroshift.models.runtime import accelerate
 
 
 @pytest.fixture(autouse=True)
@@ -300,7 +301,7 @@ def test_onnx_encoder_outputs_and_options(tiny_onnx):
     first = load(f"onnx:{file}")  # default: the first output, input size read from the model (48)
     assert first.dim == 5 and first.encode_image(images_for(first, 2)).shape == (2, 5)
     assert load(enc.spec).spec == enc.spec
-    assert first.accelerated("auto") is first
+    assert accelerate(first, "auto") is first
 
 
 def test_onnx_errors(tmp_path, tiny_onnx):

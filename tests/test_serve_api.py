@@ -140,7 +140,7 @@ def test_health_models_openapi_and_page(models, tmp_path):
 def test_models_lists_a_run_with_its_records_and_card(tmp_path):
     import torch
 
-    from zeroshift.models.artefact import RunWriter
+    from zeroshift.runfolder import RunWriter
     from zeroshift.zeroshot.records import make_record, write_record
 
     with RunWriter(tmp_path / "bridge") as writer:

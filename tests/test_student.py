@@ -9,12 +9,13 @@ from torch import nn
 
 from zeroshift import load, specs
 from zeroshift.errors import CacheMismatch, SpecError
-from zeroshift.models.artefact import RunWriter, load_run
+from zeroshift.compose import build_student
+from zeroshift.runfolder import RunWriter
+from zeroshift.runs import load_run
 from zeroshift.models.onnx_encoder import OnnxImageEncoder
 from zeroshift.models.student import (
     Student,
     architecture_spec,
-    build_student,
     check_encoder,
     create_cnn,
     create_vit,
@@ -23,6 +24,7 @@ from zeroshift.models.student import (
 )
 from zeroshift.models.transforms import probe_batch, resize_crop
 from zeroshift.models.vlm import ModuleEncoder, TowersVLM
+from zeroshift.models.runtime import accelerate
 
 BENCH_LIMIT = 488_000  # 8% of the teacher's 6.1M parameters, head included
 TEACHER, TEACHER_DIM = "tiny-clip:seed=0", 32  # tiny-clip's default joint space is 32-d
@@ -236,7 +238,7 @@ def test_architecture_spec(spec, want):
 @pytest.mark.parametrize("spec", ["student-cnn:width=8,depth=1", "student-vit:dim=32,depth=2,heads=2"])
 def test_student_runs_in_onnxruntime(spec):
     student = build_student(spec, 24)
-    fast = student.accelerated("onnx")
+    fast = accelerate(student, "onnx")
     assert isinstance(fast, OnnxImageEncoder) and fast.dim == 24 and fast.torch_encoder is student
     x = probe_batch(student.image_transform, 5, seed=1)
     torch.testing.assert_close(fast.encode_image(x), student.encode_image(x), atol=1e-4, rtol=0)

@@ -8,7 +8,8 @@ from .specs import dataset, load  # noqa: E402
 
 
 def load_features(path):
-    """Open a feature cache folder written by `embed` (rows memory-mapped, with labels or captions)."""
+    """Open a feature cache folder written by `embed`: rows read on demand (`np.asarray` gives them all),
+    with labels or captions."""
     from .cache import load_features as _load
 
     return _load(path)

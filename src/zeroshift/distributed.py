@@ -132,14 +132,31 @@ def global_mean(p: torch.Tensor) -> torch.Tensor:
     return all_reduce(p) / world_size()
 
 
+class _AllGather(torch.autograd.Function):
+    """all_gather that keeps gradients: the backward sums every rank's gradient of the gathered tensor
+    (all_reduce) and hands each rank its own slot, as torch.distributed.nn's all_gather does, but on
+    all_reduce alone, which every backend (gloo included) runs natively."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # x [width, ...] -> [world, width, ...]
+        ctx.rank = dist.get_rank()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.stack(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # grad [world, width, ...]
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank]
+
+
 def _all_gather_rows(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Concatenate every rank's x ([sizes[r], ...] on rank r) into [sum(sizes), ...]; keeps gradients."""
-    import torch.distributed.nn.functional as dist_nn
-
     width = max(sizes)
     padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, width - x.shape[0]))  # [width, ...]
     if padded.requires_grad and torch.is_grad_enabled():
-        parts = list(dist_nn.all_gather(padded))  # world x [width, ...]
+        parts = list(_AllGather.apply(padded))  # world x [width, ...]
     else:
         parts = [torch.empty_like(padded) for _ in sizes]  # world x [width, ...]
         dist.all_gather(parts, padded.contiguous())

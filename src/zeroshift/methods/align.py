@@ -24,44 +24,40 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed as dist
 from ..cache import embed
+from ..compose import tower
 from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
-from ..models.aligned import Heads, tower, trainable_blocks
+from ..models.aligned import Heads, trainable_blocks
 from ..models.pixels import PixelRows, pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
-from ..train import TrainConfig, plot_eval, plot_history, train
+from ..train import TrainConfig, plot_history, train
 from ..train.batches import Epoch
-from ..train.checkpoint import run_checkpoints
 from ..train.loop import PRECISIONS
-from ..version import __version__
 from ..zeroshot.prompts import encode_prompts
-from .publish import publish_run
-from .sinkhorn import DIAGONAL_PUSH, ot_soft_label_pair
+from .common import Run, RunConfig
+from .losses import AlignLoss
 
 LOSSES = ("infonce", "ls", "kd", "ot")
 MODES = ("locked", "finetune")
 SIMILARITIES = ("backbone", "ema")
 
 
-@dataclass(frozen=True)
-class AlignConfig:
-    """Every option of `zeroshift align`."""
+@dataclass(frozen=True, kw_only=True)
+class AlignConfig(RunConfig):
+    """The options of `zeroshift align` (the run options are RunConfig's)."""
 
     image: str = field(metadata={"help": "pretrained image tower: an image encoder spec or a VLM's image side"})
     text: str = field(metadata={"help": "pretrained text tower: a sentence encoder spec (e.g. minilm) or a VLM's"})
     pairs: tuple[str, ...] = field(metadata={"help": "one or more data specs of image-caption pairs "
                                                      "(csv:, wds:, tuxpaint, openclipart, ...)"})
-    out: str = field(metadata={"help": "run folder to write (config.json, model.safetensors, README.md, ...)"})
     dim: int = field(default=256, metadata={"help": "size of the joint space"})
     mode: str = field(default="locked", metadata={"help": "locked: heads on cached features; finetune: also the "
                                                           "towers' last blocks", "choices": list(MODES)})
@@ -76,79 +72,41 @@ class AlignConfig:
         "choices": list(SIMILARITIES)})
     noise: float = field(default=0.0, metadata={"help": "fraction of captions replaced by random ones (noise studies)"})
     finetune_blocks: int = field(default=1, metadata={"help": "finetune mode: last blocks trained in each tower"})
-    epochs: int = field(default=10, metadata={"help": "passes over the pairs"})
     batch_size: int = field(default=512, metadata={"help": "pairs per step (over all ranks)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, scales)"})
     warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
-    eval_dataset: str | None = field(default=None, metadata={
-        "help": "evaluate zero-shot (classification and/or caption retrieval) on this data spec at the end"})
-    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
-    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
-    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
     precision: str = field(default="fp32", metadata={"help": "mixed precision", "choices": list(PRECISIONS)})
-    device: str = field(default="auto", metadata={"help": "training device: auto, cpu, cuda, cuda:N"})
-    runtime: str = field(default="auto", metadata={"help": "frozen image tower runtime (locked mode)",
-                                                   "choices": ["auto", "torch", "onnx"]})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and caption noise"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
 
     def __post_init__(self) -> None:
         if isinstance(self.pairs, str):
             object.__setattr__(self, "pairs", (self.pairs,))
+        super().__post_init__()
         if not self.pairs:
             raise ZeroshiftError("--pairs needs at least one data spec")
-        for name, value, allowed in (("mode", self.mode, MODES), ("loss", self.loss, LOSSES),
-                                     ("similarity", self.similarity, SIMILARITIES),
-                                     ("precision", self.precision, PRECISIONS)):
-            if value not in allowed:
-                raise ZeroshiftError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
-        if min(self.dim, self.epochs, self.batch_size, self.sinkhorn_iters) < 1 or self.finetune_blocks < 0:
-            raise ZeroshiftError("--dim, --epochs, --batch-size and --sinkhorn-iters must be at least 1")
+        if min(self.dim, self.sinkhorn_iters) < 1 or self.finetune_blocks < 0:
+            raise ZeroshiftError("--dim and --sinkhorn-iters must be at least 1")
         if not (0 <= self.alpha <= 1 and 0 <= self.noise <= 1 and 0 <= self.ema < 1):
             raise ZeroshiftError("--alpha and --noise must be in [0, 1], --ema in [0, 1)")
-        if self.lr <= 0 or self.lam <= 0 or self.kd_temperature <= 0 or self.weight_decay < 0:
-            raise ZeroshiftError("--lr, --lam and --kd-temperature must be above 0, --weight-decay at least 0")
-        if not 0 <= self.warmup < 1 or self.checkpoint_every < 0:
-            raise ZeroshiftError("--warmup must be in [0, 1) and --checkpoint-every at least 0")
+        if self.lam <= 0 or self.kd_temperature <= 0 or self.weight_decay < 0:
+            raise ZeroshiftError("--lam and --kd-temperature must be above 0, --weight-decay at least 0")
+        if not 0 <= self.warmup < 1:
+            raise ZeroshiftError("--warmup must be in [0, 1)")
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup,
-                           grad_clip=1.0, seed=self.seed, precision=self.precision, device=self.device)
-
-
-# ---------------------------------------------------------------- targets
-def soft_targets(cfg: AlignConfig, n: int, device: torch.device, teacher: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(image->text, text->image) targets [n, n], rows summing to 1. `teacher` = (img, txt, img_ref,
-    txt_ref): the EMA embeddings and the references S_vv, S_tt come from (for kd and ot)."""
-    eye = torch.eye(n, device=device)
-    if cfg.loss == "infonce" or n == 1:
-        return eye, eye
-    if cfg.loss == "ls":
-        off = (1 - cfg.alpha) / (n - 1)
-        y = eye * cfg.alpha + (1 - eye) * off
-        return y, y
-    img, txt, img_ref, txt_ref = teacher
-    if cfg.loss == "ot":
-        return ot_soft_label_pair(img, txt, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, img_ref, txt_ref)
-    return _kd(img, txt, img_ref, txt_ref, cfg.alpha, cfg.kd_temperature)
-
-
-def _kd(img, txt, img_ref, txt_ref, alpha: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """kd targets: alpha I + (1 - alpha) softmax(-C / temperature), C as OT's (diagonals pushed down)."""
-    with torch.no_grad():
-        i, t = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
-        ir = F.normalize((img if img_ref is None else img_ref).float(), dim=-1)
-        tr = F.normalize((txt if txt_ref is None else txt_ref).float(), dim=-1)
-        eye = torch.eye(len(i), device=i.device)
-        same = ir @ ir.T + tr @ tr.T - 2 * DIAGONAL_PUSH * eye  # [n, n] S_vv + S_tt, diagonals pushed down
-        if not torch.isfinite(same).all():
-            raise ZeroshiftError("the kd cost matrix has NaN/inf entries")
-        cost_it, cost_ti = -(same + i @ t.T), -(same + t @ i.T)  # [n, n]
-        return tuple(alpha * eye + (1 - alpha) * F.softmax(-c / temperature, dim=-1) for c in (cost_it, cost_ti))
+        return super().train_config(weight_decay=self.weight_decay, warmup=self.warmup, grad_clip=1.0)
 
 
 # ---------------------------------------------------------------- the task
+def align_loss(cfg: AlignConfig) -> AlignLoss:
+    """The loss module of `cfg`'s contrastive targets."""
+    return AlignLoss(cfg.loss, cfg.alpha, cfg.lam, cfg.sinkhorn_iters, cfg.kd_temperature)
+
+
+def soft_targets(cfg: AlignConfig, n: int, device: torch.device, teacher: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image->text, text->image) targets [n, n] of `cfg`'s loss; `teacher` = (img, txt, img_ref, txt_ref)."""
+    return align_loss(cfg).targets(n, device, teacher)
+
+
 class AlignTask(nn.Module):
     """One step: embed both sides (features, or towers with their last blocks trained), project, and
     score the symmetric cross-entropy against the loss's soft targets; the EMA heads follow each step."""
@@ -157,6 +115,7 @@ class AlignTask(nn.Module):
                  text_fn: Callable | None = None, towers: nn.ModuleList | None = None) -> None:
         super().__init__()
         self.cfg, self.heads = cfg, heads
+        self.loss = align_loss(cfg)
         self.teacher = copy.deepcopy(heads).requires_grad_(False)  # EMA of the heads
         self.towers = towers  # finetune: the towers whose last blocks train (registered, so checkpointed)
         self.image_fn, self.text_fn = image_fn, text_fn  # finetune: batch -> backbone features with grads
@@ -175,31 +134,24 @@ class AlignTask(nn.Module):
         fi = self.image_fn(batch) if self.image_fn else batch["image"]  # [B, fi] backbone features
         ft = self.text_fn(batch) if self.text_fn else batch["text"]  # [B, ft]
         zi, zt = F.normalize(self.heads.image(fi), dim=-1), F.normalize(self.heads.text(ft), dim=-1)  # [B, d]
-        (zi_all, zt_all), rows = dist.gather_rows(zi, zt)  # [N, d] over all ranks; `rows` = this rank's
         teacher = None
         if self.cfg.loss in ("ot", "kd"):
             with torch.no_grad():
                 ei, et = self.teacher.image(fi.detach()), self.teacher.text(ft.detach())  # [B, d] EMA embeddings
                 ri, rt = (fi.detach(), ft.detach()) if self.cfg.similarity == "backbone" else (ei, et)
-                teacher, _ = dist.gather_rows(ei, et, ri, rt)
+                teacher = (ei, et, ri, rt)
+        scale = self.heads.scale()
         try:
-            y_it, y_ti = soft_targets(self.cfg, len(zi_all), zi.device, teacher)  # [N, N] each
+            terms = self.loss(zi, zt, scale, teacher)
         except ZeroshiftError as e:
             raise ZeroshiftError(f"step {self.step_index}: {e}") from None
-        scale = self.heads.scale()
-        logits_it, logits_ti = scale * zi @ zt_all.T, scale * zt @ zi_all.T  # [B, N] this rank's rows
-        loss = 0.5 * (_soft_ce(logits_it, y_it[rows]) + _soft_ce(logits_ti, y_ti[rows]))
-        return {self.cfg.loss: loss}, {"logit_scale": scale.item()}
+        return terms, {"logit_scale": scale.item()}
 
     @torch.no_grad()
     def after_step(self) -> None:
         """Move the EMA heads toward the trained ones."""
         for e, p in zip(self.teacher.parameters(), self.heads.parameters()):
             e.lerp_(p.detach(), 1 - self.cfg.ema)
-
-
-def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return -(target * F.log_softmax(logits, dim=-1)).sum(-1).mean()
 
 
 # ---------------------------------------------------------------- pairs
@@ -345,22 +297,13 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     and write the run folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png);
     returns it loaded as a VLM. Checkpoints go to OUT.ckpt; a rerun after a kill resumes there. With
     `cfg.eval_dataset`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
-    from ..models.artefact import RunWriter, check_out
     from ..specs import dataset
-    from ..zeroshot.evaluate import tasks_for
 
-    started = time.perf_counter()
-    out = Path(cfg.out).expanduser().absolute()
-    check_out(out, cfg.overwrite)
+    run = Run(cfg, "aligned", {"image": cfg.image, "text": cfg.text, "loss": cfg.loss})
     sources = [dataset(spec) for spec in cfg.pairs]
     entries = [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources]  # hashed once
     pairs = collect_pairs(sources, cfg.noise, cfg.seed)
-    eval_source = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
-    if eval_source is not None:
-        tasks_for(eval_source)
-    identity = {"kind": "aligned", "image": cfg.image, "text": cfg.text, "loss": cfg.loss}
-    # under torchrun only rank 0 writes the run; every rank trains and evaluates
-    with RunWriter(out, cfg.overwrite, identity, active=dist.rank() == 0) as run:
+    with run:
         finetune = cfg.mode == "finetune"
         image_tower = tower(cfg.image, "image", "torch" if finetune else cfg.runtime)
         text_tower = tower(cfg.text, "text")
@@ -374,17 +317,15 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
         if finetune:
             towers, image_fn, text_fn, trained = _finetune_parts(cfg, image_tower, text_tower, rows, finish)
         task = AlignTask(cfg, heads, image_fn, text_fn, towers)
-        checkpoints = run_checkpoints(out, asdict(cfg), cfg.checkpoint_every, cfg.resume,
-                                      data=[e["fingerprint"] for e in entries], rows=len(rows),
+        checkpoints = run.checkpoints(data=[e["fingerprint"] for e in entries], rows=len(rows),
                                       dims=[image_tower.dim, text_tower.dim])
         t1 = time.perf_counter()
-        history = train(task, rows.batches(cfg.batch_size, cfg.seed), cfg.train_config(), run.path, progress,
-                        checkpoints)
+        batches = rows.batches(cfg.batch_size, cfg.seed)
+        history = train(task, batches, cfg.train_config(), run.path, progress, checkpoints)
         train_seconds = time.perf_counter() - t1
         plot_history(history, run.path / "loss.png", title=f"align {cfg.loss}: {cfg.image} + {cfg.text}")
-        plot_eval(history, run.path / "accuracy.png")
         config = {
-            "kind": "aligned", "zeroshift_version": __version__, "image": cfg.image, "text": cfg.text,
+            "image": cfg.image, "text": cfg.text,
             "dims": {"image": image_tower.dim, "text": text_tower.dim, "joint": cfg.dim}, "mode": cfg.mode,
             "finetuned": trained,
             "loss": {"name": cfg.loss, "alpha": cfg.alpha, "lam": cfg.lam, "sinkhorn_iters": cfg.sinkhorn_iters,
@@ -393,20 +334,14 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
             "pairs": entries,
             "rows": len(rows), "captions": len(rows.captions), "noise": {"fraction": cfg.noise, "replaced": pairs.noisy},
             "skipped": pairs.skipped,
-            "train": {**asdict(cfg.train_config()), "batch_size": cfg.batch_size,
-                      "steps": len(rows.batches(cfg.batch_size, cfg.seed)(0)) * cfg.epochs},
-            "resumed_from_step": checkpoints.resumed_step,
-            "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2),
-                        "total": round(time.perf_counter() - started, 2)},
-            "options": asdict(cfg),
+            "train": {**asdict(cfg.train_config()), "batch_size": cfg.batch_size, "steps": len(batches(0)) * cfg.epochs},
+            "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
         }
         state = {f"heads.{k}": v for k, v in heads.state_dict().items()}
         for side, model in (("image", image_tower), ("text", text_tower)):
             params = dict(model.named_parameters())
             state.update({f"{side}.{name}": params[name] for name in trained.get(side, [])})
-        run.finish(config, state, model_card(config, history))
-    return publish_run(out, cfg.runtime, checkpoints, cfg.keep_checkpoints, eval_source,
-                       lambda records: model_card(config, history, records), progress)
+        return run.finish(config, state, lambda config, records: model_card(config, history, records), progress)
 
 
 # ---------------------------------------------------------------- model card

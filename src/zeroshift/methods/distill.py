@@ -24,14 +24,12 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed as dist
 from ..cache import Features, embed
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError, ZeroshiftError
@@ -40,27 +38,24 @@ from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import TrainConfig, plot_eval, plot_history, train
 from ..train.batches import Epoch
-from ..train.checkpoint import run_checkpoints
-from ..train.loop import PRECISIONS
-from ..version import __version__
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
-from .publish import publish_run
+from .common import Run, RunConfig
+from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss
 
 LOSSES = ("l2", "cosine", "kl", "contrastive-text", "contrastive-feature")
 AUGMENT = ("none", "flip", "light")
 PIXEL_SHARD_ROWS = 1024  # a shard of 64 px images is 12 MB as uint8
 
 
-@dataclass(frozen=True)
-class DistillConfig:
-    """Every option of `zeroshift distill`."""
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(RunConfig):
+    """The options of `zeroshift distill` (the run options are RunConfig's)."""
 
     teacher: str = field(metadata={"help": "the VLM whose image embeddings the student learns, "
                                            "e.g. conse:effnet-lite2+minilm"})
     data: tuple[str, ...] = field(metadata={
         "help": "one or more data specs of training images, e.g. synthetic:classes=fashion-mnist,n=4000 "
                 "(labels are never read; captions only by contrastive-text)"})
-    out: str = field(metadata={"help": "run folder to write (config.json, model.safetensors, README.md, ...)"})
     student: str = field(default="student-cnn", metadata={
         "help": "student image encoder spec: student-cnn[:...], student-vit[:...], timm:NAME@random, ..."})
     loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": list(LOSSES)})
@@ -69,107 +64,28 @@ class DistillConfig:
     temperature: float = field(default=0.07, metadata={"help": "temperature of the contrastive losses"})
     prompts: str | None = field(default=None, metadata={
         "help": "kl's prompt file, one prompt per line (default: the 1000 ImageNet names in 'a photo of a {c}.')"})
-    epochs: int = field(default=10, metadata={"help": "passes over the training images"})
-    batch_size: int = field(default=128, metadata={"help": "images per step (over all ranks)"})
-    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
-    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
     augment: str = field(default="light", metadata={
         "help": "student-side augmentation: none, flip, light (flip + random crop)", "choices": list(AUGMENT)})
-    eval_dataset: str | None = field(default=None, metadata={
-        "help": "held-out real data spec: scored every epoch, and evaluated zero-shot at the end"})
     eval_rows: int = field(default=2000, metadata={"help": "rows of --eval-dataset scored each epoch (seeded subset)"})
-    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
-    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
-    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
-    precision: str = field(default="auto", metadata={"help": "mixed precision", "choices": list(PRECISIONS)})
-    device: str = field(default="auto", metadata={"help": "training device: auto, cpu, cuda, cuda:N"})
-    runtime: str = field(default="auto", metadata={"help": "teacher image tower runtime",
-                                                   "choices": ["auto", "torch", "onnx"]})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, scales)"})
+    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
             object.__setattr__(self, "data", (self.data,))
+        super().__post_init__()
         if not self.data:
             raise ZeroshiftError("--data needs at least one data spec")
-        for name, value, allowed in (("loss", self.loss, LOSSES), ("augment", self.augment, AUGMENT),
-                                     ("precision", self.precision, PRECISIONS)):
-            if value not in allowed:
-                raise ZeroshiftError(f"unknown {name} {value!r}; use one of {', '.join(allowed)}")
-        if min(self.epochs, self.batch_size, self.eval_rows) < 1 or self.batch_size < 2:
-            raise ZeroshiftError("--epochs and --eval-rows must be at least 1, --batch-size at least 2")
-        if self.lr <= 0 or self.tau <= 0 or self.temperature <= 0 or self.weight_decay < 0:
-            raise ZeroshiftError("--lr, --tau and --temperature must be above 0, --weight-decay at least 0")
-        if not 0 <= self.warmup < 1 or self.checkpoint_every < 0:
-            raise ZeroshiftError("--warmup must be in [0, 1) and --checkpoint-every at least 0")
+        if self.eval_rows < 1 or self.batch_size < 2:
+            raise ZeroshiftError("--eval-rows must be at least 1, --batch-size at least 2")
+        if self.tau <= 0 or self.temperature <= 0 or self.weight_decay < 0:
+            raise ZeroshiftError("--tau and --temperature must be above 0, --weight-decay at least 0")
+        if not 0 <= self.warmup < 1:
+            raise ZeroshiftError("--warmup must be in [0, 1)")
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay, warmup=self.warmup,
-                           grad_clip=1.0, seed=self.seed, precision=self.precision, device=self.device)
-
-
-# ---------------------------------------------------------------- losses
-def _infonce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Symmetric InfoNCE of paired rows a [B, d], b [B, d] (row i of each is the positive of the other)."""
-    logits = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / temperature  # [B, B]
-    target = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
-
-
-class L2Loss(nn.Module):
-    """||s - t||^2, on unit-normalised embeddings when `normalize`."""
-
-    def __init__(self, normalize: bool) -> None:
-        super().__init__()
-        self.normalize = normalize
-
-    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        t = batch["target"]
-        if self.normalize:
-            s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
-        return {"l2": (s - t).pow(2).sum(-1).mean()}
-
-
-class CosineLoss(nn.Module):
-    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        return {"cosine": (1 - F.cosine_similarity(s, batch["target"], dim=-1)).mean()}
-
-
-class KLLoss(nn.Module):
-    """KL(p_t || p_s) of the zero-shot distributions over `classes` [K, d] (unit rows)."""
-
-    def __init__(self, classes: torch.Tensor, tau: float) -> None:
-        super().__init__()
-        self.register_buffer("classes", classes.float(), persistent=False)
-        self.tau = tau
-
-    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        log_s = F.log_softmax(self.tau * F.normalize(s, dim=-1) @ self.classes.T, dim=-1)  # [B, K]
-        log_t = F.log_softmax(self.tau * F.normalize(batch["target"], dim=-1) @ self.classes.T, dim=-1)  # [B, K]
-        return {"kl": F.kl_div(log_s, log_t, log_target=True, reduction="batchmean")}
-
-
-class ContrastiveTextLoss(nn.Module):
-    """InfoNCE between student embeddings and the teacher's text embeddings `texts` [U, d] of the rows."""
-
-    def __init__(self, texts: torch.Tensor, temperature: float) -> None:
-        super().__init__()
-        self.register_buffer("texts", texts.float(), persistent=False)
-        self.temperature = temperature
-
-    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        return {"contrastive-text": _infonce(s, self.texts[batch["text"]], self.temperature)}
-
-
-class ContrastiveFeatureLoss(nn.Module):
-    def __init__(self, temperature: float) -> None:
-        super().__init__()
-        self.temperature = temperature
-
-    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        return {"contrastive-feature": _infonce(s, batch["target"], self.temperature)}
+        return super().train_config(weight_decay=self.weight_decay, warmup=self.warmup, grad_clip=1.0)
 
 
 class DistillTask(nn.Module):
@@ -366,21 +282,14 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     With `cfg.eval_dataset`, a seeded subset is scored every epoch and the finished run is evaluated as
     `zeroshift eval --model run:OUT` would, with records in OUT/results.
     """
-    from ..models.artefact import RunWriter, check_out
-    from ..models.student import build_student, param_count
+    from ..compose import build_student
+    from ..models.student import param_count
     from ..specs import dataset, load
-    from ..zeroshot.evaluate import tasks_for
 
-    started = time.perf_counter()
-    out = Path(cfg.out).expanduser().absolute()
-    check_out(out, cfg.overwrite)
+    identity = {"teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
+    run = Run(cfg, "student", identity, need_labels=True)
     sources = [dataset(spec) for spec in cfg.data]
-    eval_source = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
-    if eval_source is not None and "zeroshot_classification" not in tasks_for(eval_source):
-        raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the student against")
-    identity = {"kind": "student", "teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
-    # under torchrun only rank 0 writes the run; every rank trains and evaluates
-    with RunWriter(out, cfg.overwrite, identity, active=dist.rank() == 0) as run:
+    with run:
         teacher = load(cfg.teacher, runtime=cfg.runtime)
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
@@ -396,38 +305,31 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         rows, texts, entries = build_rows(teacher, pixel_encoder, sources, cfg.loss == "contrastive-text",
                                           cfg.runtime, progress)
         loss, loss_record = make_loss(cfg, teacher, texts, progress)
-        scorer = None if eval_source is None else held_out(
-            teacher, pixel_encoder, finish, eval_source, cfg.eval_rows, cfg.seed, cfg.runtime, progress)
+        scorer = None if run.eval_source is None else held_out(
+            teacher, pixel_encoder, finish, run.eval_source, cfg.eval_rows, cfg.seed, cfg.runtime, progress)
         prepare_seconds = time.perf_counter() - t0
         task = DistillTask(student, finish, loss)
         tcfg = cfg.train_config()
-        checkpoints = run_checkpoints(out, asdict(cfg), cfg.checkpoint_every, cfg.resume,
-                                      data=[e["fingerprint"] for e in entries], dims=[teacher.dim, pixel_encoder.dim])
+        checkpoints = run.checkpoints(data=[e["fingerprint"] for e in entries], dims=[teacher.dim, pixel_encoder.dim])
         t1 = time.perf_counter()
-        history = train(task, rows.batches(cfg.batch_size, cfg.seed, cfg.augment), tcfg, run.path, progress,
-                        checkpoints, None if scorer is None else lambda: scorer(student))
+        batches = rows.batches(cfg.batch_size, cfg.seed, cfg.augment)
+        history = train(task, batches, tcfg, run.path, progress, checkpoints,
+                        None if scorer is None else lambda: scorer(student))
         train_seconds = time.perf_counter() - t1
         plot_history(history, run.path / "loss.png", title=f"distill {cfg.loss}: {cfg.student} <- {cfg.teacher}")
         plot_eval(history, run.path / "accuracy.png", title=f"held out: {cfg.eval_dataset}")
         student = student.cpu().eval()
         config = {
-            "kind": "student", "zeroshift_version": __version__,
             "teacher": cfg.teacher, "student": cfg.student,
             "dims": {"teacher": teacher.dim, "student": int(student.encoder.dim)},
             "input": list(pixel_encoder.shape), "params": param_count(student),
             "loss": loss_record, "augment": cfg.augment,
-            "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(rows.batches(
-                cfg.batch_size, cfg.seed, cfg.augment)(0)) * cfg.epochs},
+            "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(batches(0)) * cfg.epochs},
             "data": entries, "rows": len(rows),
-            "resumed_from_step": checkpoints.resumed_step,
-            "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2),
-                        "total": round(time.perf_counter() - started, 2)},
-            "options": asdict(cfg),
+            "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
         }
         state = {f"student.{k}": v for k, v in student.state_dict().items()}
-        run.finish(config, state, model_card(config, history))
-    return publish_run(out, cfg.runtime, checkpoints, cfg.keep_checkpoints, eval_source,
-                       lambda records: model_card(config, history, records), progress)
+        return run.finish(config, state, lambda config, records: model_card(config, history, records), progress)
 
 
 # ---------------------------------------------------------------- model card

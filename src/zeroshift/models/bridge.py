@@ -8,15 +8,11 @@ score. Every statistic is a buffer, so the state_dict is the whole bridge.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CacheMismatch, ZeroshiftError
-from .artefact import load_part
-from .vlm import VLM, TowersVLM, VLMTextTower
+from ..errors import ZeroshiftError
 
 KINDS = ("linear", "mlp")
 VARIANCE = 4.5  # Text-to-Concept's target per-entry variance for both spaces
@@ -198,22 +194,3 @@ class Bridge(nn.Module):
                 lin = _affine(module)
                 lin.weight.copy_(w.float())
                 lin.bias.copy_((mb - w @ ma).float())
-
-
-def vlm_from_artefact(folder: Path, config: dict, state: dict[str, torch.Tensor], runtime: str) -> VLM:
-    """A bridge run folder as a VLM: the encoder, then the bridge, beside the teacher's text tower.
-
-    The teacher is loaded with the torch runtime: only its text tower is used.
-    """
-    from ..specs import load
-
-    bridge = Bridge.from_config(config["bridge"])
-    load_part(bridge, state, "bridge", folder, "from another bridge; retrain it")
-    encoder = load(config["encoder"], runtime=runtime)
-    teacher = load(config["teacher"], runtime="torch")
-    for name, model, want in (("encoder", encoder, bridge.source_dim), ("teacher", teacher, bridge.teacher_dim)):
-        if model.dim != want:
-            raise CacheMismatch(f"{folder}: the bridge expects a {want}-d {name}, but {config[name]!r} gives "
-                                f"{model.dim}-d features")
-    return TowersVLM(image=encoder, text=VLMTextTower(teacher), image_head=bridge.eval(), spec=config["spec"],
-                     dim=bridge.teacher_dim).eval()

@@ -14,16 +14,13 @@ $ZEROSHIFT_HOME/conse/ keyed by the text encoder (spec and weights) and the prom
 """
 from __future__ import annotations
 
-import hashlib
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .. import paths
-from ..errors import SpecError
-from ..io import atomic_path
-from .runtime import weights_digest
-from .vlm import ImageEncoder, TextEncoder, TowersVLM
+from .text_cache import text_embeddings
+from .vlm import ImageEncoder, TextEncoder
 
 TOP = 10
 PROMPT = "a photo of a {}."
@@ -39,21 +36,13 @@ def imagenet_classes() -> list[str]:
 
 def class_embeddings(text: TextEncoder, names: list[str], prompt: str = PROMPT) -> torch.Tensor:
     """normalize(text(prompt.format(name))) for every name: [len(names), text.dim], cached on disk."""
-    from safetensors.torch import load_file, save_file
-
-    key = "\n".join([text.spec, weights_digest(text), prompt, *names])
-    slug = paths.slug(text.spec)
-    file = paths.home() / "conse" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-    if file.is_file():
-        return load_file(str(file))["class_embeddings"]
-    emb = F.normalize(text.encode_text([prompt.format(name) for name in names]), dim=-1)  # [C, d]
-    with atomic_path(file) as tmp:
-        save_file({"class_embeddings": emb.cpu().contiguous()}, str(tmp), metadata={"text": text.spec, "prompt": prompt})
-    return emb
+    return F.normalize(text_embeddings(text, [prompt.format(name) for name in names], "conse"), dim=-1)
 
 
 class ConSEImage(ImageEncoder):
     """images -> classifier softmax -> top-T renormalised -> weighted class embeddings: [N, d]."""
+
+    runtime_parts = ("logits",)  # the classifier runs in onnxruntime; the softmax and mixing stay in torch
 
     def __init__(self, logits: ImageEncoder, class_emb: torch.Tensor, spec: str, top: int = TOP) -> None:
         super().__init__()
@@ -73,32 +62,9 @@ class ConSEImage(ImageEncoder):
         emb = self.class_embeddings.to(weight.device)[index]  # [N, T, d]
         return (weight.unsqueeze(-1) * emb).sum(dim=1)  # [N, d]
 
-    def accelerated(self, runtime: str = "auto") -> "ConSEImage":
-        """The same ConSE with its classifier run by `runtime` (the softmax and mixing stay in torch)."""
-        fast = self.logits.accelerated(runtime)
-        if fast is self.logits:
-            return self
-        return ConSEImage(fast, self.class_embeddings, self.spec, self.top).eval()
-
-
-def create(arg: str) -> TowersVLM:
-    """Build a ConSE VLM from `IMAGE+TEXT`, e.g. conse:effnet-lite2+minilm."""
-    from ..specs import MODEL_SCHEMES, build, parse
-
-    image_spec, sep, text_spec = (part.strip() for part in arg.rpartition("+"))
-    if not sep or not image_spec or not text_spec:
-        raise SpecError(f"conse: needs IMAGE+TEXT, e.g. conse:effnet-lite2+minilm; got {arg!r}")
-    scheme, _ = parse(image_spec, MODEL_SCHEMES)
-    if scheme.name not in LOGIT_SCHEMES:
-        raise SpecError(f"conse: the image part must be an ImageNet classifier ({', '.join(LOGIT_SCHEMES)}); "
-                        f"got {image_spec!r}")
-    logits = build(image_spec, MODEL_SCHEMES, output="logits")
-    text = build(text_spec, MODEL_SCHEMES)
-    names = imagenet_classes()
-    if logits.dim != len(names):
-        raise SpecError(f"conse: {image_spec} gives {logits.dim} classes, not the {len(names)} of ImageNet-1k")
-    if not isinstance(text, TextEncoder):
-        raise SpecError(f"conse: the text part must be a text encoder (minilm, st:...); got {text_spec!r}")
-    spec = f"conse:{image_spec}+{text_spec}"
-    image = ConSEImage(logits, class_embeddings(text.eval(), names), spec + "/image")
-    return TowersVLM(image, text, spec=spec).eval()
+    def torch_module(self) -> nn.Module | None:
+        """This ConSE with its classifier in PyTorch again (after runtime.accelerate), for an exporter."""
+        inner = self.logits.torch_module()
+        if inner is None or inner is self.logits:
+            return None if inner is None else self
+        return ConSEImage(inner, self.class_embeddings, self.spec, self.top).eval()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import MissingWeights, SpecError
 from .transforms import NORMS, probe_batch, resize_crop
@@ -76,8 +77,12 @@ class OnnxImageEncoder(ImageEncoder):
         out = np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
         return torch.from_numpy(out.reshape(len(x), -1)).float().to(images.device)  # [N, dim]
 
-    def accelerated(self, runtime: str = "auto") -> "OnnxImageEncoder":
-        return self  # already onnxruntime
+    def torch_module(self) -> nn.Module | None:
+        """The PyTorch encoder this graph was exported from (set by runtime.accelerate), else None."""
+        return getattr(self, "torch_encoder", None)
+
+    def onnx_file(self) -> Path:
+        return self.path
 
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, output={self.output!r}, layout={self.layout}, dim={self.dim}"

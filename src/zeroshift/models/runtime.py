@@ -7,9 +7,7 @@ could be taken for a finished one. Every acceleration is checked on a probe batc
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import warnings
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from torch import nn
 from .. import paths
 from ..errors import SpecError, ZeroshiftError
 from ..io import atomic_path
+from .onnx_export import to_onnx
 from .transforms import probe_batch
 from .vlm import ImageEncoder
 
@@ -47,25 +46,10 @@ def export_path(encoder: ImageEncoder, input_shape: tuple[int, ...]) -> Path:
 
 
 def _export_to(module: nn.Module, example: torch.Tensor, target: Path) -> None:
-    """torch.onnx.export with a dynamic batch axis: the TorchScript exporter (fast and mature for
-    CNNs and ViTs), then the torch.export-based one if the first fails."""
-    names = dict(input_names=["images"], output_names=["features"])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # its deprecation notice and constant-folding chatter
-            torch.onnx.export(module, (example,), str(target), dynamo=False, opset_version=17,
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, **names)
-        return
-    except Exception as first:  # noqa: BLE001 - fall through to the other exporter
-        target.unlink(missing_ok=True)
-        error = first
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), str(target), dynamo=True, external_data=False,
-                              dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), **names)
-    except Exception as second:
-        raise RuntimeError(f"TorchScript exporter: {error}; torch.export exporter: {second}") from second
+    """`module` traced by the one exporter (images -> features) and saved to `target`."""
+    import onnx
+
+    onnx.save(to_onnx(module, example, "images", "features"), str(target))
 
 
 def export(encoder: ImageEncoder, example: torch.Tensor) -> Path:
@@ -92,17 +76,33 @@ def check(reference: ImageEncoder, fast: ImageEncoder, batch: torch.Tensor) -> f
     return diff
 
 
-def accelerate(encoder: ImageEncoder, runtime: str = "auto") -> ImageEncoder:
-    """`encoder` run by `runtime`: 'torch' (as is), 'onnx' (onnxruntime or a ZeroshiftError) or 'auto'
-    (onnxruntime where export and check pass, else a warning and the torch encoder).
+def accelerate(model: nn.Module, runtime: str = "auto") -> nn.Module:
+    """`model` (an image encoder or a VLM) with its frozen image towers run by `runtime`: 'torch' (as is),
+    'onnx' (onnxruntime or a ZeroshiftError) or 'auto' (onnxruntime where export and check pass, else a
+    warning and the torch tower).
 
-    The returned encoder has the same spec, dim and image_transform; `.torch_encoder` keeps the
-    PyTorch module for training. Encoders that already run in onnxruntime are returned as they are.
+    A model naming `runtime_parts` (a VLM's image tower, ConSE's classifier inside its mixing) is
+    accelerated part by part, in place; a plain image encoder is exported whole and the returned one
+    keeps its spec, dim and image_transform, with `.torch_encoder` holding the PyTorch module for
+    training. Encoders that already run in onnxruntime are returned as they are.
     """
     if runtime not in RUNTIMES:
         raise SpecError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
-    if runtime == "torch" or getattr(encoder, "runs_onnx", False):
-        return encoder
+    if runtime == "torch" or getattr(model, "runs_onnx", False):
+        return model
+    parts = getattr(model, "runtime_parts", ())
+    if isinstance(model, ImageEncoder) and not parts:
+        return _accelerate_encoder(model, runtime)
+    for name in parts:
+        child = getattr(model, name)
+        fast = accelerate(child, runtime)
+        if fast is not child:
+            setattr(model, name, fast)
+    return model
+
+
+def _accelerate_encoder(encoder: ImageEncoder, runtime: str) -> ImageEncoder:
+    """One plain image encoder exported, loaded in onnxruntime and checked against PyTorch."""
     from .onnx_encoder import OnnxImageEncoder
 
     was_training = encoder.training

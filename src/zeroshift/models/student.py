@@ -1,24 +1,20 @@
-"""Students for `distill`: small trainable image encoders, a linear head into a teacher's joint space,
-and the loader that turns a distill run folder back into a VLM.
+"""Students for `distill`: small trainable image encoders and a linear head into a teacher's joint space.
 
     student-cnn:width=32,size=64,seed=0,depth=2   inverted-residual CNN, pooled [N, 12*width]
     student-vit:dim=128,depth=4,heads=4,mlp=1,patch=8,size=64,seed=0   pre-norm ViT, cls token [N, dim]
 
 Both are randomly initialised from the seed and preprocess like timm models trained at `size`
 (resize to size/0.875, bicubic, centre crop, ImageNet normalisation). Any other trainable image spec
-(`timm:NAME@random`, `effnet-lite0`, ...) can be a student too: `build_student` checks that it is.
+(`timm:NAME@random`, `effnet-lite0`, ...) can be a student too: `compose.build_student` checks that it is.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import CacheError, CacheMismatch, SpecError
-from .artefact import load_part
+from ..errors import SpecError
 from .transforms import probe_batch, resize_crop
-from .vlm import VLM, ImageEncoder, ModuleEncoder, TowersVLM, VLMTextTower
+from .vlm import ImageEncoder, ModuleEncoder
 
 CNN_DEFAULTS = {"width": 32, "size": 64, "seed": 0, "depth": 2}
 VIT_DEFAULTS = {"dim": 128, "depth": 4, "heads": 4, "mlp": 1, "patch": 8, "size": 64, "seed": 0}
@@ -204,20 +200,6 @@ class Student(ImageEncoder):
         return self.head(self.encoder(images))  # [N, dim]
 
 
-def build_student(spec: str, dim: int) -> Student:
-    """The student for image spec `spec` with a fresh head into a `dim`-d joint space; SpecError when
-    the spec names no trainable encoder or one whose output cannot be projected."""
-    from ..specs import MODEL_SCHEMES, load, parse
-
-    scheme, _ = parse(spec, MODEL_SCHEMES)
-    if scheme.kind != "image":
-        raise SpecError(f"{spec} is a {scheme.kind} spec; a student must be an image encoder such as "
-                        "student-cnn:, student-vit: or timm:NAME@random")
-    encoder = load(spec, runtime="torch")
-    check_encoder(encoder, dim)
-    return Student(encoder, dim)
-
-
 def min_input(student: ImageEncoder) -> int:
     """The side of the square its image transform produces (the smaller side if not square)."""
     return int(min(probe_batch(student.image_transform, 1).shape[-2:]))
@@ -235,33 +217,3 @@ def architecture_spec(spec: str) -> str:
     body, output = split_output(arg, None)
     name = body.partition("@")[0]
     return f"{scheme}:{name}@random" + ("#logits" if output == "logits" else "")
-
-
-# ---------------------------------------------------------------------------------------------- run folders
-
-def vlm_from_artefact(folder: Path, config: dict, state: dict[str, torch.Tensor], runtime: str) -> VLM:
-    """A distill run folder as a VLM: the trained student as image tower beside the teacher's text tower.
-
-    The student is rebuilt from its architecture (no pretrained download) and given the run's weights;
-    the teacher is loaded with the torch runtime, as only its text tower is used.
-    """
-    from ..specs import load
-
-    try:
-        student_spec, teacher_spec = str(config["student"]), str(config["teacher"])
-        dim, features = int(config["dims"]["teacher"]), int(config["dims"]["student"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CacheError(f"{folder}: config.json lacks or mistypes {e} (student, teacher, dims.teacher, "
-                         "dims.student); the run is damaged, retrain it") from None
-    student = build_student(architecture_spec(student_spec), dim)
-    if student.encoder.dim != features:
-        raise CacheMismatch(f"{folder} was trained with {features}-d student features, but {student_spec} now "
-                            f"gives {student.encoder.dim}-d; the run is damaged or from another student")
-    load_part(student, state, "student", folder, "from another student")
-    student.spec = config["spec"] + "/image"
-    teacher = load(teacher_spec, runtime="torch")
-    if teacher.dim != dim:
-        raise CacheMismatch(f"{folder} was distilled into a {dim}-d joint space, but teacher {teacher_spec} "
-                            f"gives {teacher.dim}-d; the teacher spec resolves to another model")
-    image = student.eval() if runtime == "torch" else student.eval().accelerated(runtime)
-    return TowersVLM(image=image, text=VLMTextTower(teacher), spec=config["spec"], dim=dim).eval()

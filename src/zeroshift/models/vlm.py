@@ -6,11 +6,14 @@ normalised); consumers normalise where the method says so.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
+
+from ..errors import ZeroshiftError
 
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
@@ -21,19 +24,21 @@ class ImageEncoder(nn.Module):
     spec: str
     dim: int
     image_transform: ImageTransform
+    runtime_parts: tuple[str, ...] = ()  # child encoders a runtime accelerates instead of the whole
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """Inference: features [N, dim] as float32, no gradients."""
         with torch.inference_mode():
             return self(images).float()
 
-    def accelerated(self, runtime: str = "auto") -> "ImageEncoder":
-        """This encoder run by the given runtime ('torch', 'onnx' or 'auto'); see models/runtime.py."""
-        if runtime == "torch":
-            return self
-        from .runtime import accelerate
+    def torch_module(self) -> nn.Module | None:
+        """The PyTorch module computing these features from transformed images, which an exporter traces;
+        None for a tower that exists only as an ONNX graph (see `onnx_file`)."""
+        return self
 
-        return accelerate(self, runtime=runtime)
+    def onnx_file(self) -> Path | None:
+        """The ONNX graph this tower runs, when it runs one (an exporter then joins that graph)."""
+        return None
 
 
 class ModuleEncoder(ImageEncoder):
@@ -68,6 +73,7 @@ class VLM(nn.Module):
     spec: str
     dim: int
     image_transform: ImageTransform
+    runtime_parts: tuple[str, ...] = ()  # image towers a runtime accelerates (models/runtime.accelerate)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -75,14 +81,16 @@ class VLM(nn.Module):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def accelerated(self, runtime: str = "auto") -> "VLM":
-        """This VLM with its image tower run by `runtime`; towers without one stay as they are."""
-        return self
+    def image_parts(self) -> tuple[ImageEncoder, nn.Module]:
+        """(image tower, head from its features into the joint space): what an exporter needs."""
+        raise ZeroshiftError(f"{self.spec} has no separate image tower and head to export")
 
 
 class TowersVLM(VLM):
     """A VLM made of an image encoder and a text encoder whose outputs already share a space,
     optionally through trainable heads (a bridge, a projection) on either side."""
+
+    runtime_parts = ("image",)
 
     def __init__(
         self,
@@ -109,9 +117,12 @@ class TowersVLM(VLM):
         with torch.inference_mode():
             return self.text_head(self.text.encode_text(texts)).float()
 
-    def accelerated(self, runtime: str = "auto") -> "TowersVLM":
-        self.image = self.image.accelerated(runtime)
-        return self
+    def image_parts(self) -> tuple[ImageEncoder, nn.Module]:
+        """A tower that is itself a VLM (a VLM bridged into another) is opened up, its head running first."""
+        if isinstance(self.image, VLM):
+            tower, inner = self.image.image_parts()
+            return tower, nn.Sequential(inner, self.image_head)
+        return self.image, self.image_head
 
 
 class VLMTextTower(TextEncoder):

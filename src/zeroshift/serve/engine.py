@@ -358,7 +358,7 @@ def describe(name: str, vlm: VLM) -> dict[str, Any]:
     folder = _run_folder(str(getattr(vlm, "spec", ""))) or _run_folder(name)
     if folder is None:
         return info
-    from ..models.artefact import CARD, read_run
+    from ..runfolder import CARD, read_run
     from ..zeroshot.records import read_records
 
     config, _ = read_run(folder)

@@ -71,9 +71,15 @@ class TrainConfig:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD as the recipe asks (Text-to-Concept decays every weight), or AdamW with decay on matrices and
+    kernels only: biases, norm weights and logit scales (parameters with fewer than 2 dims) are not
+    decayed, as open_clip and timm do."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:

@@ -6,13 +6,7 @@ kept out of this namespace so importing a classifier does not import the feature
 from __future__ import annotations
 
 from .classifier import check_classnames, classify, zeroshot_weights
-from .metrics import (
-    accuracy,
-    classification_metrics,
-    flat_hit,
-    mean_per_class_recall,
-    retrieval_metrics,
-)
+from .metrics import accuracy, classification_metrics, flat_hit, mean_per_class_recall, retrieval_metrics
 from .records import make_record, read_records, write_record
 
 __all__ = [

@@ -6,19 +6,16 @@ its contrastive-text loss (captions are prompts too).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .. import paths
 from ..data.templates import imagenet_classes
-from ..errors import CacheError, CacheMismatch, ZeroshiftError
-from ..io import atomic_path
+from ..errors import ZeroshiftError
+from ..models.text_cache import text_embeddings
 from ..models.vlm import VLM
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
@@ -64,25 +61,5 @@ def vocabulary(prompts: str | None) -> tuple[list[str], int]:
 def encode_prompts(teacher: VLM, texts: list[str], groups: int, progress: bool = True,
                    batch_size: int = 256) -> Prompts:
     """The teacher's text embeddings of `texts`, cached in $ZEROSHIFT_HOME/prompts by teacher and prompts."""
-    from safetensors.torch import load_file, save_file
-
-    from ..models.runtime import weights_digest
-
-    key = "\n".join([teacher.spec, weights_digest(teacher), *texts])
-    slug = paths.slug(teacher.spec)
-    file = paths.home() / "prompts" / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-    if file.is_file():
-        emb = load_file(str(file))["embeddings"]
-    else:
-        chunks = [teacher.encode_text(texts[s:s + batch_size]).float().cpu()  # [B, d]
-                  for s in tqdm(range(0, len(texts), batch_size), desc="prompts", unit="batch",
-                                disable=not progress, leave=False)]
-        emb = torch.cat(chunks)  # [P, d]
-        if not torch.isfinite(emb).all():
-            raise CacheError(f"the teacher {teacher.spec} gave NaN or inf text embeddings for the prompts")
-        with atomic_path(file) as tmp:
-            save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"teacher": teacher.spec})
-    if emb.shape != (len(texts), teacher.dim):
-        raise CacheMismatch(f"prompt cache {file} holds {tuple(emb.shape)} embeddings, expected "
-                            f"({len(texts)}, {teacher.dim}): delete it to recompute")
+    emb = text_embeddings(teacher, texts, "prompts", progress, batch_size)  # [P, d]
     return Prompts(tuple(texts), emb, groups)

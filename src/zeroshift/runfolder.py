@@ -1,16 +1,15 @@
-"""Trained runs on disk: a folder written all at once, and `run:PATH[@DIGEST]` loading it as a VLM.
+"""A trained run on disk: a folder written all at once (RunWriter), read back whole (read_run).
 
 A run folder holds `config.json` (its "kind", the specs it was built from, dims, zeroshift version,
 whatever the method records), `model.safetensors` (the trained weights only, a flat name -> tensor
 dict; frozen backbones are referenced by spec), `README.md` (the model card) and any extra files
 (metrics.jsonl, plots). RunWriter stages everything in a sibling `OUT.partial-<pid>` and renames it
-to OUT when complete, so a killed run never leaves a folder that looks finished. Loading dispatches
-on the kind through KINDS ("module:function", imported only when used).
+to OUT when complete, so a killed run never leaves a folder that looks finished. Turning a folder
+into a VLM is runs.py's job.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -19,25 +18,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
-from .vlm import VLM
-
-# kind -> "module:function"; function(folder: Path, config: dict, state: dict[str, Tensor], runtime: str) -> VLM
-KINDS: dict[str, str] = {
-    "bridge": "zeroshift.models.bridge:vlm_from_artefact",
-    "student": "zeroshift.models.student:vlm_from_artefact",
-    "aligned": "zeroshift.models.aligned:vlm_from_artefact",
-}
+from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
+from .io import write_text
+from .version import __version__
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
 REQUIRED = ("kind", "zeroshift_version")
 _PARTIAL = re.compile(r"\.(partial|old)-(\d+)$")
-
-
-def _version() -> str:
-    from ..version import __version__
-
-    return __version__
 
 
 def _pid_alive(pid: int) -> bool:
@@ -160,7 +147,7 @@ class RunWriter:
                 raise ZeroshiftError(f"refusing to save a run whose weight {name!r} holds NaN or inf; "
                                      "lower the learning rate or check the features")
             tensors[name] = t
-        config = {**config, "zeroshift_version": config.get("zeroshift_version", _version()),
+        config = {**config, "zeroshift_version": config.get("zeroshift_version", __version__),
                   "tensors": {name: list(t.shape) for name, t in tensors.items()}}
         (self.path / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
         save_file(tensors, str(self.path / WEIGHTS), metadata={"kind": config["kind"]})
@@ -187,26 +174,7 @@ class RunWriter:
 
 def write_card(folder: str | os.PathLike, card: str) -> Path:
     """Replace a finished run's README.md atomically (e.g. with results added after evaluation)."""
-    path = Path(folder) / CARD
-    tmp = path.with_name(f".{CARD}.{os.getpid()}.tmp")
-    tmp.write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, folder: Path,
-              what: str) -> torch.nn.Module:
-    """Load the `prefix.*` tensors of a run's state into `module`, exactly: a missing, extra or reshaped
-    tensor is a one-line CacheMismatch saying the run is damaged or `what` (e.g. 'from another student')."""
-    weights = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
-    expected = module.state_dict()
-    wrong = sorted(set(expected) ^ set(weights)) or [
-        k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
-    if wrong:
-        raise CacheMismatch(f"{folder}: model.safetensors does not match its {prefix} config (at {', '.join(wrong[:3])}); "
-                            f"the run is damaged or {what}")
-    module.load_state_dict(weights)
-    return module
+    return write_text(Path(folder) / CARD, card if card.endswith("\n") else card + "\n")
 
 
 def weights_digest(folder: Path) -> str:
@@ -266,52 +234,3 @@ def _check_tensors(folder: Path, config: dict, state: dict[str, torch.Tensor]) -
             if isinstance(value, int) and not isinstance(value, bool) and value not in axes:
                 raise CacheMismatch(f"{folder}: {CONFIG} says {key} dim {value}, but no weight in {WEIGHTS} "
                                     f"has an axis of that size; the folder mixes files of different runs")
-
-
-def _split(arg: str) -> tuple[Path, str | None]:
-    """`PATH[@DIGEST]` -> (path, digest or None). A path that exists as given is never split."""
-    if not arg:
-        raise ZeroshiftError("run: needs a folder, e.g. run:runs/my-bridge")
-    if Path(arg).expanduser().exists():
-        return Path(arg).expanduser(), None
-    head, sep, digest = arg.rpartition("@")
-    if sep and head and re.fullmatch(r"[0-9a-fA-F]{6,64}", digest):
-        return Path(head).expanduser(), digest.lower()
-    return Path(arg).expanduser(), None
-
-
-def _builder(kind: str, folder: Path):
-    if kind not in KINDS:
-        raise ZeroshiftError(f"{folder} is a run of kind {kind!r}, which this zeroshift ({_version()}) cannot load; "
-                             f"known kinds: {', '.join(sorted(KINDS))}")
-    module, _, func = KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), func)
-
-
-def _check_dims(folder: Path, config: dict, vlm: VLM) -> None:
-    """The built VLM's dims must be those recorded: `dims.teacher` (joint space), `dims.encoder` (image tower)."""
-    dims = config.get("dims") if isinstance(config.get("dims"), dict) else {}
-    image = getattr(vlm, "image", None)
-    found = [("teacher", vlm.dim, "joint space"), ("encoder", getattr(image, "dim", None), "image tower")]
-    for key, got, what in found:
-        want = dims.get(key)
-        if isinstance(want, int) and got is not None and int(got) != want:
-            raise CacheMismatch(f"{folder} was trained with a {want}-d {what} ({key} {config.get(key, '?')}), "
-                                f"but it now loads as {got}-d; the {key} spec resolves to another model")
-
-
-def load_run(arg: str, runtime: str = "torch") -> VLM:
-    """The VLM a run folder holds, from `PATH[@DIGEST]`. Its spec is `run:<absolute path>@<digest>`
-    (12 hex of the sha256 of model.safetensors), so caches keyed by spec change when the weights do."""
-    folder, want = _split(arg)
-    folder = folder.resolve()
-    config, state = read_run(folder)
-    digest = weights_digest(folder)
-    if want is not None and not digest.startswith(want):
-        raise CacheMismatch(f"run:{folder}@{want} asks for other weights than the folder holds "
-                            f"(@{digest[:12]}): it was retrained; use run:{folder}@{digest[:12]} or drop the @")
-    spec = f"run:{folder}@{digest[:12]}"
-    vlm = _builder(config["kind"], folder)(folder, {**config, "spec": spec}, state, runtime)
-    vlm.spec = spec
-    _check_dims(folder, config, vlm)
-    return vlm.eval()

@@ -1,0 +1,56 @@
+"""Models named by other specs: the two parts of `conse:`, a student around a backbone spec, one tower
+of a VLM spec. These sit above models/ and beside the registry, so that models/ never reaches back up
+into specs.py to resolve a spec of its own."""
+from __future__ import annotations
+
+from .errors import SpecError
+from .models.conse import LOGIT_SCHEMES, ConSEImage, class_embeddings, imagenet_classes
+from .models.student import Student, check_encoder
+from .models.vlm import ImageEncoder, TextEncoder, TowersVLM
+from .specs import MODEL_SCHEMES, build, load, parse
+
+
+def conse(arg: str) -> TowersVLM:
+    """A ConSE VLM from `IMAGE+TEXT`, e.g. conse:effnet-lite2+minilm (see models/conse.py)."""
+    image_spec, sep, text_spec = (part.strip() for part in arg.rpartition("+"))
+    if not sep or not image_spec or not text_spec:
+        raise SpecError(f"conse: needs IMAGE+TEXT, e.g. conse:effnet-lite2+minilm; got {arg!r}")
+    scheme, _ = parse(image_spec, MODEL_SCHEMES)
+    if scheme.name not in LOGIT_SCHEMES:
+        raise SpecError(f"conse: the image part must be an ImageNet classifier ({', '.join(LOGIT_SCHEMES)}); "
+                        f"got {image_spec!r}")
+    logits = build(image_spec, MODEL_SCHEMES, output="logits")
+    text = build(text_spec, MODEL_SCHEMES)
+    names = imagenet_classes()
+    if logits.dim != len(names):
+        raise SpecError(f"conse: {image_spec} gives {logits.dim} classes, not the {len(names)} of ImageNet-1k")
+    if not isinstance(text, TextEncoder):
+        raise SpecError(f"conse: the text part must be a text encoder (minilm, st:...); got {text_spec!r}")
+    spec = f"conse:{image_spec}+{text_spec}"
+    image = ConSEImage(logits, class_embeddings(text.eval(), names), spec + "/image")
+    return TowersVLM(image, text, spec=spec).eval()
+
+
+def build_student(spec: str, dim: int) -> Student:
+    """The student for image spec `spec` with a fresh head into a `dim`-d joint space; SpecError when
+    the spec names no trainable encoder or one whose output cannot be projected."""
+    scheme, _ = parse(spec, MODEL_SCHEMES)
+    if scheme.kind != "image":
+        raise SpecError(f"{spec} is a {scheme.kind} spec; a student must be an image encoder such as "
+                        "student-cnn:, student-vit: or timm:NAME@random")
+    encoder = load(spec, runtime="torch")
+    check_encoder(encoder, dim)
+    return Student(encoder, dim)
+
+
+def tower(spec: str, side: str, runtime: str = "torch") -> ImageEncoder | TextEncoder:
+    """The image or text tower a spec names: an encoder of that kind, or that side of a VLM."""
+    scheme, _ = parse(spec, MODEL_SCHEMES)
+    want = ImageEncoder if side == "image" else TextEncoder
+    model = load(spec, runtime=runtime if side == "image" else "torch")
+    if scheme.kind == "vlm":
+        model = getattr(model, side, None)
+    if not isinstance(model, want):
+        raise SpecError(f"{spec} gives no {side} tower: use a {side} encoder spec, or a VLM whose {side} side is "
+                        f"a separate tower (e.g. tiny-clip:, conse: has no separable image tower)")
+    return model

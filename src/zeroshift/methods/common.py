@@ -1,0 +1,139 @@
+"""The skeleton every method shares: the run options (RunConfig) and the start and end of a run (Run).
+
+A method is its own options (a RunConfig subclass), its data, its task and its losses. `Run` does the
+rest: it refuses a taken --out before any work, opens --eval-dataset, stages the run folder (only rank 0
+writes under torchrun), sets up the checkpoints in OUT.ckpt, and at the end writes config.json,
+model.safetensors and the card, drops the checkpoints, loads the run back as `zeroshift eval --model
+run:OUT` would and evaluates it.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from .. import distributed as dist
+from ..data.base import DataSource
+from ..errors import DataError, ZeroshiftError
+from ..models.runtime import RUNTIMES
+from ..models.vlm import VLM
+from ..runfolder import RunWriter, check_out, write_card
+from ..train.checkpoint import Checkpoints, run_checkpoints
+from ..train.loop import PRECISIONS, TrainConfig
+from ..version import __version__
+
+Card = Callable[[dict, "list[dict] | None"], str]  # (config, evaluation records or None) -> README.md
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """The options every training command shares; the CLI shows them after the method's own."""
+
+    OPTIONS_GROUP: ClassVar[str] = "run options"
+
+    out: str = field(metadata={"help": "run folder to write (config.json, model.safetensors, README.md, ...)"})
+    epochs: int = field(default=10, metadata={"help": "passes over the training rows"})
+    batch_size: int = field(default=128, metadata={"help": "rows per step (over all ranks)"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    eval_dataset: str | None = field(default=None, metadata={
+        "help": "held-out data spec: the finished run is evaluated zero-shot on it"})
+    precision: str = field(default="auto", metadata={
+        "help": "mixed precision (auto: bf16 on a GPU that has it, else fp32)", "choices": list(PRECISIONS)})
+    device: str = field(default="auto", metadata={"help": "training device: auto, cpu, cuda, cuda:N"})
+    runtime: str = field(default="auto", metadata={
+        "help": "how frozen image towers run (auto: onnxruntime on the CPU where it matches PyTorch)",
+        "choices": list(RUNTIMES)})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
+    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
+    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
+    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
+    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+
+    def __post_init__(self) -> None:
+        """Every option with `choices` (the method's too) is checked here; a tuple option value by value."""
+        for f in fields(self):
+            allowed = f.metadata.get("choices")
+            values = getattr(self, f.name)
+            for value in values if isinstance(values, tuple) else (values,):
+                if allowed and value not in allowed:
+                    what = f.metadata.get("noun", f.name.replace("_", " "))
+                    raise ZeroshiftError(f"unknown {what} {value!r}; use one of {', '.join(map(str, allowed))}")
+        counts = [x for x in (self.epochs, self.batch_size) if x is not None]
+        if (counts and min(counts) < 1) or (self.lr is not None and self.lr <= 0) or self.checkpoint_every < 0:
+            raise ZeroshiftError("--epochs and --batch-size must be at least 1, --lr above 0 and "
+                                 "--checkpoint-every at least 0")
+
+    def train_config(self, **options: Any) -> TrainConfig:
+        """The loop's options: these run options plus the method's own (weight decay, schedule, ...)."""
+        return TrainConfig(**{"epochs": self.epochs, "lr": self.lr, "seed": self.seed, "precision": self.precision,
+                              "device": self.device, **options})
+
+
+class Run:
+    """One run of a method, from the first check to the evaluated run folder:
+
+        with Run(cfg, "student", identity) as run:
+            ... train, writing extra files into run.path ...
+            checkpoints = run.checkpoints(data=..., dims=...)
+            vlm = run.finish(config, state, card)
+    """
+
+    def __init__(self, cfg: RunConfig, kind: str, identity: dict[str, Any], need_labels: bool = False) -> None:
+        """Everything that can be checked without models is checked here, before any work."""
+        from ..specs import dataset
+        from ..zeroshot.evaluate import tasks_for
+
+        self.started = time.perf_counter()
+        self.cfg, self.kind = cfg, kind
+        self.out = Path(cfg.out).expanduser().absolute()
+        check_out(self.out, cfg.overwrite)
+        self.eval_source: DataSource | None = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
+        if self.eval_source is not None:
+            tasks = tasks_for(self.eval_source)
+            if need_labels and "zeroshot_classification" not in tasks:
+                raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the model against")
+        self.lead = dist.rank() == 0  # under torchrun only rank 0 writes; every rank trains and evaluates
+        self.writer = RunWriter(self.out, cfg.overwrite, {"kind": kind, **identity}, active=self.lead)
+        self._checkpoints: Checkpoints | None = None
+
+    def __enter__(self) -> Run:
+        self.writer.__enter__()
+        self.path = self.writer.path  # the staging folder: extra files (plots, metrics.jsonl) go here
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.writer.__exit__(*exc)
+
+    def checkpoints(self, **identity: Any) -> Checkpoints:
+        """OUT.ckpt for this run: its identity is every option that changes the result plus `identity`."""
+        self._checkpoints = run_checkpoints(self.out, asdict(self.cfg), self.cfg.checkpoint_every, self.cfg.resume,
+                                            **identity)
+        return self._checkpoints
+
+    def finish(self, config: dict[str, Any], state: dict[str, torch.Tensor], card: Card,
+               progress: bool = True) -> VLM:
+        """Write the run (config.json gets kind, version, resume step, total seconds and every option),
+        then publish it: drop the checkpoints, load it back and, with --eval-dataset, evaluate it as
+        `zeroshift eval --model run:OUT` would (records in OUT/results, results in the card)."""
+        from ..runs import load_run
+        from ..zeroshot.evaluate import evaluate
+
+        seconds = {**config.pop("seconds", {}), "total": round(time.perf_counter() - self.started, 2)}
+        resumed = None if self._checkpoints is None else self._checkpoints.resumed_step
+        config = {"kind": self.kind, "zeroshift_version": __version__, **config, "resumed_from_step": resumed,
+                  "seconds": seconds, "options": asdict(self.cfg)}
+        self.writer.finish(config, state, card(config, None))
+        if self._checkpoints is not None and not self.cfg.keep_checkpoints and self.lead:
+            self._checkpoints.clear()
+        dist.barrier()  # the run folder is published
+        vlm = load_run(str(self.out), runtime=self.cfg.runtime)
+        if self.eval_source is not None:
+            records = evaluate(vlm, self.eval_source, out=self.out / "results" if self.lead else None,
+                               runtime=self.cfg.runtime, progress=progress and self.lead)
+            if self.lead:
+                write_card(self.out, card(config, list(records.values())))
+        return vlm

@@ -1,0 +1,164 @@
+"""`run:PATH[@DIGEST]`: any finished run folder loaded as a VLM, by one table of kinds.
+
+Each kind's loader rebuilds the frozen parts from the specs the run recorded (encoder, teacher,
+towers), loads the trained weights exactly (load_part) and checks every recorded dim. The loaded VLM
+carries the folder (`run_folder`) and its config (`run_config`), so callers such as serve read what a
+run is from the model instead of re-reading its files. The on-disk format is runfolder.py's.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .compose import build_student, tower
+from .errors import CacheError, CacheMismatch, ZeroshiftError
+from .models.aligned import Heads
+from .models.bridge import Bridge
+from .models.runtime import accelerate
+from .models.student import architecture_spec
+from .models.vlm import VLM, TowersVLM, VLMTextTower
+from .runfolder import read_run, weights_digest
+from .specs import load
+from .version import __version__
+
+Loader = Callable[[Path, dict, dict[str, torch.Tensor], str], VLM]  # (folder, config, state, runtime) -> VLM
+
+
+def load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, folder: Path,
+              what: str) -> torch.nn.Module:
+    """Load the `prefix.*` tensors of a run's state into `module`, exactly: a missing, extra or reshaped
+    tensor is a one-line CacheMismatch saying the run is damaged or `what` (e.g. 'from another student')."""
+    weights = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+    expected = module.state_dict()
+    wrong = sorted(set(expected) ^ set(weights)) or [
+        k for k in expected if tuple(expected[k].shape) != tuple(weights[k].shape)]
+    if wrong:
+        raise CacheMismatch(f"{folder}: model.safetensors does not match its {prefix} config (at {', '.join(wrong[:3])}); "
+                            f"the run is damaged or {what}")
+    module.load_state_dict(weights)
+    return module
+
+
+def load_bridge(folder: Path, config: dict, state: dict[str, torch.Tensor], runtime: str) -> VLM:
+    """A transfer run: the encoder, then the bridge, beside the teacher's text tower (the teacher is
+    loaded with the torch runtime: only its text tower is used)."""
+    bridge = Bridge.from_config(config["bridge"])
+    load_part(bridge, state, "bridge", folder, "from another bridge; retrain it")
+    encoder = load(config["encoder"], runtime=runtime)
+    teacher = load(config["teacher"], runtime="torch")
+    for name, model, want in (("encoder", encoder, bridge.source_dim), ("teacher", teacher, bridge.teacher_dim)):
+        if model.dim != want:
+            raise CacheMismatch(f"{folder}: the bridge expects a {want}-d {name}, but {config[name]!r} gives "
+                                f"{model.dim}-d features")
+    return TowersVLM(image=encoder, text=VLMTextTower(teacher), image_head=bridge.eval(), spec=config["spec"],
+                     dim=bridge.teacher_dim).eval()
+
+
+def load_student(folder: Path, config: dict, state: dict[str, torch.Tensor], runtime: str) -> VLM:
+    """A distill run: the student rebuilt from its architecture (no pretrained download) with the run's
+    weights as image tower, beside the teacher's text tower."""
+    try:
+        student_spec, teacher_spec = str(config["student"]), str(config["teacher"])
+        dim, features = int(config["dims"]["teacher"]), int(config["dims"]["student"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CacheError(f"{folder}: config.json lacks or mistypes {e} (student, teacher, dims.teacher, "
+                         "dims.student); the run is damaged, retrain it") from None
+    student = build_student(architecture_spec(student_spec), dim)
+    if student.encoder.dim != features:
+        raise CacheMismatch(f"{folder} was trained with {features}-d student features, but {student_spec} now "
+                            f"gives {student.encoder.dim}-d; the run is damaged or from another student")
+    load_part(student, state, "student", folder, "from another student")
+    student.spec = config["spec"] + "/image"
+    teacher = load(teacher_spec, runtime="torch")
+    if teacher.dim != dim:
+        raise CacheMismatch(f"{folder} was distilled into a {dim}-d joint space, but teacher {teacher_spec} "
+                            f"gives {teacher.dim}-d; the teacher spec resolves to another model")
+    image = accelerate(student.eval(), runtime)
+    return TowersVLM(image=image, text=VLMTextTower(teacher), spec=config["spec"], dim=dim).eval()
+
+
+def load_aligned(folder: Path, config: dict, state: dict[str, torch.Tensor], runtime: str) -> VLM:
+    """An align run: both towers rebuilt from their specs, their trained blocks (finetune) and the heads
+    loaded from the run."""
+    try:
+        image_spec, text_spec = str(config["image"]), str(config["text"])
+        image_dim, text_dim, dim = (int(config["dims"][k]) for k in ("image", "text", "joint"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CacheError(f"{folder}: config.json lacks or mistypes {e} (image, text, dims.image/text/joint); "
+                         "the run is damaged, retrain it") from None
+    tuned = {side: {k[len(side) + 1:]: v for k, v in state.items() if k.startswith(side + ".")}
+             for side in ("image", "text")}
+    image = tower(image_spec, "image", "torch" if tuned["image"] else runtime)
+    text = tower(text_spec, "text")
+    for side, model, want in (("image", image, image_dim), ("text", text, text_dim)):
+        if model.dim != want:
+            raise CacheMismatch(f"{folder} was trained on a {want}-d {side} tower, but {config[side]!r} now gives "
+                                f"{model.dim}-d; the spec resolves to another model")
+        if tuned[side]:
+            own = dict(model.named_parameters())
+            wrong = [k for k, v in tuned[side].items() if k not in own or own[k].shape != v.shape]
+            if wrong:
+                raise CacheMismatch(f"{folder}: finetuned {side} weights do not fit {config[side]!r} "
+                                    f"({', '.join(wrong[:3])}); the run is damaged or from another tower")
+            with torch.no_grad():
+                for k, v in tuned[side].items():
+                    own[k].copy_(v)
+            model.spec = f"{config['spec']}/{side}"  # caches keyed by spec must not reuse the pretrained tower's
+    heads = Heads(image_dim, text_dim, dim)
+    load_part(heads, state, "heads", folder, "from other towers; retrain it")
+    if tuned["image"]:
+        image = accelerate(image, runtime)
+    return TowersVLM(image=image, text=text, spec=config["spec"], image_head=heads.image.eval(),
+                     text_head=heads.text.eval(), dim=dim).eval()
+
+
+KINDS: dict[str, Loader] = {"bridge": load_bridge, "student": load_student, "aligned": load_aligned}
+
+
+def _split(arg: str) -> tuple[Path, str | None]:
+    """`PATH[@DIGEST]` -> (path, digest or None). A path that exists as given is never split."""
+    if not arg:
+        raise ZeroshiftError("run: needs a folder, e.g. run:runs/my-bridge")
+    if Path(arg).expanduser().exists():
+        return Path(arg).expanduser(), None
+    head, sep, digest = arg.rpartition("@")
+    if sep and head and re.fullmatch(r"[0-9a-fA-F]{6,64}", digest):
+        return Path(head).expanduser(), digest.lower()
+    return Path(arg).expanduser(), None
+
+
+def _check_dims(folder: Path, config: dict, vlm: VLM) -> None:
+    """The built VLM's dims must be those recorded: `dims.teacher` (joint space), `dims.encoder` (image tower)."""
+    dims = config.get("dims") if isinstance(config.get("dims"), dict) else {}
+    image = getattr(vlm, "image", None)
+    found = [("teacher", vlm.dim, "joint space"), ("encoder", getattr(image, "dim", None), "image tower")]
+    for key, got, what in found:
+        want = dims.get(key)
+        if isinstance(want, int) and got is not None and int(got) != want:
+            raise CacheMismatch(f"{folder} was trained with a {want}-d {what} ({key} {config.get(key, '?')}), "
+                                f"but it now loads as {got}-d; the {key} spec resolves to another model")
+
+
+def load_run(arg: str, runtime: str = "torch") -> VLM:
+    """The VLM a run folder holds, from `PATH[@DIGEST]`. Its spec is `run:<absolute path>@<digest>`
+    (12 hex of the sha256 of model.safetensors), so caches keyed by spec change when the weights do."""
+    folder, want = _split(arg)
+    folder = folder.resolve()
+    config, state = read_run(folder)
+    digest = weights_digest(folder)
+    if want is not None and not digest.startswith(want):
+        raise CacheMismatch(f"run:{folder}@{want} asks for other weights than the folder holds "
+                            f"(@{digest[:12]}): it was retrained; use run:{folder}@{digest[:12]} or drop the @")
+    kind = config["kind"]
+    if kind not in KINDS:
+        raise ZeroshiftError(f"{folder} is a run of kind {kind!r}, which this zeroshift ({__version__}) cannot load; "
+                             f"known kinds: {', '.join(sorted(KINDS))}")
+    spec = f"run:{folder}@{digest[:12]}"
+    vlm = KINDS[kind](folder, {**config, "spec": spec}, state, runtime)
+    vlm.spec = spec
+    _check_dims(folder, config, vlm)
+    vlm.run_folder, vlm.run_config = folder, config
+    return vlm.eval()
