@@ -71,15 +71,15 @@ MODEL_SCHEMES: dict[str, Scheme] = {
 DATA_SCHEMES: dict[str, Scheme] = {
     s.name: s
     for s in [
-        Scheme("folder", _D + "sources:folder", "data", "folder:path/to/images",
+        Scheme("folder", _D + "folder:folder", "data", "folder:path/to/images",
                "class sub-folders of images (or a flat folder, unlabelled)"),
-        Scheme("csv", _D + "sources:csv_source", "data", "csv:pairs.csv",
+        Scheme("csv", _D + "csv_source:csv_source", "data", "csv:pairs.csv",
                "CSV with path,label or path,caption columns"),
-        Scheme("hf", _D + "sources:hf", "data", "hf:cifar10:test",
+        Scheme("hf", _D + "hf:hf", "data", "hf:cifar10:test",
                "Hugging Face datasets (hub name or local folder)", ("datasets",), "datasets"),
-        Scheme("torchvision", _D + "sources:torchvision_source", "data", "torchvision:CIFAR10:test",
+        Scheme("torchvision", _D + "torchvision_source:torchvision_source", "data", "torchvision:CIFAR10:test",
                "torchvision dataset class (root from $ZEROSHIFT_HOME/data)", ("torchvision",), "torchvision"),
-        Scheme("wds", _D + "sources:wds", "data", "wds:shards-{000..099}.tar",
+        Scheme("wds", _D + "wds:wds", "data", "wds:shards-{000..099}.tar",
                "WebDataset tar shards (jpg/png + cls/txt)", ("webdataset",), "webdataset"),
         Scheme("fashion-mnist", _D + "catalogue:fashion_mnist", "data", "fashion-mnist:test",
                "Fashion-MNIST 60k/10k, 10 classes (offline, Debian package)"),

@@ -34,6 +34,7 @@ from .. import paths
 from ..errors import DataError, MissingBackend, SpecError, ZeroshiftError, fetch_failed
 from ..io import atomic_path, write_text
 from .base import BadImage, DataSource
+from .files import files_token, walk_images
 from .images import decode_image, to_rgb
 
 CLIPART_VERSION = "clipart-1"  # bump whenever the clip-art renderer draws differently
@@ -381,18 +382,6 @@ class SyntheticSource(DataSource):
         return {**super().describe(), "renderer": self.renderer}
 
 
-def _files_token(root: Path, relpaths: Sequence[str]) -> str:
-    """Identity of a clip-art set: relative names, sizes and mtimes."""
-    h = hashlib.sha1()
-    for rel in relpaths:
-        try:
-            st = os.stat(root / rel)
-            h.update(f"{rel}\0{st.st_size}:{st.st_mtime_ns};".encode("utf-8", "surrogateescape"))
-        except OSError:
-            h.update(f"{rel}\0-;".encode("utf-8", "surrogateescape"))
-    return h.hexdigest()
-
-
 class ClipartSource(SyntheticSource):
     """The offline renderer: a matching clip art composited on a random background, per row."""
 
@@ -414,7 +403,7 @@ class ClipartSource(SyntheticSource):
         return super()._spec_keys() + ("clipart",)
 
     def _identity(self) -> str:
-        return f"{CLIPART_VERSION}|{_files_token(self.root, self.relpaths)}"
+        return f"{CLIPART_VERSION}|{files_token(self.root, self.relpaths)}"
 
     def describe(self) -> dict:
         return {**super().describe(), "clipart_files": len(self.relpaths),
@@ -540,7 +529,7 @@ def _pipeline_ref(value: str) -> tuple[str, bool]:
 
 def _folder_token(folder: Path) -> str:
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return _files_token(folder, [p.relative_to(folder).as_posix() for p in files])
+    return files_token(folder, [p.relative_to(folder).as_posix() for p in files])
 
 
 def _first_line(error: BaseException) -> str:
@@ -687,7 +676,6 @@ def _clipart_set(value: str) -> tuple[Path, list[str], str]:
     """clipart=DIR|openclipart -> (root, relative image paths, canonical value)."""
     from .catalogue import OPENCLIPART_DIR
     from .fetch import dataset_dir, is_fetched
-    from .sources import walk_images
 
     if value == "openclipart":
         if not is_fetched("openclipart"):
