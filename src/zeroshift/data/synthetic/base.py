@@ -46,6 +46,3 @@ class SyntheticSource(DataSource):
             h.update(self.labels.tobytes())
             self._token = h.hexdigest()
         return self._token
-
-    def describe(self) -> dict:
-        return {**super().describe(), "renderer": self.renderer}

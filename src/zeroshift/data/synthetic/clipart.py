@@ -96,10 +96,6 @@ class ClipartSource(SyntheticSource):
     def _identity(self) -> str:
         return f"{CLIPART_VERSION}|{files_token(self.root, self.relpaths)}"
 
-    def describe(self) -> dict:
-        return {**super().describe(), "clipart_files": len(self.relpaths),
-                "unmatched_classes": list(self.unmatched_classes)}
-
     # -- pieces
 
     def _clipart(self, k: int) -> Image.Image | None:
