@@ -279,6 +279,9 @@ def test_diffusers_renders_once_and_resumes(tmp_path, names):
     again = zeroshift.dataset(s, progress=False)  # a second build reuses every file
     assert again.rendered == 0 and [f.stat().st_mtime_ns for f in files] == mtimes
     files[2].unlink()  # an interrupted run: only the missing image is drawn, and it is the same image
+    stale = ds.folder / f".{files[2].name}.999-deadbeef.tmp"  # the half-written file a killed run left
+    stale.write_bytes(b"half a png")
+    os.utime(stale, (1, 1))
     resumed = zeroshift.dataset(s, progress=False)
     assert resumed.rendered == 1 and [f.stat().st_mtime_ns for f in files[:2]] == mtimes[:2]
     assert np.array_equal(pixels(resumed.load_image(2)), pixels(images[2]))

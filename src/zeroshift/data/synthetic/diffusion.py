@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from PIL import Image
 
 from ... import paths
 from ...errors import DataError, MissingBackend, ZeroshiftError, fetch_failed
-from ...io import atomic_path, write_text
+from ...io import atomic_path, clean_temp, write_json
 from ..base import BadImage
 from ..files import files_token
 from ..images import decode_image, to_rgb
@@ -128,11 +126,9 @@ class DiffusersSource(SyntheticSource):
             return 0
         pipe = self._load_pipeline()
         folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".*.tmp-*"):  # temp files of a killed run
-            if time.time() - stale.stat().st_mtime > 600:
-                stale.unlink(missing_ok=True)
-        write_text(folder / "spec.json", json.dumps(
-            {"spec": self.spec, "fingerprint": self.fingerprint(), "prompts": self.captions}, indent=1))
+        clean_temp(folder, older_than=600)  # a killed run's files, not those of another process rendering now
+        write_json(folder / "spec.json", {"spec": self.spec, "fingerprint": self.fingerprint(),
+                                          "prompts": self.captions}, indent=1)
         bar = tqdm(total=len(missing), unit="img", desc="synthetic", disable=not progress, dynamic_ncols=True)
         try:
             for b in sorted({i // self.batch for i in missing}):
