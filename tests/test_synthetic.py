@@ -11,8 +11,10 @@ from PIL import Image
 
 import zeroshift
 from zeroshift.cache import embed
-from zeroshift.data import fetch, synthetic
+from zeroshift.data import fetch
 from zeroshift.data.catalogue import FASHION_MNIST_CLASSES
+from zeroshift.data.synthetic import clipart_files, prompts
+from zeroshift.data.synthetic.clipart import Style, style_of
 from zeroshift.errors import DataError, MissingBackend, SpecError
 
 
@@ -79,7 +81,7 @@ def test_rows_labels_captions_and_canonical_spec(clipart, names):
     for label, caption in zip(ds.labels, ds.captions):
         assert ds.classes[label] in caption
     assert "a photo of an ankle boot." in ds.prompts and "a photo of a cat." in ds.prompts
-    assert len(set(ds.prompts)) == 5 * len(synthetic.DEFAULT_CONTEXTS)
+    assert len(set(ds.prompts)) == 5 * len(prompts.DEFAULT_CONTEXTS)
     assert ds.spec == (f"synthetic:classes={names},contexts=default,n=23,seed=0,size=48,"
                        f"renderer=clipart,clipart={clipart}")
     assert zeroshift.dataset(ds.spec).fingerprint() == ds.fingerprint()  # the canonical spec rebuilds it
@@ -97,7 +99,7 @@ def test_images_are_deterministic_rgb_and_sized(clipart, names):
     ds = zeroshift.dataset(spec(clipart, names, n=12, size=48))
     first = [pixels(ds.load_image(i)) for i in range(12)]
     assert all(a.shape == (48, 48, 3) for a in first) and ds.load_image(0).mode == "RGB"
-    synthetic._CACHE.clear()  # a cold cache, a reversed order and a fresh build give the same pixels
+    clipart_files._CACHE.clear()  # a cold cache, a reversed order and a fresh build give the same pixels
     again = zeroshift.dataset(spec(clipart, names, n=12, size=48))
     for i in reversed(range(12)):
         assert np.array_equal(pixels(again.load_image(i)), first[i])
@@ -139,17 +141,17 @@ def test_class_names_match_clipart_path_words(clipart, names):
     assert matched["shirt"] == ["clothing/shirt_red.png"]
     assert matched["ankle boot"] == ["clothing/hiking_boot_01.png"]  # falls back to the head word
     assert ds.unmatched_classes == ["unicorn"] and len(matched["unicorn"]) == 6  # any clip art
-    assert synthetic.match_classes(["animal", "t-shirt/top", "tiger"], ds.relpaths)[0].size == 3  # folder words
-    assert synthetic.class_words("t-shirt/top") == [["shirt"], ["top"]]
-    assert synthetic.prompt("a {c} in a scene.", "apple") == "an apple in a scene."
+    assert clipart_files.match_classes(["animal", "t-shirt/top", "tiger"], ds.relpaths)[0].size == 3  # folder words
+    assert clipart_files.class_words("t-shirt/top") == [["shirt"], ["top"]]
+    assert prompts.prompt("a {c} in a scene.", "apple") == "an apple in a scene."
 
 
 def test_context_phrases_drive_the_style(clipart, tmp_path):
-    s = synthetic.style_of
+    s = style_of
     assert s("a close-up photo of a {c}.").scale[0] > s("a photo of a {c}.").scale[0] > s("a small {c}.").scale[1] - 0.5
     assert s("a photo of a small {c}.").scale[1] < 0.5 and s("a black and white photo of a {c}.").gray == 1.0
     assert s("a {c} on a plain background.").background == "plain" and s("a {c} in a scene.").background == "scene"
-    assert s("a photo of a {c}.") == synthetic.Style()
+    assert s("a photo of a {c}.") == Style()
     names = write(tmp_path / "names.txt", "cat\nshirt\n")
     contexts = write(tmp_path / "ctx.txt", "a close-up photo of a {c} on a plain background.\n"
                                             "a photo of a small {c} on a plain background.\n"
@@ -277,6 +279,9 @@ def test_diffusers_renders_once_and_resumes(tmp_path, names):
     again = zeroshift.dataset(s, progress=False)  # a second build reuses every file
     assert again.rendered == 0 and [f.stat().st_mtime_ns for f in files] == mtimes
     files[2].unlink()  # an interrupted run: only the missing image is drawn, and it is the same image
+    stale = ds.folder / f".{files[2].name}.999-deadbeef.tmp"  # the half-written file a killed run left
+    stale.write_bytes(b"half a png")
+    os.utime(stale, (1, 1))
     resumed = zeroshift.dataset(s, progress=False)
     assert resumed.rendered == 1 and [f.stat().st_mtime_ns for f in files[:2]] == mtimes[:2]
     assert np.array_equal(pixels(resumed.load_image(2)), pixels(images[2]))
@@ -303,7 +308,7 @@ def test_real_openclipart_with_fashion_mnist_classes(monkeypatch):
     monkeypatch.delenv("ZEROSHIFT_HOME")
     if not (fetch.is_fetched("openclipart") and fetch.is_fetched("fashion-mnist")):
         pytest.skip("needs `zeroshift data fetch openclipart` and `zeroshift data fetch fashion-mnist`")
-    synthetic._CACHE.clear()
+    clipart_files._CACHE.clear()
     ds = zeroshift.dataset("synthetic:classes=fashion-mnist,n=50,size=96")
     assert ds.classes == FASHION_MNIST_CLASSES and len(ds) == 50
     t0 = time.perf_counter()

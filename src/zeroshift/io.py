@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,12 +73,20 @@ def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2, du
     return write_text(path, json.dumps(payload, indent=indent, default=str, allow_nan=False) + "\n", durable)
 
 
-def clean_temp(folder: str | os.PathLike) -> list[Path]:
-    """Remove the temporary files a killed writer left in `folder`; returns them."""
+def clean_temp(folder: str | os.PathLike, older_than: float = 0.0) -> list[Path]:
+    """Remove the temporary files a killed writer left in `folder`; returns them. With `older_than`
+    (seconds), only files unmodified that long go, so a live writer sharing the folder keeps its own."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = sorted(folder.glob(f".*{TMP_SUFFIX}"))
-    for tmp in removed:
+    now = time.time()
+    removed = []
+    for tmp in sorted(folder.glob(f".*{TMP_SUFFIX}")):
+        try:
+            if older_than and now - tmp.stat().st_mtime <= older_than:
+                continue
+        except OSError:  # already gone
+            continue
         tmp.unlink(missing_ok=True)
+        removed.append(tmp)
     return removed

@@ -45,16 +45,6 @@ class DataSource(abc.ABC):
         """Extra identity (file sizes and mtimes, a checksum); sources override where cheap."""
         return ""
 
-    def describe(self) -> dict:
-        """Small summary for manifests and reports."""
-        return {
-            "spec": self.spec,
-            "rows": len(self),
-            "classes": len(self.classes) if self.classes else 0,
-            "captions": self.captions is not None,
-            "fingerprint": self.fingerprint(),
-        }
-
 
 class BadImage(Exception):
     """An image that could not be decoded; sources raise it, loaders skip, count and list it."""

@@ -16,9 +16,10 @@ import numpy as np
 
 from ..errors import DataError, MissingBackend, MissingWeights, SpecError
 from .fetch import PACKAGES, dataset_dir, fetch, is_fetched
+from .files import FileSource, walk_images
 from .images import DEFAULT_MAX_PIXELS
+from .labels import readable
 from .memory import ArraySource
-from .sources import FileSource, readable, walk_images
 
 # The standard Fashion-MNIST names (zalandoresearch/fashion-mnist README), lower-cased.
 FASHION_MNIST_CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat",

@@ -5,7 +5,6 @@ A fetched dataset lives in `<data dir>/<name>/` with the package's tree unpacked
 """
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from .. import paths
 from ..errors import DataError, SpecError
+from ..io import write_json
 
 # catalogue name -> Debian package
 PACKAGES: dict[str, str] = {
@@ -89,8 +89,5 @@ def fetch(name: str, root: Path | None = None, force: bool = False) -> Path:
             (target / MARKER).unlink(missing_ok=True)
             shutil.rmtree(target)
         partial.rename(target)
-    info = {"name": name, "package": package, "deb": deb.name}
-    tmp_marker = target / (MARKER + ".tmp")
-    tmp_marker.write_text(json.dumps(info) + "\n")
-    tmp_marker.rename(target / MARKER)
+    write_json(target / MARKER, {"name": name, "package": package, "deb": deb.name}, indent=None)
     return target
