@@ -119,7 +119,8 @@ def save_screenshot(driver, *paths: Path) -> None:
 
 
 def test_page_shows_the_rankings_predict_gives(served, browser, tmp_path):
-    from zeroshift.predict import parse_labels, predict
+    from zeroshift.predict import predict
+    from zeroshift.zeroshot.labels import parse_labels
 
     url, models = served
     images = photos()

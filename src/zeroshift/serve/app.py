@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import MissingBackend, ZeroshiftError
 from ..models.vlm import VLM
+from ..zeroshot.labels import parse_labels
 from .engine import (
     MAX_TEMPLATES,
     MAX_TEXT_CHARS,
@@ -28,7 +29,6 @@ from .engine import (
     TooLarge,
     decode_base64,
     one_line,
-    split_labels,
 )
 
 try:
@@ -363,7 +363,7 @@ def classify_fields(kind: str, body: bytes, content_type: str, cfg: ServeConfig)
         if "images" not in data:
             raise RequestError('no images given: add "images": [{"name": ..., "data": BASE64}, ...]')
         images = _json_images(data["images"], cfg.max_images)
-        labels = _string_list(data.get("labels"), "labels", split_labels)
+        labels = _string_list(data.get("labels"), "labels", parse_labels)
         templates = _string_list(data.get("templates"), "templates", str.splitlines)
         models = _string_list(data.get("model"), "model", lambda s: [s])
     else:
@@ -374,7 +374,7 @@ def classify_fields(kind: str, body: bytes, content_type: str, cfg: ServeConfig)
                                    "templates and model")
         images = _form_images(parts)
         text = _form_single(parts, "labels")
-        labels = split_labels(text) if text is not None else None
+        labels = parse_labels(text) if text is not None else None
         text = _form_single(parts, "templates")
         templates = text.splitlines() if text and text.strip() else None
         models = [m for m in (p.text().strip() for p in parts if p.name == "model") if m] or None

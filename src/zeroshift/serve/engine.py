@@ -117,12 +117,6 @@ def one_line(error: BaseException) -> str:
 # ---------------------------------------------------------------- request checks
 
 
-def split_labels(text: str) -> list[str]:
-    """Labels from "a,b,c" or newline-separated text, as `zeroshift predict` splits them (never a file)."""
-    sep = "\n" if "\n" in text else ","
-    return [s.strip() for s in text.split(sep) if s.strip()]
-
-
 def check_labels(labels: Sequence[str], limit: int) -> list[str]:
     """Stripped labels; RequestError on none, blank, duplicate or overlong ones, TooLarge beyond `limit`."""
     if not labels:
