@@ -1,10 +1,12 @@
 """`zeroshift serve`: an HTTP service (FastAPI) and web page for zero-shot classification with served models.
 
-`engine` holds the models, the label-embedding cache and request batching (no web framework needed);
+No web framework below the engine: `config` (ServeConfig), `errors`, `checks` (request fields against
+the limits), `batcher`, `served` (one model) and `engine` (the models, the label cache, the work).
 `app` is the HTTP layer (`create_app`), imported only when serving, as it needs `zeroshift[serve]`.
 """
 from __future__ import annotations
 
-from .engine import Engine, ServeConfig, bind_warning
+from .config import ServeConfig, bind_warning
+from .engine import Engine
 
 __all__ = ["Engine", "ServeConfig", "bind_warning"]

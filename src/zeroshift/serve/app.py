@@ -19,17 +19,10 @@ from typing import Any
 from ..errors import MissingBackend, ZeroshiftError
 from ..models.vlm import VLM
 from ..zeroshot.labels import parse_labels
-from .engine import (
-    MAX_TEMPLATES,
-    MAX_TEXT_CHARS,
-    Busy,
-    Engine,
-    RequestError,
-    ServeConfig,
-    TooLarge,
-    decode_base64,
-    one_line,
-)
+from .checks import decode_base64
+from .config import MAX_NAME, MAX_TEMPLATES, MAX_TEXT_CHARS, ServeConfig
+from .engine import Engine
+from .errors import Busy, RequestError, TooLarge, Unsupported, one_line
 
 try:
     from fastapi import FastAPI, Request
@@ -47,7 +40,6 @@ __all__ = ["ServeConfig", "create_app"]
 
 log = logging.getLogger("zeroshift.serve")
 STATIC = Path(__file__).with_name("static")
-MAX_NAME = 200  # characters of an image name kept
 _STATIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MISSING_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>zeroshift</title></head><body>
 <h1>zeroshift serve</h1><p>The web page is not installed (no static/index.html in this zeroshift package).
@@ -185,12 +177,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:
         raise RequestError("the client went away before sending the whole body") from None
     return b"".join(chunks)
-
-
-class Unsupported(RequestError):
-    """A body of another media type than multipart/form-data or JSON."""
-
-    status = 415
 
 
 @dataclass
