@@ -2,7 +2,8 @@
 
 No web framework below the engine: `config` (ServeConfig), `errors`, `checks` (request fields against
 the limits), `batcher`, `served` (one model) and `engine` (the models, the label cache, the work).
-`app` is the HTTP layer (`create_app`), imported only when serving, as it needs `zeroshift[serve]`.
+The HTTP layer needs `zeroshift[serve]` and is imported only when serving: `multipart` and `bodies`
+(request parsing), `schemas` (the OpenAPI document), `routes`, and `app` (`create_app`).
 """
 from __future__ import annotations
 
