@@ -36,14 +36,16 @@ from zeroshift.data.images import decode_image
 from zeroshift.data.templates import get_templates
 from zeroshift.errors import ZeroshiftError
 from zeroshift.models.transforms import one_thread
-from zeroshift.predict import parse_labels, predict
+from zeroshift.predict import predict
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights
+from zeroshift.zeroshot.labels import parse_labels
 
 HERE = Path(__file__).parent
 LABELS = "astronaut,cat,dog,cup of coffee,rocket,flag,car,tree,house,person"
 SERVER = """
 import sys, uvicorn
-from zeroshift.serve.app import ServeConfig, create_app
+from zeroshift.serve.app import create_app
+from zeroshift.serve.config import ServeConfig
 from zeroshift.specs import load
 spec, port, runtime = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 app = create_app(ServeConfig(models=(spec,)), models={spec: load(spec, runtime=runtime)})

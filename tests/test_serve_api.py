@@ -24,7 +24,7 @@ from zeroshift.cli.main import main
 from zeroshift.models.tiny import create
 from zeroshift.predict import predict
 from zeroshift.serve.app import create_app
-from zeroshift.serve.engine import ServeConfig, bind_warning
+from zeroshift.serve.config import ServeConfig, bind_warning
 
 NAMES = ("tiny-clip:seed=0", "tiny-clip:seed=1")
 LABELS = ["red", "green", "blue", "a yellow banana"]

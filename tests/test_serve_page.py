@@ -48,7 +48,8 @@ def free_port() -> int:
 def served():
     """(base URL, {spec: vlm}) of the app serving two tiny-clip models from a uvicorn thread."""
     uvicorn = pytest.importorskip("uvicorn")
-    from zeroshift.serve.app import ServeConfig, create_app
+    from zeroshift.serve.app import create_app
+    from zeroshift.serve.config import ServeConfig
     from zeroshift.specs import load
 
     models = {spec: load(spec) for spec in SPECS}
@@ -119,7 +120,8 @@ def save_screenshot(driver, *paths: Path) -> None:
 
 
 def test_page_shows_the_rankings_predict_gives(served, browser, tmp_path):
-    from zeroshift.predict import parse_labels, predict
+    from zeroshift.predict import predict
+    from zeroshift.zeroshot.labels import parse_labels
 
     url, models = served
     images = photos()

@@ -13,6 +13,7 @@ from zeroshift.data.templates import dataset_key, get_templates, imagenet_classe
 from zeroshift.errors import DataError, ZeroshiftError
 from zeroshift.models.tiny import create
 from zeroshift.zeroshot.classifier import check_classnames, classify, zeroshot_weights
+from zeroshift.zeroshot.labels import parse_labels
 from zeroshift.zeroshot.metrics import (
     accuracy, caption_groups, classification_metrics, flat_hit, mean_per_class_recall, retrieval_metrics,
 )
@@ -112,6 +113,17 @@ def test_class_names_are_stripped_and_templates_need_the_slot():
     assert check_classnames([" cat", "dog "]) == ["cat", "dog"]
     with pytest.raises(ZeroshiftError, match="{c}"):
         zeroshot_weights(TableVLM(), ["cat"], ["a photo"])
+
+
+def test_label_text_splits_at_newlines_else_commas_and_reads_files_only_when_asked(tmp_path):
+    assert parse_labels("cat, dog ,, a red bird") == ["cat", "dog", "a red bird"]
+    assert parse_labels("cat, striped\r\n\ndog\n") == ["cat, striped", "dog"]  # a newline: lines, commas kept
+    assert parse_labels(" , ,") == [] and parse_labels("") == []
+    path = tmp_path / "labels.txt"
+    path.write_text("tabby cat\ngolden dog\n", encoding="utf-8")
+    assert parse_labels(str(path), files=True) == ["tabby cat", "golden dog"]
+    assert parse_labels(str(path)) == [str(path)]  # the service never opens a file
+    assert parse_labels(str(tmp_path / "absent.txt"), files=True) == [str(tmp_path / "absent.txt")]
 
 
 # ---------------------------------------------------------------- templates

@@ -15,15 +15,6 @@ from .specs import load
 from .zeroshot.classifier import classify, zeroshot_weights
 
 
-def parse_labels(text: str) -> list[str]:
-    """Labels from "a,b,c", from newline-separated text, or from a .txt file (one per line)."""
-    path = Path(text)
-    if text.endswith(".txt") and path.is_file():
-        text = path.read_text(encoding="utf-8")
-    sep = "\n" if "\n" in text else ","
-    return [s.strip() for s in text.split(sep) if s.strip()]
-
-
 def predict(
     model, images: Sequence[str | Path], labels: Sequence[str], templates: str | None = None,
     runtime: str = "auto", batch_size: int = 32,

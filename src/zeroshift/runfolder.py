@@ -186,11 +186,8 @@ def weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config, state) of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+def read_config(folder: str | os.PathLike) -> dict:
+    """The config.json of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
     folder = Path(folder).expanduser()
     if _PARTIAL.search(folder.name):
         raise CacheError(f"{folder} is an unfinished run (the staging folder of a run that did not complete)")
@@ -207,6 +204,16 @@ def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CacheError(f"{config_file} is not readable JSON: {str(e).splitlines()[0]}") from None
     if not isinstance(config, dict) or any(k not in config for k in REQUIRED):
         raise CacheError(f"{config_file} is incomplete: it needs {' and '.join(REQUIRED)}")
+    return config
+
+
+def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, state) of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder).expanduser()
+    config = read_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise CacheError(f"{folder} is incomplete: no {WEIGHTS}")
     try:

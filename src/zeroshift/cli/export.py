@@ -28,10 +28,10 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(cfg: ExportConfig) -> int:
     from zeroshift.export import export
-    from zeroshift.predict import parse_labels
+    from zeroshift.zeroshot.labels import parse_labels
 
-    path = export(cfg.model, parse_labels(cfg.labels), cfg.out, format=cfg.format, templates=cfg.templates,
-                  check=cfg.check)
+    labels = parse_labels(cfg.labels, files=True)
+    path = export(cfg.model, labels, cfg.out, format=cfg.format, templates=cfg.templates, check=cfg.check)
     sidecar = json.loads(Path(str(path) + ".json").read_text(encoding="utf-8"))
     check = sidecar.get("check") or {}
     row = (str(path), round(path.stat().st_size / 1e6, 2), len(sidecar["labels"]),

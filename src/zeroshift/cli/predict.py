@@ -26,9 +26,11 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(cfg: PredictConfig) -> int:
-    from zeroshift.predict import parse_labels, predict
+    from zeroshift.predict import predict
+    from zeroshift.zeroshot.labels import parse_labels
 
-    results = predict(cfg.model, cfg.images, parse_labels(cfg.labels), templates=cfg.templates, runtime=cfg.runtime)
+    labels = parse_labels(cfg.labels, files=True)
+    results = predict(cfg.model, cfg.images, labels, templates=cfg.templates, runtime=cfg.runtime)
     if cfg.json:
         print(json.dumps({"model": cfg.model, "results": results}, indent=2))
         return 0

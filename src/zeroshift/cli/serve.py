@@ -8,7 +8,7 @@ from .options import add_options, from_args
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    from zeroshift.serve.engine import ServeConfig
+    from zeroshift.serve.config import ServeConfig
 
     add_options(parser, ServeConfig)
     for action in parser._actions:  # `--model A --model B` adds up (a generated list option would replace)
@@ -22,7 +22,7 @@ def run(cfg) -> int:
     """Load the models, then serve until interrupted."""
     from zeroshift.errors import MissingBackend
     from zeroshift.serve.app import create_app
-    from zeroshift.serve.engine import bind_warning
+    from zeroshift.serve.config import bind_warning
 
     try:
         import uvicorn

@@ -1,10 +1,13 @@
 """`zeroshift serve`: an HTTP service (FastAPI) and web page for zero-shot classification with served models.
 
-`engine` holds the models, the label-embedding cache and request batching (no web framework needed);
-`app` is the HTTP layer (`create_app`), imported only when serving, as it needs `zeroshift[serve]`.
+No web framework below the engine: `config` (ServeConfig), `errors`, `checks` (request fields against
+the limits), `batcher`, `served` (one model) and `engine` (the models, the label cache, the work).
+The HTTP layer needs `zeroshift[serve]` and is imported only when serving: `multipart` and `bodies`
+(request parsing), `schemas` (the OpenAPI document), `routes`, and `app` (`create_app`).
 """
 from __future__ import annotations
 
-from .engine import Engine, ServeConfig, bind_warning
+from .config import ServeConfig, bind_warning
+from .engine import Engine
 
 __all__ = ["Engine", "ServeConfig", "bind_warning"]
