@@ -17,7 +17,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,21 +199,6 @@ def readme(outcomes: list[Outcome], out: Path, argv: list[str], started: datetim
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """`text` into `path` through a temporary file beside it and a rename, with the usual permissions."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
@@ -238,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(HERE))
     from common import machine
 
-    write_atomic(out / "README.md", readme(outcomes, out, argv, started, total, machine()))
+    from zeroshift.io import write_text
+
+    write_text(out / "README.md", readme(outcomes, out, argv, started, total, machine()))
     print("\n" + "\n".join(f"{o.name:18s} {'ok' if o.ok else 'FAILED':7s} {o.seconds:7.0f} s" for o in outcomes))
     print(f"wrote {out / 'README.md'}")
     return 0 if all(o.ok for o in outcomes) else 1

@@ -20,13 +20,12 @@ import json
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import TowerEvalSet, machine, vlm_scores
+from common import CallTimer, TowerEvalSet, machine, timed, vlm_scores, write_results
 
 import zeroshift
 from zeroshift.methods import align as align_module
@@ -69,9 +68,8 @@ def train_row(args, work: Path, name: str, evals: list[TowerEvalSet], noise: flo
     """Train one aligned VLM and score it zero-shot on every eval set."""
     cfg = config(args, work / f"{name.replace(' ', '-')}-noise{noise:g}", noise=noise, **opts)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    vlm = align(cfg, progress=False)
-    wall = time.perf_counter() - t0
+    trained = timed(lambda: align(cfg, progress=False))
+    vlm, wall = trained.result, trained.best
     run = json.loads((Path(cfg.out) / "config.json").read_text())
     row = {"row": name, "noise": noise, "loss": cfg.loss, "options": opts, "batch_size": cfg.batch_size,
            "steps": run["train"]["steps"], "train_s": run["seconds"]["train"], "wall_s": wall, "load1": load,
@@ -86,32 +84,9 @@ def train_row(args, work: Path, name: str, evals: list[TowerEvalSet], noise: flo
     return row
 
 
-class _Timed:
-    """Replaces `module.name` by a wrapper adding each call's seconds to `self.seconds` (restored on exit)."""
-
-    def __init__(self, module, name: str) -> None:
-        self.module, self.name, self.seconds = module, name, 0.0
-
-    def __enter__(self) -> _Timed:  # noqa: PYI034
-        self.original = getattr(self.module, self.name)
-
-        def timed(*a, **k):
-            t0 = time.perf_counter()
-            try:
-                return self.original(*a, **k)
-            finally:
-                self.seconds += time.perf_counter() - t0
-
-        setattr(self.module, self.name, timed)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        setattr(self.module, self.name, self.original)
-
-
-def _stepper(args, loss: str) -> Callable[[], float]:
-    """A function running one training step of `loss` at batch TIMED_BATCH on cached features (as the loop
-    does it: step, backward, gradient clipping, AdamW, EMA update) and returning its seconds."""
+def _stepper(args, loss: str) -> tuple[Callable[[], dict], Callable[[dict], None]]:
+    """(next batch, one step): the batches of TIMED_BATCH cached pairs and a training step of `loss` on one
+    (as the loop does it: step, backward, gradient clipping, AdamW, EMA update)."""
     cfg = config(args, Path("unused"), loss=loss, batch_size=TIMED_BATCH)
     pairs = collect_pairs([zeroshift.dataset(s) for s in PAIRS], cfg.noise, cfg.seed)
     image_tower, text_tower = tower(IMAGE, "image", cfg.runtime), tower(TEXT, "text")
@@ -123,9 +98,7 @@ def _stepper(args, loss: str) -> Callable[[], float]:
     batches = (b for epoch in itertools.count() for b in rows.batches(TIMED_BATCH, 0)(epoch)
                if len(b["caption"]) == TIMED_BATCH)
 
-    def one_step() -> float:
-        batch = next(batches)
-        t0 = time.perf_counter()
+    def one_step(batch: dict) -> None:
         terms, _ = task.step(batch)
         loss_value = torch.stack(list(terms.values())).sum()
         optimizer.zero_grad(set_to_none=True)
@@ -133,9 +106,8 @@ def _stepper(args, loss: str) -> Callable[[], float]:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         task.after_step()
-        return time.perf_counter() - t0
 
-    return one_step
+    return lambda: next(batches), one_step
 
 
 def step_times(args, steps: int, threads: list[int], warmup: int = 5) -> dict:
@@ -149,17 +121,16 @@ def step_times(args, steps: int, threads: list[int], warmup: int = 5) -> dict:
         for n in threads:
             torch.set_num_threads(n)
             res = {"threads": n, "load1": os.getloadavg()[0]}
-            for loss, one_step in steppers.items():
-                for _ in range(warmup):
-                    one_step()
-                clean = [one_step() for _ in range(steps)]
+            for loss, (next_batch, one_step) in steppers.items():  # the batch is fetched outside the clock
+                clean = timed(one_step, steps, warmup, setup=next_batch).seconds
                 res[loss] = {"step_ms": 1e3 * statistics.median(clean), "step_ms_all": [1e3 * s for s in clean]}
             soft, sink, timed_steps = [], [], []
+            next_batch, ot_step = steppers["ot"]
             for _ in range(steps):
-                with _Timed(align_module, "ot_soft_label_pair") as a, _Timed(sinkhorn_module, "sinkhorn") as s:
-                    timed_steps.append(steppers["ot"]())
-                soft.append(a.seconds)
-                sink.append(s.seconds)
+                with CallTimer(align_module, "ot_soft_label_pair") as a, CallTimer(sinkhorn_module, "sinkhorn") as s:
+                    timed_steps.append(timed(ot_step, setup=next_batch).best)
+                soft.append(sum(a.seconds))
+                sink.append(sum(s.seconds))
             res["ot"].update({  # shares: median over steps of (part / that same step), robust to load swings
                 "step_ms_instrumented": 1e3 * statistics.median(timed_steps),
                 "ot_soft_labels_ms": 1e3 * statistics.median(soft), "sinkhorn_ms": 1e3 * statistics.median(sink),
@@ -380,11 +351,8 @@ def write(result: dict, out: Path) -> None:
              "direction, so retrieval gaps of that size (including most ot − infonce gaps above) are within noise."),
         "", "align.json holds every number (and the per-step timings); align.png plots tux R@5 and accuracy by loss.",
     ]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "align.md").write_text("\n".join(lines) + "\n")
-    (out / "align.json").write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    write_results(out, "align", "\n".join(lines) + "\n", result)
     plot(result, out / "align.png")
-    print("\n".join(lines))
 
 
 def plot(result: dict, path: Path) -> None:

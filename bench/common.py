@@ -1,8 +1,17 @@
-"""What the benchmarks share: scoring a model's image features against the teacher's on an eval set."""
+"""What the benchmarks share: timing (timed, in_turns, CallTimer), writing results (write_results, with the
+machine, load and date), and scoring a model's image features against the teacher's on an eval set."""
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,11 +19,119 @@ import torch.nn.functional as F
 import zeroshift
 from zeroshift.data.templates import get_templates
 from zeroshift.errors import ZeroshiftError
+from zeroshift.io import write_text
 from zeroshift.report import wilson_interval
 from zeroshift.zeroshot.classifier import check_classnames, zeroshot_weights
 from zeroshift.zeroshot.metrics import caption_groups, retrieval_metrics
 
+STARTED = datetime.datetime.now(datetime.UTC), os.getloadavg()[0]  # at import: when the benchmark started
 
+
+# ---------------------------------------------------------------- timing
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each timed call (time.perf_counter) and what the last call returned."""
+
+    seconds: list[float]
+    result: Any = None
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def total(self) -> float:
+        return sum(self.seconds)
+
+
+def _call(fn: Callable, sync: Callable[[], None] | None, setup: Callable[[], Any] | None) -> tuple[float, Any]:
+    """Seconds of one call of fn (given setup()'s result, made before the clock starts) and its result."""
+    args = () if setup is None else (setup(),)
+    if sync:
+        sync()
+    t0 = time.perf_counter()
+    result = fn(*args)
+    if sync:
+        sync()  # a device's queued work belongs to the call
+    return time.perf_counter() - t0, result
+
+
+def in_turns(fns: Mapping[str, Callable], repeats: int = 1, warmup: int = 0, sync: Callable[[], None] | None = None,
+             setup: Callable[[], Any] | None = None) -> dict[str, Timing]:
+    """Each function called once per turn, all in turns (so load on the machine hits them alike): `warmup`
+    untimed turns, then `repeats` timed ones. `sync` (torch.cuda.synchronize) runs around each timed call;
+    `setup`, when given, makes each call's argument outside the clock."""
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, Any] = {}
+    for turn in range(warmup + repeats):
+        for name, fn in fns.items():
+            s, results[name] = _call(fn, sync, setup)
+            if turn >= warmup:
+                seconds[name].append(s)
+    return {name: Timing(seconds[name], results.get(name)) for name in fns}
+
+
+def timed(fn: Callable, repeats: int = 1, warmup: int = 0, sync: Callable[[], None] | None = None,
+          setup: Callable[[], Any] | None = None) -> Timing:
+    """`repeats` timed calls of fn after `warmup` untimed ones (in_turns of one function)."""
+    return in_turns({"fn": fn}, repeats, warmup, sync, setup)["fn"]
+
+
+class CallTimer:
+    """Within `with`, `module.name` is wrapped to add each call's seconds to `self.seconds` (restored on exit):
+    the time a part takes inside a bigger timed step."""
+
+    def __init__(self, module: Any, name: str, sync: Callable[[], None] | None = None) -> None:
+        self.module, self.name, self.sync, self.seconds = module, name, sync, []
+
+    def __enter__(self) -> CallTimer:  # noqa: PYI034
+        self.original = getattr(self.module, self.name)
+
+        def wrapped(*args, **kwargs):
+            seconds, out = _call(lambda: self.original(*args, **kwargs), self.sync, None)
+            self.seconds.append(seconds)
+            return out
+
+        setattr(self.module, self.name, wrapped)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        setattr(self.module, self.name, self.original)
+
+
+# ---------------------------------------------------------------- results
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+
+
+def conditions() -> dict[str, Any]:
+    """The machine, the 1-min load average when the benchmark started and now, and its start date (UTC)."""
+    return {"machine": machine(), "load_avg_1min": [STARTED[1], os.getloadavg()[0]],
+            "date": STARTED[0].isoformat(timespec="seconds")}
+
+
+def write_results(out: str | os.PathLike, name: str, text: str, result: dict, footer: bool = True) -> Path:
+    """OUT/NAME.md (`text`, and with `footer` a last line giving the machine, load and date) and OUT/NAME.json
+    (`result` with conditions() where it has none of its own), each written atomically; the markdown is also
+    printed. Returns the json's path."""
+    folder = Path(out)
+    payload = {**conditions(), **result}
+    if footer:
+        load = payload["load_avg_1min"]
+        text += (f"\nRun on {payload['machine']}, {payload['date'].replace('T', ' ')}; 1-min load average "
+                 f"{load[0]:.1f} at the start, {load[-1]:.1f} at the end.\n")
+    write_text(folder / f"{name}.md", text)
+    path = write_text(folder / f"{name}.json", json.dumps(payload, indent=2, default=str) + "\n")  # NaN kept as NaN
+    print(text, end="")
+    return path
+
+
+# ---------------------------------------------------------------- scoring against a teacher
 def features(model, spec: str) -> zeroshift.cache.Features:
     return zeroshift.embed(model, spec, progress=False)
 
@@ -59,24 +176,6 @@ class EvalSet:
         if r:
             out["R@1"], out["R@5"] = r["image_retrieval_recall@1"], r["image_retrieval_recall@5"]
         return out
-
-
-
-def write_results(out: str | os.PathLike, name: str, text: str, result: dict) -> None:
-    """OUT/NAME.md and OUT/NAME.json, then the markdown on stdout."""
-    import json
-    from pathlib import Path
-
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.md").write_text(text)
-    (folder / f"{name}.json").write_text(json.dumps(result, indent=2))
-    print(text, end="")
-
-
-def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 # ---------------------------------------------------------------- VLMs made of frozen towers and heads

@@ -27,9 +27,7 @@ import contextlib
 import dataclasses
 import gc
 import itertools
-import json
 import logging
-import os
 import platform
 import re
 import statistics
@@ -37,12 +35,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import machine
+from common import CallTimer, conditions, timed, write_results
 from torch import nn
 
 import zeroshift
@@ -155,16 +152,7 @@ class Bench:
 
     def timed(self, fn: Callable[[], Any]) -> list[float]:
         """Seconds of each of cfg.steps calls of `fn` (synchronised), after cfg.warmup untimed calls."""
-        for _ in range(self.cfg.warmup):
-            fn()
-        self.sync()
-        seconds = []
-        for _ in range(self.cfg.steps):
-            t0 = time.perf_counter()
-            fn()
-            self.sync()
-            seconds.append(time.perf_counter() - t0)
-        return seconds
+        return timed(fn, self.cfg.steps, self.cfg.warmup, self.sync).seconds
 
     def loop(self, task: nn.Module, batch: dict, options: TrainConfig) -> list[float]:
         """Seconds of each timed step of zeroshift's training loop on `task`, fed the same `batch` each step."""
@@ -388,30 +376,6 @@ def align_locked(b: Bench) -> dict:
                 f"{image_dim}-d / {text_dim}-d features", unit="pairs", trained_params=param_count(task.heads))
 
 
-class SinkhornTimer:
-    """Replaces sinkhorn.sinkhorn by a wrapper noting each call's synchronised seconds (restored on exit)."""
-
-    def __init__(self, sync: Callable[[], None]) -> None:
-        self.sync, self.seconds = sync, []
-
-    def __enter__(self) -> SinkhornTimer:  # noqa: PYI034
-        self.original = sinkhorn_module.sinkhorn
-
-        def timed(*args, **kwargs):
-            self.sync()
-            t0 = time.perf_counter()
-            out = self.original(*args, **kwargs)
-            self.sync()
-            self.seconds.append(time.perf_counter() - t0)
-            return out
-
-        sinkhorn_module.sinkhorn = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        sinkhorn_module.sinkhorn = self.original
-
-
 def align_targets(b: Bench) -> dict:
     """The ot loss's targets alone (align.soft_targets: costs, both Sinkhorn problems in one call, mixing)."""
     cfg = align_config("finetune")
@@ -424,7 +388,7 @@ def align_targets(b: Bench) -> dict:
         with b.autocast():
             return soft_targets(cfg, n, b.device, teacher)  # [N, N] each
 
-    with SinkhornTimer(b.sync) as sink:
+    with CallTimer(sinkhorn_module, "sinkhorn", b.sync) as sink:  # each call's synchronised seconds
         seconds = b.timed(step)
     sinkhorn_s = sink.seconds[-len(seconds):]
     return rate(seconds, n, f"OTTER ot targets over the batch ({cfg.sinkhorn_iters} Sinkhorn iterations, two "
@@ -550,15 +514,15 @@ def environment(b: Bench) -> dict:
         open_clip_version = open_clip.__version__
     except ImportError:
         open_clip_version = None
+    started = conditions()  # the load average at the end is the writer's
     return {
         "device": torch.cuda.get_device_name(b.device) if b.device.type == "cuda" else platform.processor() or "cpu",
-        "device_tag": device_tag(b.device), "machine": machine(), "precision": b.cfg.precision,
+        "device_tag": device_tag(b.device), "machine": started["machine"], "precision": b.cfg.precision,
         "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
         "transformers": transformers.__version__, "open_clip": open_clip_version, "zeroshift": zeroshift.__version__,
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32, "cudnn_benchmark": torch.backends.cudnn.benchmark,
-        "load1": os.getloadavg()[0], "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "options": dataclasses.asdict(b.cfg),
+        "date": started["date"], "options": dataclasses.asdict(b.cfg),
     }
 
 
@@ -603,17 +567,11 @@ def run(cfg: CostsConfig) -> Path:
     for r in combined:
         parts = ", ".join(f"{k} {100 * f:.1f}%" for k, f in r["fractions"].items())
         print(f"{r['name']:40s} {r['items_per_s']:10.1f}/s  {r['s_per_1m']:10.1f} s/1M  ({parts})", flush=True)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"costs-{env['device_tag']}-{cfg.precision}"
-    payload = {**env, "measurements": rows, "composites": combined}
-    for path, text in ((stem.with_suffix(".json"), json.dumps(payload, indent=2) + "\n"),
-                       (stem.with_suffix(".md"), markdown(env, rows, combined))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
-    print(f"wrote {stem}.json and .md", flush=True)
-    return stem.with_suffix(".json")
+    name = f"costs-{env['device_tag']}-{cfg.precision}"
+    path = write_results(cfg.out, name, markdown(env, rows, combined), {**env, "measurements": rows,
+                                                                        "composites": combined})
+    print(f"wrote {path.with_suffix('')}.json and .md", flush=True)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

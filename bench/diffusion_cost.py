@@ -11,12 +11,11 @@ latents, and the VAE decoder to 512 x 512 pixels. Speed does not depend on the w
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import time
 from pathlib import Path
 
 import torch
+from common import timed, write_results
 from projection import decode_ms
 
 HERE = Path(__file__).parent
@@ -34,22 +33,6 @@ def build(device: str, dtype: torch.dtype):
     return [m.to(device, dtype).eval() for m in (unet, vae, text)]
 
 
-def timed(fn, steps: int, warmup: int, device: str) -> float:
-    """Median seconds of one call."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 @torch.no_grad()
 def measure(args) -> dict:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
@@ -59,12 +42,11 @@ def measure(args) -> dict:
     cond = text(ids).last_hidden_state  # [2B, 77, 768]
     latents = torch.randn(2 * b, 4, 64, 64, device=args.device, dtype=dtype)  # CFG: both halves in one batch
     t = torch.tensor(500, device=args.device)
-    parts = {
-        "text encoder (once per batch)": timed(lambda: text(ids), args.steps, args.warmup, args.device),
-        "UNet step (cond + uncond)": timed(lambda: unet(latents, t, encoder_hidden_states=cond), args.steps,
-                                           args.warmup, args.device),
-        "VAE decode to 512 px": timed(lambda: vae.decode(latents[:b] / 0.18215), args.steps, args.warmup, args.device),
-    }
+    calls = {"text encoder (once per batch)": lambda: text(ids),
+             "UNet step (cond + uncond)": lambda: unet(latents, t, encoder_hidden_states=cond),
+             "VAE decode to 512 px": lambda: vae.decode(latents[:b] / 0.18215)}
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
+    parts = {what: timed(fn, args.steps, args.warmup, sync).median for what, fn in calls.items()}  # seconds per call
     per_batch = parts["text encoder (once per batch)"] + args.denoise * parts["UNet step (cond + uncond)"] \
         + parts["VAE decode to 512 px"]
     name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
@@ -76,10 +58,8 @@ def measure(args) -> dict:
             "host_decode_ms": decode_ms()}  # this host's per-core JPEG decode, for bench/projection.py
 
 
-def write(r: dict, out: Path) -> Path:
+def write(r: dict, out: Path) -> None:
     tag = "cpu" if r["device"] == "cpu" else (re.findall(r"[A-Z]\d{2,3}", r["device"]) or ["gpu"])[0].lower()
-    stem = out / f"diffusion_cost-{tag}"
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=1) + "\n")
     lines = [f"# Synthetic-image rendering cost: {r['device']}, {r['precision']}", "",
              f"SD-1.5-shaped pipeline, random weights (UNet {r['params']['unet'] / 1e6:.0f}M, VAE "
              f"{r['params']['vae'] / 1e6:.0f}M, text {r['params']['text'] / 1e6:.0f}M parameters); batch {r['batch']} "
@@ -89,8 +69,7 @@ def write(r: dict, out: Path) -> Path:
     lines += ["", f"**{r['images_per_s']:.1f} images/s** ({r['s_per_image'] * 1e3:.1f} ms per 512 px image)"
               + (f", peak memory {r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] else "") + ".",
               "", f"One core of this host decodes a 500 x 375 JPEG into a 224 px input in {r['host_decode_ms']:.2f} ms."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return stem
+    write_results(out, f"diffusion_cost-{tag}", "\n".join(lines) + "\n", r)
 
 
 def main() -> None:
@@ -108,10 +87,7 @@ def main() -> None:
         args.batch, args.steps, args.warmup = 1, 1, 0
     if args.device == "cpu" and args.precision == "fp16":
         args.precision = "fp32"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = write(measure(args), out)
-    print(stem.with_suffix(".md").read_text())
+    write(measure(args), Path(args.out))
 
 
 if __name__ == "__main__":

@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from common import EvalSet, agreement_plot, features, machine
+from common import (
+    EvalSet,
+    agreement_plot,
+    features,
+    in_turns,
+    machine,
+    timed,
+    write_results,
+)
 
 import zeroshift
 from zeroshift.methods.distill import LOSSES, DistillConfig, distill
@@ -40,15 +46,9 @@ def side_by_side(encoders: dict[str, object], batch: int = 64, repeats: int = 7)
     """Model-only images per second of each encoder: one preprocessed batch each, timed in turns
     (so load on the machine hits all alike), median of `repeats` after a warm-up."""
     inputs = {name: probe_batch(enc.image_transform, batch) for name, enc in encoders.items()}  # [batch, 3, H, W]
-    times: dict[str, list[float]] = {name: [] for name in encoders}
-    for name, enc in encoders.items():
-        enc.encode_image(inputs[name])  # warm-up (and ONNX session creation)
-    for _ in range(repeats):
-        for name, enc in encoders.items():
-            t0 = time.perf_counter()
-            enc.encode_image(inputs[name])
-            times[name].append(time.perf_counter() - t0)
-    return {name: batch / statistics.median(t) for name, t in times.items()}
+    calls = {name: (lambda enc=enc, x=inputs[name]: enc.encode_image(x)) for name, enc in encoders.items()}
+    turns = in_turns(calls, repeats, warmup=1)  # the warm-up turn also creates the ONNX sessions
+    return {name: batch / t.median for name, t in turns.items()}
 
 
 def speeds(student_spec: str) -> dict[str, dict[str, float]]:
@@ -77,13 +77,13 @@ def run(args) -> dict:
         for loss in losses:
             cfg = DistillConfig(teacher=TEACHER, data=specs, out=str(work / f"{data_name}-{loss}"), student=args.student,
                                 loss=loss, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0)
-            t0 = time.perf_counter()
             if args.from_runs:  # score the runs an earlier invocation trained (the same configs)
                 vlm = zeroshift.load(f"run:{cfg.out}", runtime="auto")
             else:
-                vlm = distill(cfg, progress=False)
+                trained = timed(lambda cfg=cfg: distill(cfg, progress=False))
+                vlm = trained.result
             config = json.loads((Path(cfg.out) / "config.json").read_text())
-            seconds = time.perf_counter() - t0 if not args.from_runs else config["seconds"]["total"]
+            seconds = trained.best if not args.from_runs else config["seconds"]["total"]
             if config["options"] != {**json.loads(json.dumps(asdict(cfg))), "out": config["options"]["out"]}:
                 raise SystemExit(f"{cfg.out} was trained with other options than this invocation's")
             scores = {e.spec: e.score(torch.from_numpy(_aligned(features(vlm, e.spec), e))) for e in evals}
@@ -146,11 +146,8 @@ def write(result: dict, out: Path) -> None:
               "train that is the label itself, so the real contrastive-text row is a supervised classifier of the "
               "evaluation classes, not a zero-shot distillation (its high Fashion-MNIST accuracy, low agreement). "
               "The synthetic prompts are built from the evaluation class names, as in the paper's setting."]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "distill.md").write_text("\n".join(lines) + "\n")
-    (out / "distill.json").write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    write_results(out, "distill", "\n".join(lines) + "\n", result)
     plot(rows, out / "distill.png")
-    print("\n".join(lines))
 
 
 def targets(rows: list[dict], sp: dict) -> list[str]:
@@ -195,7 +192,8 @@ def main() -> None:
     args = p.parse_args()
     if args.speed_only:
         result = json.loads((Path(args.out) / "distill.json").read_text())
-        result.pop("machine", None)
+        for stale in ("machine", "load_avg_1min", "date"):  # this run's, not the last full run's
+            result.pop(stale, None)
         result["speeds"] = speeds(f"run:{Path(args.speed_only).resolve()}")
         write(result, Path(args.out))
         return

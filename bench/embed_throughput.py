@@ -12,15 +12,13 @@ Target (issue 2): e2e >= 0.8 x ort, hence >= 5x eager.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
+import itertools
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import in_turns, machine, timed, write_results
 
 import zeroshift
 from zeroshift.cache import embed
@@ -30,17 +28,6 @@ from zeroshift.models.runtime import accelerate
 HERE = Path(__file__).parent
 
 
-def images_per_s(fn, batches: list[torch.Tensor]) -> float:
-    """Run `fn` over every batch once (after one warm-up batch); images per second."""
-    fn(batches[0])
-    t0 = time.perf_counter()
-    n = 0
-    for b in batches:
-        fn(b)
-        n += len(b)
-    return n / (time.perf_counter() - t0)
-
-
 def measure(spec: str, data: str, rows: int, batch_size: int, repeats: int = 2) -> dict:
     source = zeroshift.dataset(data)
     subset = Subset(source, np.arange(min(rows, len(source))))
@@ -48,27 +35,30 @@ def measure(spec: str, data: str, rows: int, batch_size: int, repeats: int = 2) 
     fast = accelerate(torch_enc, "onnx")
     ready = torch.stack([torch_enc.image_transform(subset.load_image(i)) for i in range(len(subset))])  # [R, 3, H, W]
     batches = list(ready.split(batch_size))
-    ort, e2e = [], []
+    n = len(subset)
+
+    def every_batch(fn) -> None:
+        for b in batches:
+            fn(b)
+
+    caches = itertools.count()
     with tempfile.TemporaryDirectory() as tmp:
+        fast(batches[0])  # warm-ups: the ONNX session, then a small embed
         embed(fast, Subset(source, np.arange(batch_size)), Path(tmp) / "warm", batch_size=batch_size, progress=False)
-        for rep in range(repeats):  # alternate the two, best of each: both see the same machine state
-            ort.append(images_per_s(fast, batches))
-            t0 = time.perf_counter()
-            feats = embed(fast, subset, Path(tmp) / f"cache{rep}", batch_size=batch_size, progress=False)
-            e2e.append(len(subset) / (time.perf_counter() - t0))
+        turns = in_turns({  # alternate the two, best of each: both see the same machine state
+            "ort": lambda: every_batch(fast),
+            "e2e": lambda: embed(fast, subset, Path(tmp) / f"cache{next(caches)}", batch_size=batch_size,
+                                 progress=False)}, repeats)
+        feats = turns["e2e"].result
         same = np.allclose(feats.numpy(), torch.cat([fast(b) for b in batches]).numpy(), atol=1e-4)
     with torch.inference_mode():  # last: eager's thread pool is left spinning after it, which slows others
-        eager = images_per_s(torch_enc, batches)
-    ort, e2e = max(ort), max(e2e)
+        torch_enc(batches[0])  # warm-up
+        eager = n / timed(lambda: every_batch(torch_enc)).best
+    ort, e2e = n / turns["ort"].best, n / turns["e2e"].best
     return {"model": spec, "data": data, "rows": len(subset), "batch_size": batch_size,
             "eager_img_s": eager, "ort_img_s": ort, "e2e_img_s": e2e,
             "e2e_over_ort": e2e / ort, "e2e_over_eager": e2e / eager, "ort_over_eager": ort / eager,
             "e2e_matches_ort": bool(same), "workers": feats.summary.get("workers")}
-
-
-def machine() -> str:
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
 
 
 def main() -> None:
@@ -88,11 +78,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {r['rows']} | {r['batch_size']} | {r['eager_img_s']:.1f} | {r['ort_img_s']:.1f} | "
                      f"{r['e2e_img_s']:.1f} | {r['e2e_over_ort']:.2f} | {r['e2e_over_eager']:.2f} | {r['ort_over_eager']:.2f} |")
     lines += ["", "Target: e2e/ort >= 0.8 (so e2e/eager >= 5)."]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "embed_throughput.md").write_text("\n".join(lines) + "\n")
-    (out / "embed_throughput.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2))
-    print("\n".join(lines))
+    write_results(a.out, "embed_throughput", "\n".join(lines) + "\n", {"results": results})
 
 
 if __name__ == "__main__":

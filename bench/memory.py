@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +89,7 @@ class Mapped:
 def child(mode: str, folder: Path) -> dict:
     """One measured fit in this process; returns its figures."""
     import torch
+    from common import timed  # adds nothing to what the fit imports anyway
 
     from zeroshift.cache import load_features
     from zeroshift.methods.transfer import TransferConfig, fit
@@ -104,20 +104,19 @@ def child(mode: str, folder: Path) -> dict:
     classes = torch.nn.functional.normalize(torch.randn(1000, tch.dim, generator=torch.Generator().manual_seed(2)), dim=-1)
     prompts = Prompts(tuple(f"class {i}" for i in range(1000)), classes, 1000)  # [1000, d], one prompt per class
     cfg = TransferConfig(teacher="synthetic-teacher", encoder="synthetic-source", data="synthetic", out="-")
-    t0 = time.perf_counter()
-    result = fit(cfg, src, tch, prompts, progress=False)
-    return {**out, "peak_gb": peak_gb(), "fit_s": time.perf_counter() - t0, "rows": result.rows[0],
+    fitted = timed(lambda: fit(cfg, src, tch, prompts, progress=False))
+    result = fitted.result
+    return {**out, "peak_gb": peak_gb(), "fit_s": fitted.best, "rows": result.rows[0],
             "steps": result.history[-1].get("step") if result.history else 0, "final_loss": result.history[-1]["loss"] if result.history else None}
 
 
 def run(args) -> dict:
-    from common import machine
+    # common is imported here, not at the top: the child processes must not import torch first
+    from common import timed
 
     work = Path(tempfile.mkdtemp(prefix="zeroshift-memory-", dir=args.workdir))
     try:
-        t0 = time.perf_counter()
-        write_caches(work, args.rows, args.dim)
-        write_s = time.perf_counter() - t0
+        write_s = timed(lambda: write_caches(work, args.rows, args.dim)).best
         print(f"wrote 2 x {args.rows:,} x {args.dim} float16 rows in {write_s:.0f} s", flush=True)
         rows = []
         for mode in MODES:
@@ -129,11 +128,12 @@ def run(args) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cache_gb = 2 * args.rows * args.dim * 2 / 2**30
-    return {"rows": args.rows, "dim": args.dim, "cache_gb": cache_gb, "write_s": write_s, "runs": rows,
-            "machine": machine()}
+    return {"rows": args.rows, "dim": args.dim, "cache_gb": cache_gb, "write_s": write_s, "runs": rows}
 
 
 def write(result: dict, out: Path) -> None:
+    from common import write_results
+
     by = {r["mode"]: r for r in result["runs"]}
     stream = by["stream"]["peak_gb"]
     lines = [
@@ -152,10 +152,8 @@ def write(result: dict, out: Path) -> None:
     lines += ["", f"Target: peak RSS below {TARGET_GB} GB with the streamed reader at 1,000,000 x 768: "
               f"{stream:.2f} GB at {result['rows']:,} x {result['dim']} ({met}"
               + ("" if result["rows"] >= 1_000_000 else ", a smaller run than the target's") + ").",
-              f"`floor` is a process that only imports zeroshift and torch ({by['floor']['peak_gb']:.2f} GB).", "",
-              f"Machine: {result['machine']}"]
-    (out / "memory.md").write_text("\n".join(lines) + "\n")
-    (out / "memory.json").write_text(json.dumps(result, indent=1) + "\n")
+              f"`floor` is a process that only imports zeroshift and torch ({by['floor']['peak_gb']:.2f} GB)."]
+    write_results(out, "memory", "\n".join(lines) + "\n", result)  # its footer names the machine
 
 
 def main() -> None:
@@ -171,11 +169,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.rows = min(args.rows, 50_000)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = run(args)
-    write(result, out)
-    print((out / "memory.md").read_text())
+    write(run(args), Path(args.out))
 
 
 if __name__ == "__main__":

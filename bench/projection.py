@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from common import timed, write_results
 
 HERE = Path(__file__).parent
 IMAGENET_TRAIN = 1_281_167
@@ -72,24 +73,22 @@ def settings(epochs_otter: int, epochs_distill: int) -> dict[str, list[Part]]:
 
 def decode_ms(n: int = 200) -> float:
     """Milliseconds one CPU core spends decoding a 500 x 375 JPEG and making the 224 px ResNet input."""
-    import numpy as np
     import torch
     from PIL import Image
     from skimage import data as samples
     from torchvision.transforms import v2 as T
 
-    torch.set_num_threads(1)
     buf = io.BytesIO()
     Image.fromarray(samples.astronaut()).resize((500, 375)).save(buf, "JPEG", quality=90)
     jpeg = buf.getvalue()
     prep = T.Compose([T.PILToTensor(), T.Resize(256, antialias=True), T.CenterCrop(224),
                       T.ToDtype(torch.float32, scale=True), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        prep(Image.open(io.BytesIO(jpeg)).convert("RGB"))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return 1e3 * timed(lambda: prep(Image.open(io.BytesIO(jpeg)).convert("RGB")), n).median
+    finally:
+        torch.set_num_threads(threads)  # the caller's benchmark keeps its own
 
 
 def hours(seconds: float) -> str:
@@ -120,7 +119,7 @@ def project(costs: dict, diffusion: dict | None, epochs_otter: int, epochs_disti
 
 def write(out: Path, tag: str, results: dict[str, list[dict]], diffusion: dict | None, decode: float, where: str,
           epochs_otter: int, epochs_distill: int, workers: int, resnet50: float) -> None:
-    """OUT/projection.md; `resnet50` is the bf16 ResNet-50 rate (images/s) the host's decoding must feed."""
+    """OUT/projection.md and .json; `resnet50` is the bf16 ResNet-50 rate (images/s) the host's decoding must feed."""
     lines = ["# Projection: the papers' full-scale settings on 1 and 8 GPUs", "",
              f"From per-item costs measured on one {tag.upper()} (bench/costs.py, bench/diffusion_cost.py; random "
              "weights of the papers' architectures, random inputs) times the work each setting needs as zeroshift "
@@ -148,7 +147,11 @@ def write(out: Path, tag: str, results: dict[str, list[dict]], diffusion: dict |
     if diffusion:
         lines.append(f"Rendering: {diffusion['images_per_s']:.1f} images/s per GPU ({diffusion['precision']}, batch "
                      f"{diffusion['batch']}, {diffusion['denoise_steps']} steps with guidance).")
-    (out / "projection.md").write_text("\n".join(lines) + "\n")
+    write_results(out, "projection", "\n".join(lines) + "\n", {
+        "tag": tag, "epochs": {"otter": epochs_otter, "distill": epochs_distill}, "decode_ms": decode,
+        "decode_measured": where, "host_cores": workers, "resnet50_bf16_img_s": resnet50,
+        "rendering": diffusion and {k: diffusion[k] for k in ("images_per_s", "precision", "batch", "denoise_steps")},
+        "settings": results})
 
 
 def main() -> None:
@@ -182,7 +185,6 @@ def main() -> None:
                      if m["name"] == "encode/resnet50" and m.get("items_per_s")), 0.0)
     write(out, args.tag, results, diffusion, decode, where, args.otter_epochs, args.distill_epochs, args.host_cores,
           resnet50)
-    print((out / "projection.md").read_text())
 
 
 if __name__ == "__main__":

@@ -25,11 +25,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_results
+from common import conditions, timed, write_results
 
 import zeroshift
 from zeroshift.cache.embed import DEFAULT_SHARD_ROWS
@@ -68,9 +67,8 @@ def run(procs: int, args: list[str], threads: int, what: str) -> float:
     """`zeroshift ARGS` on `procs` processes, its output passing through; wall seconds."""
     cmd = command(procs, args)
     print(f"{what}: {' '.join(cmd[1:])} (OMP_NUM_THREADS={threads})", flush=True)
-    t0 = time.perf_counter()
-    code = subprocess.run(cmd, env=environment(threads), check=False).returncode
-    seconds = time.perf_counter() - t0
+    done = timed(lambda: subprocess.run(cmd, env=environment(threads), check=False).returncode)
+    code, seconds = done.result, done.best
     if code != 0:
         raise ZeroshiftError(f"{what} exited with code {code} after {seconds:.0f} s; see its output above")
     print(f"{what}: {seconds:.1f} s", flush=True)
@@ -135,7 +133,6 @@ def best(runs: list[dict], procs: int, key: str) -> float | None:
 
 
 def measure(args) -> dict:
-    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="zeroshift-bench-scaling-") as tmp:
         work = Path(tmp)
         # untimed warm-ups: the ONNX export and data download for embed; teacher targets and pixels for distill
@@ -151,7 +148,6 @@ def measure(args) -> dict:
         for rep in range(args.repeats):
             for procs in (1, 2):
                 trains.append(train_once(args, procs, work / f"train-{procs}-{rep}"))
-    loads.append(os.getloadavg()[0])
     for r in embeds:
         r.pop("cache")
     summary = {}
@@ -159,7 +155,7 @@ def measure(args) -> dict:
         for key in keys:
             one, two = best(runs, 1, key), best(runs, 2, key)
             summary[f"{name}_{key}"] = {"one": one, "two": two, "speedup": two / one if one and two else None}
-    return {"machine": machine(), "cores": os.cpu_count(), "load_avg_1min": loads,
+    return {**conditions(), "cores": os.cpu_count(),
             "settings": {"model": args.model, "data": args.data, "rows": args.rows, "batch_size": args.batch_size,
                          "rows_per_rank": rows_per_rank(args.rows, 2), "shard_rows": DEFAULT_SHARD_ROWS,
                          "teacher": TEACHER, "train_data": f"{args.train_data}[:{args.train_rows}]",

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 import torch
-from common import machine
+from common import conditions, timed, write_results
 
 import zeroshift
 from zeroshift.data.images import decode_image
@@ -67,11 +67,8 @@ def free_port() -> int:
 
 def direct(vlm, image: Path, labels: list[str], n: int) -> tuple[float, list[dict]]:
     """In-process predict, one image per call: (images per second over n calls, the last ranking)."""
-    predict(vlm, [image], labels)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(n):
-        out = predict(vlm, [image], labels)
-    return n / (time.perf_counter() - t0), out[0]["ranking"]
+    calls = timed(lambda: predict(vlm, [image], labels), n, warmup=1)
+    return n / calls.total, calls.result[0]["ranking"]
 
 
 def direct_cached(vlm, image: Path, labels: list[str], n: int) -> float:
@@ -83,11 +80,7 @@ def direct_cached(vlm, image: Path, labels: list[str], n: int) -> float:
             x = vlm.image_transform(decode_image(image))[None]  # [1, 3, H, W]
         return classify(vlm.encode_image(x), weights).softmax(dim=-1)  # [1, C]
 
-    once()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        once()
-    return n / (time.perf_counter() - t0)
+    return n / timed(once, n, warmup=1).total
 
 
 def start_server(spec: str, runtime: str, port: int, timeout: float = 300) -> subprocess.Popen:
@@ -154,7 +147,6 @@ def run(a) -> dict:
     server's), then direct and cached in this process with the server gone."""
     image = Path(a.image) if a.image else default_image()
     labels = parse_labels(a.labels)
-    load_before = os.getloadavg()[0]
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1/classify"
     payload = {"files": [("image", (image.name, image.read_bytes(), "image/png"))],
@@ -172,7 +164,7 @@ def run(a) -> dict:
     for lv in levels:
         lv["over_direct"] = lv["rps"] / direct_img_s
         lv["over_direct_cached"] = lv["rps"] / cached_img_s
-    return {"machine": machine(), "load_avg_1min": [load_before, os.getloadavg()[0]], "model": a.model,
+    return {**conditions(), "model": a.model,
             "runtime": a.runtime, "image": image.name, "image_bytes": image.stat().st_size, "labels": len(labels),
             "direct_img_s": direct_img_s, "direct_cached_img_s": cached_img_s, "direct_calls": a.direct,
             "matches_predict": same_ranking(got, want), "levels": levels}
@@ -226,10 +218,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = [x for x in load_runs(out / "serve.json") if x["model"] != r["model"]] + [r]  # one entry per model
-    text = report(runs)
-    (out / "serve.md").write_text(text)
-    (out / "serve.json").write_text(json.dumps({"runs": runs}, indent=2))
-    print(text, end="")
+    write_results(out, "serve", report(runs), {"runs": runs}, footer=False)  # each model's section names its run
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ Tux caption R@1/R@5 as a ratio of the teacher's, and fit seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import EvalSet, agreement_plot, features, machine
+from common import EvalSet, agreement_plot, features, machine, timed, write_results
 
 import zeroshift
 from zeroshift.methods.transfer import TransferConfig, encode_prompts, fit, vocabulary
@@ -62,12 +60,11 @@ def run(args) -> dict:
                 for s_feats, t_feats in _fit_pairs(src, tch, opts):
                     fit_opts = {k: v for k, v in opts.items() if k != "data_fraction"}
                     cfg = TransferConfig(teacher=TEACHER, encoder=enc_spec, data=specs[0], out="-", **fit_opts)
-                    t0 = time.perf_counter()
-                    result = fit(cfg, s_feats, t_feats, prompts if cfg.method == "zoomshot" else None, progress=False)
-                    seconds = time.perf_counter() - t0
+                    fitted = timed(lambda cfg=cfg, s=s_feats, t=t_feats: fit(
+                        cfg, s, t, prompts if cfg.method == "zoomshot" else None, progress=False))
                     with torch.no_grad():
-                        scores = {e.spec: e.score(result.bridge(src_eval[e.spec])) for e in evals}
-                    rows.append({"encoder": enc_spec, "fit": fit_name, "row": name, "fit_s": seconds, **scores})
+                        scores = {e.spec: e.score(fitted.result.bridge(src_eval[e.spec])) for e in evals}
+                    rows.append({"encoder": enc_spec, "fit": fit_name, "row": name, "fit_s": fitted.best, **scores})
                     print(f"{enc_spec:13s} {fit_name:11s} {name:20s} " + "  ".join(
                         f"{k}: agree {v['agree']:.3f} acc {v['acc1']:.3f}" for k, v in scores.items()), flush=True)
     return {"rows": rows, "fmnist_fit": fmnist_fit}
@@ -153,9 +150,9 @@ def timing(rows: int, prompts) -> list[dict]:
     out = []
     for name, opts in (("ttc", dict(method="ttc")), ("lstsq", dict(method="lstsq")), ("zoomshot linear", {})):
         cfg = TransferConfig(teacher=TEACHER, encoder="synthetic", data="synthetic", out="-", **opts)
-        t0 = time.perf_counter()
-        fit(cfg, _Array(src), _Array(tch), prompts if cfg.method == "zoomshot" else None, progress=False)
-        out.append({"row": name, "rows": rows, "fit_s": time.perf_counter() - t0})
+        seconds = timed(lambda cfg=cfg: fit(cfg, _Array(src), _Array(tch), prompts if cfg.method == "zoomshot" else None,
+                                            progress=False)).best
+        out.append({"row": name, "rows": rows, "fit_s": seconds})
         print(f"timing {name}: {out[-1]['fit_s']:.1f} s", flush=True)
     return out
 
@@ -190,11 +187,8 @@ def write(result: dict, out: Path) -> None:
                   "| method | seconds | ttc / method |", "|---|---|---|"]
         ttc = result["timing"][0]["fit_s"]
         lines += [f"| {t['row']} | {t['fit_s']:.1f} | {ttc / t['fit_s']:.1f} |" for t in result["timing"]]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "transfer.md").write_text("\n".join(lines) + "\n")
-    (out / "transfer.json").write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    write_results(out, "transfer", "\n".join(lines) + "\n", result)
     plot(rows, evals, out / "transfer.png")
-    print("\n".join(lines))
 
 
 def plot(rows: list[dict], evals: list[str], path: Path) -> None:

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from common import machine, write_results
+from common import conditions, in_turns, timed, write_results
 
 import zeroshift
 from zeroshift.data.templates import get_templates
@@ -53,9 +52,7 @@ def build(args, work: Path) -> dict[str, dict]:
         if given:
             models[name] = {"spec": f"run:{Path(given).resolve()}"}
             continue
-        t0 = time.perf_counter()
-        make(str(work / name))
-        models[name] = {"spec": f"run:{work / name}", "build_s": time.perf_counter() - t0}
+        models[name] = {"spec": f"run:{work / name}", "build_s": timed(make, setup=lambda n=name: str(work / n)).best}
         print(f"built the {name} in {models[name]['build_s']:.1f} s", flush=True)
     return models
 
@@ -72,20 +69,7 @@ def runtime_of(vlm) -> str:
     return "onnxruntime" if any(getattr(m, "runs_onnx", False) for m in vlm.modules()) else "torch"
 
 
-def in_turns(fns: dict[str, Callable[[], object]], repeats: int) -> tuple[dict[str, float], dict[str, object]]:
-    """Each function run once per turn, all in turns, `repeats` turns: (best seconds, last result) per name."""
-    seconds: dict[str, list[float]] = {name: [] for name in fns}
-    results: dict[str, object] = {}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            results[name] = fn()
-            seconds[name].append(time.perf_counter() - t0)
-    return {name: min(s) for name, s in seconds.items()}, results
-
-
 def measure(args, work: Path) -> dict:
-    loads = [os.getloadavg()[0]]
     models = build(args, work)
     source = zeroshift.dataset(args.data)
     n = min(args.rows, len(source))
@@ -99,7 +83,8 @@ def measure(args, work: Path) -> dict:
         image.save(path)
     templates = get_templates(None, None)  # what predict uses when given no templates
     vlms = {name: zeroshift.load(m["spec"], runtime=args.runtime) for name, m in models.items()}
-    model_only, e2e = {}, {}
+    model_only: dict[str, Callable[[], torch.Tensor]] = {}
+    e2e: dict[str, Callable[[], list[str]]] = {}
     for name, vlm in vlms.items():
         weights = zeroshot_weights(vlm, classes, templates)  # [C, d]
         with one_thread():
@@ -116,9 +101,8 @@ def measure(args, work: Path) -> dict:
         predict(vlm, files[:2], classes)
         model_only[name], e2e[name] = model_pass, e2e_pass
     print(f"timing {n} images, {args.repeats} turns", flush=True)
-    model_s, preds = in_turns(model_only, args.repeats)
-    e2e_s, tops = in_turns(e2e, args.repeats)
-    loads.append(os.getloadavg()[0])
+    model_turns, e2e_turns = in_turns(model_only, args.repeats), in_turns(e2e, args.repeats)
+    preds, tops = ({name: t.result for name, t in turns.items()} for turns in (model_turns, e2e_turns))
     rows = []
     for name, m in models.items():
         pred = preds[name]
@@ -126,7 +110,7 @@ def measure(args, work: Path) -> dict:
         lo, hi = wilson_interval(acc, n)
         same = sum(classes[int(p)] == t for p, t in zip(pred, tops[name])) / n
         rows.append({"model": name, **m, "runtime": runtime_of(vlms[name]), "params": image_params(m["spec"]),
-                     "model_img_s": n / model_s[name], "e2e_img_s": n / e2e_s[name],
+                     "model_img_s": n / model_turns[name].best, "e2e_img_s": n / e2e_turns[name].best,
                      "acc1": acc, "acc1_lo": lo, "acc1_hi": hi,
                      "agree_teacher": float((pred == preds["teacher"]).float().mean()), "e2e_same_top1": same})
         print(f"{name:8s} model {rows[-1]['model_img_s']:8.1f} img/s  e2e {rows[-1]['e2e_img_s']:8.1f} img/s",
@@ -134,7 +118,7 @@ def measure(args, work: Path) -> dict:
     for r in rows:
         r["model_over_teacher"] = r["model_img_s"] / rows[0]["model_img_s"]
         r["e2e_over_teacher"] = r["e2e_img_s"] / rows[0]["e2e_img_s"]
-    return {"machine": machine(), "load_avg_1min": loads, "rows": rows,
+    return {**conditions(), "rows": rows,
             "settings": {"data": args.data, "images": n, "batch_size": args.batch_size, "repeats": args.repeats,
                          "runtime": args.runtime, "labels": classes, "templates": len(templates),
                          "torch_threads": torch.get_num_threads(), "bridge": BRIDGE, "student": {

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import COLOURS, colour_folder
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -21,26 +21,12 @@ from zeroshift.methods.align import (
 )
 
 IMAGE, TEXT = "tiny-clip:seed=0", "tiny-clip:seed=1"
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def _pairs(root: Path, n: int = 12, extra: list[bytes] | None = None) -> Path:
     """Coloured images in class folders and pairs.csv (path,caption); `extra` raw CSV lines appended."""
-    rng = np.random.default_rng(0)
-    lines = [b"path,caption"]
-    for name, rgb in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-            lines.append(f"{name}/{i}.png,a {['small', 'big', 'bright'][i % 3]} {name} thing".encode())
-    (root / "pairs.csv").write_bytes(b"\n".join(lines + (extra or [])) + b"\n")
-    return root / "pairs.csv"
+    return colour_folder(root, n, 24, captions=("small", "big", "bright"), extra=extra or ()) / "pairs.csv"
 
 
 def _cfg(tmp_path: Path, **kw) -> AlignConfig:
@@ -149,17 +135,9 @@ def test_nan_in_the_cost_names_the_step(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, monkeypatch, interrupt_at):
     align(_cfg(tmp_path, out=str(tmp_path / "whole"), checkpoint_every=2), progress=False)
-    step, calls = AlignTask.step, {"n": 0}
-
-    def killed(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return step(self, batch)
-
-    monkeypatch.setattr(AlignTask, "step", killed)
+    step = interrupt_at(AlignTask, 8)
     with pytest.raises(KeyboardInterrupt):
         align(_cfg(tmp_path, checkpoint_every=2), progress=False)
     monkeypatch.setattr(AlignTask, "step", step)

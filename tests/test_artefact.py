@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 import torch
+from helpers import one_line
 from torch import nn
 
 from zeroshift import load
 from zeroshift.errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from zeroshift import runfolder as artefact
-from zeroshift import runs
 from zeroshift.runfolder import RunWriter, read_run
 from zeroshift.runs import load_run
 from zeroshift.models.transforms import probe_batch
@@ -35,9 +35,8 @@ def build_toy(folder, config, state, runtime):
 
 
 @pytest.fixture(autouse=True)
-def toy_kind(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    monkeypatch.setitem(runs.KINDS, "toy", build_toy)
+def toy_kind(home, add_run_kind):
+    add_run_kind("toy", build_toy)
 
 
 def toy_state(seed: int = 0, dims: tuple[int, int] = (16, 32)) -> dict[str, torch.Tensor]:
@@ -55,12 +54,6 @@ def write_run(out, seed: int = 0, overwrite: bool = False, config: dict | None =
         (run.path / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
         run.finish(config or toy_config(), state if state is not None else toy_state(seed), "# toy run\n")
     return out
-
-
-def one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert message and "\n" not in message
-    return message
 
 
 def test_writer_stages_and_publishes_at_finish(tmp_path):

@@ -20,14 +20,7 @@ from zeroshift.errors import CacheMismatch, DataError, ZeroshiftError
 
 N = 100
 CLASSES = ["zero", "one", "two", "three", "four"]
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(var, raising=False)
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home", "single_process")
 
 
 @pytest.fixture(scope="module")

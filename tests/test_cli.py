@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import colour_folder
 
 from zeroshift.cli.main import main
 
@@ -13,21 +12,9 @@ COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
 
 @pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-@pytest.fixture()
 def folder(tmp_path):
     """A folder: dataset, three colour classes, four noisy images each."""
-    rng = np.random.default_rng(0)
-    for name, rgb in COLOURS.items():
-        (tmp_path / "imgs" / name).mkdir(parents=True)
-        for i in range(4):
-            arr = np.clip(np.array(rgb) + rng.normal(0, 25, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(arr).save(tmp_path / "imgs" / name / f"{i}.png")
-    return tmp_path / "imgs"
+    return colour_folder(tmp_path / "imgs", 4, 20, noise=25, colours=COLOURS)
 
 
 def test_predict_json_ranks_every_label(home, folder, capsys):

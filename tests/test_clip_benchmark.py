@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import colour_pixels, tiny_vlm
 
 pytest.importorskip("clip_benchmark")
 from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval  # noqa: E402
@@ -21,19 +22,8 @@ COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 N = 48
 
 
-def tiny_vlm():
-    """tiny-clip seed 0 without its image-head bias, so its zero-shot predictions spread over classes."""
-    vlm = create("seed=0")
-    with torch.no_grad():
-        vlm.image.net[-1].bias.zero_()
-    vlm.spec = "tiny-clip:seed=0,dim=32,size=32+nobias"
-    return vlm
-
-
 def images() -> np.ndarray:
-    rng = np.random.default_rng(1)
-    base = rng.integers(0, 256, size=(N, 1, 1, 3))
-    return np.clip(base + rng.normal(0, 30, size=(N, 32, 32, 3)), 0, 255).astype(np.uint8)
+    return colour_pixels(N, 32, 30, seed=1)  # [N, 32, 32, 3]
 
 
 def half_right_labels(vlm, pixels: np.ndarray) -> np.ndarray:
@@ -58,18 +48,12 @@ class TorchDataset(torch.utils.data.Dataset):
         return self.transform(self.source.load_image(i)), self.targets[i]
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-def test_classification_matches_clip_benchmark(home):
+def test_classification_matches_clip_benchmark(home, tmp_path):
     from zeroshift.zeroshot.evaluate import evaluate
 
     vlm, pixels = tiny_vlm(), images()
     source = ArraySource(pixels, "test:colours", labels=half_right_labels(vlm, pixels), classes=COLOURS)
-    ours = evaluate(vlm, source, templates="cifar10", out=home / "results", runtime="torch", progress=False)
+    ours = evaluate(vlm, source, templates="cifar10", out=tmp_path / "results", runtime="torch", progress=False)
     ours = ours["zeroshot_classification"]["metrics"]
 
     model, transform, tokenizer = adapt(vlm)
@@ -125,7 +109,7 @@ def test_registered_model_type_loads_through_clip_benchmark(monkeypatch):
     assert out.shape == (1, 32) and model.encode_text(tokenizer(["a red tile"])).shape == (1, 32)
 
 
-def test_clip_benchmark_build_reads_our_records(home):
+def test_clip_benchmark_build_reads_our_records(home, tmp_path):
     try:
         from clip_benchmark.cli import main_build
     except ModuleNotFoundError as e:  # clip-benchmark 1.6.2's cli imports `requests` without declaring it
@@ -135,9 +119,9 @@ def test_clip_benchmark_build_reads_our_records(home):
 
     vlm, pixels = tiny_vlm(), images()
     source = ArraySource(pixels[:12], "test:small", labels=np.arange(12) % 6, classes=COLOURS)
-    record = evaluate(vlm, source, out=home / "results", runtime="torch", progress=False)["zeroshot_classification"]
-    main_build(argparse.Namespace(files=[str(home / "results")], output=str(home / "bench.csv")))
-    with open(home / "bench.csv") as f:
+    record = evaluate(vlm, source, out=tmp_path / "results", runtime="torch", progress=False)["zeroshot_classification"]
+    main_build(argparse.Namespace(files=[str(tmp_path / "results")], output=str(tmp_path / "bench.csv")))
+    with open(tmp_path / "bench.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and rows[0]["dataset"] == "test:small"
     assert float(rows[0]["acc1"]) == record["metrics"]["acc1"]

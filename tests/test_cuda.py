@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import colour_folder
 
 import zeroshift
 from zeroshift.methods.align import AlignConfig, align
@@ -16,25 +16,12 @@ from zeroshift.methods.distill import DistillConfig, distill
 from zeroshift.methods.sinkhorn import ot_soft_labels
 from zeroshift.methods.transfer import TransferConfig, fit, transfer
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("home")]
 
 
 def _data(root):
-    rng = np.random.default_rng(0)
-    lines = ["path,caption"]
-    for name, rgb in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}.items():
-        (root / name).mkdir(parents=True)
-        for i in range(16):
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (24, 24, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-            lines.append(f"{name}/{i}.png,a {['small', 'big'][i % 2]} {name} thing")
-    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
-    return root
+    return colour_folder(root, 16, 24, captions=("small", "big"))
 
 
 def test_embed_on_the_gpu_matches_the_cpu(tmp_path):

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from helpers import colour_folder
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -17,22 +17,11 @@ from zeroshift.methods.distill import DistillConfig, DistillTask, augment_batch,
 
 TEACHER = "tiny-clip:seed=0"
 STUDENT = "student-cnn:width=8,size=32"
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def _folder(root: Path, n: int = 16, side: int = 40, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for name, rgb in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (side, side, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-    return root
+    return colour_folder(root, n, side, seed=seed)
 
 
 def _cfg(tmp_path: Path, **kw) -> DistillConfig:
@@ -116,19 +105,11 @@ def test_distill_writes_a_run_that_loads_exports_and_scores(tmp_path):
     assert Path(onnx).stat().st_size > 10_000
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, monkeypatch):
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(tmp_path, monkeypatch, interrupt_at):
     whole = _cfg(tmp_path, out=str(tmp_path / "whole"), epochs=3, checkpoint_every=3)
     distill(whole, progress=False)
     cfg = _cfg(tmp_path, epochs=3, checkpoint_every=3)
-    step, calls = DistillTask.step, {"n": 0}
-
-    def killed(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 14:  # mid epoch 2; the last checkpoint is step 12
-            raise KeyboardInterrupt
-        return step(self, batch)
-
-    monkeypatch.setattr(DistillTask, "step", killed)
+    step = interrupt_at(DistillTask, 14)  # mid epoch 2; the last checkpoint is step 12
     with pytest.raises(KeyboardInterrupt):
         distill(cfg, progress=False)
     assert not Path(cfg.out).exists() and (tmp_path / "run.ckpt" / "last.pt").is_file()

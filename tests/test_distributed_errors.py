@@ -2,24 +2,16 @@
 (a wrong world size), more processes than GPUs, and ranks running different library versions."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 import time
 
-from test_embed_torchrun import free_port
-
-CLEAN = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    return {**env, **extra}
+from helpers import clean_env, free_port, torchrun
 
 
 def test_a_world_that_never_fills_times_out_with_a_clear_error():
-    env = _env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+    env = clean_env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                ZEROSHIFT_DIST_TIMEOUT="3")
     code = ("from zeroshift import distributed as dist\n"
             "from zeroshift.errors import ZeroshiftError\n"
@@ -47,8 +39,7 @@ def test_ranks_with_different_versions_are_refused(tmp_path):
             print(f"rank {os.environ['RANK']}: {e}", flush=True)
             raise SystemExit(2)
         """))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", str(script)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+    done = torchrun(script, timeout=120)
     assert done.returncode != 0
     assert "different library versions" in done.stdout and "0.0.0+other" in done.stdout
 

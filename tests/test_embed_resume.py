@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
+from helpers import grey_source
 
 import zeroshift
 from zeroshift.cache import CacheError, embed, load_features
-from zeroshift.data.memory import ArraySource
 
 N, SHARD_ROWS, BATCH = 64, 16, 8
 
@@ -38,15 +38,12 @@ SCRIPT = textwrap.dedent(
 ).format(n=N, shard_rows=SHARD_ROWS, batch=BATCH)
 
 
-def make_source() -> ArraySource:
-    rng = np.random.default_rng(0)
-    return ArraySource(rng.integers(0, 256, (N, 28, 28), dtype=np.uint8), "resume-test", labels=rng.integers(0, 3, N))
+def make_source():
+    return grey_source(N, "resume-test", 3)  # the source SCRIPT embeds, without its slowness
 
 
-def test_killed_embed_resumes_exactly(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
+@pytest.mark.usefixtures("home", "single_process")
+def test_killed_embed_resumes_exactly(tmp_path):
     out = tmp_path / "cache"
     script = tmp_path / "slow_embed.py"
     script.write_text(SCRIPT)

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
+import pytest
+from helpers import grey_source, torchrun
 
 import zeroshift
 from zeroshift.cache import embed, load_features
-from zeroshift.data.memory import ArraySource
 
 N, SHARD_ROWS = 90, 16  # 6 shards: rank 0 computes 0, 2, 4 and rank 1 computes 1, 3, 5
 
@@ -41,28 +38,16 @@ SCRIPT = textwrap.dedent(
 ).format(n=N, shard_rows=SHARD_ROWS)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def make_source():
+    return grey_source(N, "torchrun-test", 4, classes=list("abcd"))  # the source SCRIPT embeds
 
 
-def make_source() -> ArraySource:
-    rng = np.random.default_rng(0)
-    return ArraySource(rng.integers(0, 256, (N, 28, 28), dtype=np.uint8), "torchrun-test",
-                       labels=rng.integers(0, 4, N), classes=list("abcd"))
-
-
-def test_torchrun_two_ranks_match_one_process(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+@pytest.mark.usefixtures("home", "single_process")
+def test_torchrun_two_ranks_match_one_process(tmp_path):
     script, out, reports = tmp_path / "embed_dist.py", tmp_path / "dist", tmp_path / "reports"
     script.write_text(SCRIPT)
     reports.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(out), str(reports)]
-    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=180)
+    done = torchrun(script, out, reports, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
 
     ranks = [json.loads((reports / f"rank{r}.json").read_text()) for r in (0, 1)]

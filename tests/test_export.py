@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import ExportDiffers, TinyCNN, export_onnx
 from PIL import Image
 from torch import nn
 
@@ -16,47 +16,14 @@ from zeroshift.errors import ZeroshiftError
 from zeroshift.export import export
 from zeroshift.export.onnx import export_classifier
 from zeroshift import runfolder as artefact
-from zeroshift import runs
 from zeroshift.models.onnx_encoder import OnnxImageEncoder, session
-from zeroshift.models.transforms import probe_batch, resize_crop
+from zeroshift.models.runtime import accelerate
+from zeroshift.models.transforms import probe_batch
 from zeroshift.models.vlm import ImageEncoder, TowersVLM
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights
-from zeroshift.models.runtime import accelerate
 
 LABELS = ["a red square", "a green field", "a blue sky", "a yellow sun", "a black cat"]
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-
-
-class TinyCNN(ImageEncoder):
-    """[N, 3, 32, 32] -> [N, 6], or NHWC in and [N, 6, 1, 1] out as another runtime's graph might be.
-    Its last layer is called `head`, as the exported classifier's is, so merged names would clash."""
-
-    def __init__(self, nhwc: bool = False, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.nhwc, self.spec, self.dim = nhwc, "test:tiny-cnn", 6
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
-                                 nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(8, 6)
-        self.image_transform = resize_crop(32, norm="inception", crop_pct=1.0)
-        self.eval()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2) if self.nhwc else images  # [N, 3, H, W]
-        out = self.head(self.net(x))  # [N, 6]
-        return out[:, :, None, None] if self.nhwc else out
-
-
-class ExportDiffers(TinyCNN):
-    """Computes something else while being exported, so the check must refuse the file."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = super().forward(images)
-        return out.flip(-1) if torch.onnx.is_in_onnx_export() else out
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def bridged(image: ImageEncoder, seed: int = 0) -> TowersVLM:
@@ -71,10 +38,7 @@ def onnx_tower(tmp_path, nhwc: bool = False) -> OnnxImageEncoder:
     """TinyCNN exported to an ONNX file and loaded back through an `onnx:` spec (no PyTorch module)."""
     model, file = TinyCNN(nhwc=nhwc), tmp_path / ("cnn-nhwc.onnx" if nhwc else "cnn.onnx")
     example = torch.zeros(2, 32, 32, 3) if nhwc else torch.zeros(2, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(file), dynamo=False, opset_version=17, input_names=["pixels"],
-                          output_names=["features"], dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}})
+    export_onnx(model, example, file, opset_version=17)
     layout = "&layout=nhwc" if nhwc else ""
     tower = load(f"onnx:{file}#features?size=32&norm=inception&crop=1.0{layout}")
     assert isinstance(tower, OnnxImageEncoder) and not hasattr(tower, "torch_encoder") and tower.dim == 6
@@ -157,14 +121,9 @@ def build_toy(folder, config, state, runtime):
 
 
 @pytest.fixture()
-def run_scheme(monkeypatch):
-    """`run:` in the registry (added by the lead in specs.py; registered here if not yet) and the toy kind."""
-    from zeroshift import specs
-
-    if "run" not in specs.MODEL_SCHEMES:
-        monkeypatch.setitem(specs.MODEL_SCHEMES, "run", specs.Scheme(
-            "run", "zeroshift.runs:load_run", "vlm", "run:runs/my-bridge", "a trained zeroshift run"))
-    monkeypatch.setitem(runs.KINDS, "toy", build_toy)
+def run_scheme(add_run_kind):
+    """The toy kind of run folder, loaded through the registry's `run:` scheme."""
+    add_run_kind("toy", build_toy)
 
 
 def colour_images(tmp_path) -> list:

@@ -2,12 +2,12 @@
 batches give the gradients of one process on the whole batch (distill's contrastive losses did not)."""
 from __future__ import annotations
 
+import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import torch
+from helpers import torchrun
 
 from zeroshift.methods.losses import AlignLoss, ContrastiveFeatureLoss, ContrastiveTextLoss, contrastive
 
@@ -49,20 +49,12 @@ def batch_grads(rows) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_two_ranks_see_the_global_batch(tmp_path, monkeypatch):
-    from test_embed_torchrun import free_port
-
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+def test_two_ranks_see_the_global_batch(tmp_path):
     script = tmp_path / "losses_dist.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    done = torchrun(script, tmp_path, env={"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__),
+                                                                            os.environ.get("PYTHONPATH", "")])})
     assert done.returncode == 0, done.stderr[-3000:]
-    import json
-
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     single = batch_grads(lambda x: x)
     for name, grad in single.items():

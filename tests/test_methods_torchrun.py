@@ -3,17 +3,14 @@ run one process writes at the same global batch, weight for weight; a rank that 
 its cache, fails the job fast with a clear message."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from helpers import colour_folder, torchrun
 from PIL import Image
 from safetensors.torch import load_file
-from test_embed_torchrun import free_port
 
 import zeroshift
 from zeroshift.methods.align import AlignConfig, align
@@ -43,29 +40,17 @@ SCRIPT = textwrap.dedent(
 
 
 def _data(root):
-    rng = np.random.default_rng(0)
-    lines = ["path,caption"]
-    for name, rgb in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}.items():
-        (root / name).mkdir(parents=True)
-        for i in range(8):  # 24 rows: whole global batches of 8
-            pixels = np.clip(np.array(rgb) + rng.normal(0, 30, (20, 20, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
-            lines.append(f"{name}/{i}.png,a {['small', 'big'][i % 2]} {name} thing")
-    (root / "pairs.csv").write_text("\n".join(lines) + "\n")
+    colour_folder(root, 8, 20, captions=("small", "big"))  # 24 rows: whole global batches of 8
     (root / "prompts.txt").write_text("".join(f"a photo of a {c} thing.\n" for c in ("red", "green", "blue", "grey")))
     return root
 
 
-def test_two_ranks_write_the_run_one_process_writes(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+@pytest.mark.usefixtures("home", "single_process")
+def test_two_ranks_write_the_run_one_process_writes(tmp_path):
     data = _data(tmp_path / "data")
     script = tmp_path / "methods_dist.py"
     script.write_text(SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(data), str(tmp_path / "dist")]
-    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    done = torchrun(script, data, tmp_path / "dist", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == ["aligned", "bridge", "student", "unpaired"]
 
@@ -96,10 +81,9 @@ def test_two_ranks_write_the_run_one_process_writes(tmp_path, monkeypatch):
     torch.testing.assert_close(dist_vlm.encode_image(images), one_vlm.encode_image(images), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("single_process")
 @pytest.mark.parametrize("world", [2])
-def test_a_rank_that_dies_fails_the_run_fast(tmp_path, monkeypatch, world):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+def test_a_rank_that_dies_fails_the_run_fast(tmp_path, world):
     script = tmp_path / "die.py"
     script.write_text(textwrap.dedent(
         """
@@ -119,15 +103,12 @@ def test_a_rank_that_dies_fails_the_run_fast(tmp_path, monkeypatch, world):
 
         train(Task(), lambda e: [(i,) for i in range(50)], TrainConfig(epochs=1, device="cpu"), progress=False)
         """))
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={world}", f"--master_port={free_port()}",
-           str(script)]
-    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    done = torchrun(script, nproc=world, timeout=120)
     assert done.returncode != 0 and "exitcode" in done.stderr and "3" in done.stderr
 
 
-def test_a_rank_that_cannot_read_its_cache_fails_fast_and_clearly(tmp_path, monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+@pytest.mark.usefixtures("single_process")
+def test_a_rank_that_cannot_read_its_cache_fails_fast_and_clearly(tmp_path):
     from zeroshift.cache import write_features
 
     x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32)
@@ -154,9 +135,6 @@ def test_a_rank_that_cannot_read_its_cache_fails_fast_and_clearly(tmp_path, monk
         except ZeroshiftError as e:
             sys.exit(f"zeroshift: error: {e}")
         """))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env={**os.environ, "ZEROSHIFT_DIST_TIMEOUT": "60"}, capture_output=True, text=True,
-                          timeout=120)
+    done = torchrun(script, tmp_path, timeout=120, env={"ZEROSHIFT_DIST_TIMEOUT": "60"})
     assert done.returncode != 0
     assert "zeroshift: error: rank 1 cannot read" in done.stderr and "shard-00003.npy" in done.stderr, done.stderr[-2000:]

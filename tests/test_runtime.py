@@ -5,45 +5,20 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
+from helpers import ExportDiffers, TinyCNN
 
 from zeroshift import load
 from zeroshift.errors import SpecError, ZeroshiftError
 from zeroshift.models import runtime
 from zeroshift.models.onnx_encoder import OnnxImageEncoder
-from zeroshift.models.transforms import probe_batch, resize_crop
-from zeroshift.models.vlm import ImageEncoder
-
-
-class TinyCNN(ImageEncoder):
-    def __init__(self, seed: int = 0, spec: str = "test:tiny-cnn") -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.spec, self.dim = spec, 6
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 6),
-        )
-        self.image_transform = resize_crop(32, norm="inception", crop_pct=1.0)
-        self.eval()
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
-
-
-class ExportDiffers(TinyCNN):
-    """Computes something else while being exported, so the check against PyTorch must fail."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.net(images)
-        return out + 1.0 if torch.onnx.is_in_onnx_export() else out
+from zeroshift.models.transforms import probe_batch
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+def home(home):
+    """conftest's $ZEROSHIFT_HOME, and no fallback warned about yet."""
     runtime._warned.clear()
-    return tmp_path / "home"
+    return home
 
 
 @pytest.fixture

@@ -5,12 +5,12 @@ import base64
 import io
 import os
 import re
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SPECS = ("tiny-clip:seed=0", "tiny-clip:seed=1")
@@ -36,12 +36,6 @@ def photos() -> list[Path]:
     data = pytest.importorskip("skimage.data", reason="scikit-image is not installed")
     folder = Path(data.__file__).parent
     return [folder / "astronaut.png", folder / "coffee.png"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

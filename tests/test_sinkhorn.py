@@ -1,7 +1,6 @@
 """Sinkhorn plans against POT, and OTTER's soft labels (single process and over a 2-rank gloo group)."""
 from __future__ import annotations
 
-import socket
 import warnings
 
 import pytest
@@ -9,6 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 
 from zeroshift.errors import ZeroshiftError
 from zeroshift.distributed import gather_rows
@@ -252,14 +252,8 @@ def _gather_worker(rank: int, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_gather_cost_two_ranks_match_one_process(tmp_path):
-    mp.spawn(_gather_worker, args=(_free_port(), str(tmp_path)), nprocs=len(SIZES), join=True)  # ~4 s, imports
+    mp.spawn(_gather_worker, args=(free_port(), str(tmp_path)), nprocs=len(SIZES), join=True)  # ~4 s, imports
     img, txt, iref, tref = _global_batch()
     y_img = ot_soft_labels(img, txt, img_ref=iref, txt_ref=tref)
     y_txt = ot_soft_labels(txt, img, img_ref=tref, txt_ref=iref)

@@ -1,10 +1,9 @@
 """models/student.py: the built-in students, build_student's checks, ONNX export, and distill run folders."""
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
+from helpers import export_onnx, one_line
 from torch import nn
 
 from zeroshift import load, specs
@@ -30,16 +29,7 @@ BENCH_LIMIT = 488_000  # 8% of the teacher's 6.1M parameters, head included
 TEACHER, TEACHER_DIM = "tiny-clip:seed=0", 32  # tiny-clip's default joint space is 32-d
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))  # ONNX exports land here
-    return tmp_path / "home"
-
-
-def one_line(error: pytest.ExceptionInfo) -> str:
-    message = str(error.value)
-    assert message and "\n" not in message
-    return message
+pytestmark = pytest.mark.usefixtures("home")  # ONNX exports land there
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -145,13 +135,7 @@ def test_min_input_is_the_crop_side():
 def tiny_onnx(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
-    file = tmp_path / "tiny.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(file), dynamo=False,
-                          input_names=["pixels"], output_names=["features"],
-                          dynamic_axes={"pixels": {0: "n"}, "features": {0: "n"}})
-    return file
+    return export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "tiny.onnx")
 
 
 def test_refuses_an_encoder_that_cannot_train(tiny_onnx):

@@ -17,13 +17,7 @@ from zeroshift.data.synthetic import clipart_files, prompts
 from zeroshift.data.synthetic.clipart import Style, style_of
 from zeroshift.errors import DataError, MissingBackend, SpecError
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """An empty $ZEROSHIFT_HOME: nothing fetched, renders kept in tmp_path."""
-    path = tmp_path / "home"
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("home")  # nothing fetched, renders kept in tmp_path
 
 
 def art(path, colour, size=(40, 28), shape="ellipse"):

@@ -3,12 +3,11 @@ end with the weights of one process on the whole batches, and checkpoint once.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
+import pytest
 import torch
+from helpers import torchrun
 from torch import nn
 
 from zeroshift.train import Checkpoints, TrainConfig, train
@@ -47,16 +46,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_two_ranks_average_gradients(tmp_path, monkeypatch):
-    from test_embed_torchrun import free_port
-
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(var, raising=False)
+@pytest.mark.usefixtures("single_process")
+def test_two_ranks_average_gradients(tmp_path):
     script = tmp_path / "train_dist.py"
     script.write_text(SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=180)
+    done = torchrun(script, tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0] == ranks[1]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import colour_pixels
 from PIL import Image
 from torch import nn
 from torchvision.transforms import v2 as T
@@ -36,17 +37,11 @@ from zeroshift.zeroshot.classifier import classify, zeroshot_weights
 
 TEACHER, ENCODER = "tiny-clip:seed=0", "tiny-clip:seed=1,dim=24"
 WORDS = ["cat", "dog", "car", "tree", "house", "boat", "bird", "shoe", "cup", "lamp", "fish", "road"]
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def _images(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (n, 1, 1, 3))  # one colour per image, plus noise
-    return np.clip(base + rng.normal(0, 40, (n, 16, 16, 3)), 0, 255).astype(np.uint8)
+    return colour_pixels(n, 16, 40, seed)  # [n, 16, 16, 3]
 
 
 # ---------------------------------------------------------------- a teacher that is a known linear image of the source
@@ -80,16 +75,13 @@ def _agreement(bridge: Bridge, src, tch, weights) -> float:
 
 
 @pytest.fixture(scope="module")
-def linear_case(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ZEROSHIFT_HOME", str(tmp_path_factory.mktemp("home")))
+def linear_case(module_home):
     source, teacher = _linear_pair()
     data = ArraySource(_images(240), "test:images")
     src, tch = embed(source, data, progress=False), embed(teacher, data, progress=False)
     prompts = encode_prompts(teacher, [f"a photo of a {w}." for w in WORDS], len(WORDS), progress=False)
     weights = zeroshot_weights(teacher, WORDS[:8], ["a photo of a {c}."])
-    yield src, tch, prompts, weights
-    mp.undo()
+    return src, tch, prompts, weights
 
 
 def _cfg(**kw) -> TransferConfig:
@@ -334,7 +326,7 @@ def test_transfer_writes_a_run_that_loads_and_classifies(tmp_path):
     assert json.loads((out / "config.json").read_text())["data"]["rows"] == 60
 
 
-def test_resume_after_a_kill_gives_the_uninterrupted_bridge(tmp_path, monkeypatch):
+def test_resume_after_a_kill_gives_the_uninterrupted_bridge(tmp_path, monkeypatch, interrupt_at):
     from safetensors.torch import load_file
 
     data = _folder(tmp_path / "data", {"red": 30, "green": 30})
@@ -346,15 +338,7 @@ def test_resume_after_a_kill_gives_the_uninterrupted_bridge(tmp_path, monkeypatc
                     losses=("mse", "cycle", "pgkd"), batch_size=8, epochs=2, checkpoint_every=3, **kw)
 
     transfer(cfg("whole"), progress=False)
-    step, calls = BridgeTask.step, {"n": 0}
-
-    def killed(self, batch):
-        calls["n"] += 1
-        if calls["n"] == 11:  # mid epoch 2 (8 steps an epoch); the last checkpoint is step 9
-            raise KeyboardInterrupt
-        return step(self, batch)
-
-    monkeypatch.setattr(BridgeTask, "step", killed)
+    step = interrupt_at(BridgeTask, 11)  # mid epoch 2 (8 steps an epoch); the last checkpoint is step 9
     with pytest.raises(KeyboardInterrupt):
         transfer(cfg("run"), progress=False)
     assert not (tmp_path / "run").exists() and (tmp_path / "run.ckpt" / "last.pt").is_file()

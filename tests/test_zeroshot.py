@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import colour_pixels, tiny_vlm
 
 from zeroshift.data.memory import ArraySource
 from zeroshift.data.templates import dataset_key, get_templates, imagenet_classes, template_sets
 from zeroshift.errors import DataError, ZeroshiftError
-from zeroshift.models.tiny import create
 from zeroshift.zeroshot.classifier import check_classnames, classify, zeroshot_weights
 from zeroshift.zeroshot.labels import parse_labels
 from zeroshift.zeroshot.metrics import (
@@ -191,29 +191,12 @@ def test_record_schema_and_name(tmp_path):
 # ---------------------------------------------------------------- evaluate() on tiny-clip
 
 
-def tiny_vlm():
-    """tiny-clip seed 0 without its image-head bias: random tiny-clip maps every image near one direction
-    (the bias dominates), so predictions would all be one class; without it they spread over classes."""
-    vlm = create("seed=0")
-    with torch.no_grad():
-        vlm.image.net[-1].bias.zero_()
-    vlm.spec = "tiny-clip:seed=0,dim=32,size=32+nobias"
-    return vlm
-
-
 def colour_source(n: int = 48, spec: str = "test:colours", captions: bool = False) -> ArraySource:
     rng = np.random.default_rng(0)
-    base = rng.integers(0, 256, size=(n, 1, 1, 3))
-    images = np.clip(base + rng.normal(0, 30, size=(n, 32, 32, 3)), 0, 255).astype(np.uint8)
+    images = colour_pixels(n, 32, 30, rng)  # [n, 32, 32, 3]
     labels = rng.integers(0, len(COLOURS), size=n)
     caps = [f"a {COLOURS[l]} square, number {i}" for i, l in enumerate(labels)] if captions else None
     return ArraySource(images, spec, labels=labels, classes=COLOURS, captions=caps)
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ZEROSHIFT_HOME", str(tmp_path / "home"))
-    return tmp_path
 
 
 def count_image_batches(vlm) -> list[int]:
@@ -222,8 +205,8 @@ def count_image_batches(vlm) -> list[int]:
     return calls
 
 
-def test_evaluate_writes_clip_benchmark_record_and_reuses_cache(home):
-    vlm, source, out = tiny_vlm(), colour_source(), home / "results"
+def test_evaluate_writes_clip_benchmark_record_and_reuses_cache(home, tmp_path):
+    vlm, source, out = tiny_vlm(), colour_source(), tmp_path / "results"
     calls = count_image_batches(vlm)
     from zeroshift.zeroshot.evaluate import evaluate
 
@@ -251,14 +234,14 @@ def test_evaluate_writes_clip_benchmark_record_and_reuses_cache(home):
     assert rec["metrics"] == pytest.approx(classification_metrics(logits, source.labels), abs=1e-12)
 
 
-def test_evaluate_auto_runs_every_task_the_source_supports(home):
+def test_evaluate_auto_runs_every_task_the_source_supports(home, tmp_path):
     from zeroshift.zeroshot.evaluate import evaluate
 
     source = colour_source(24, spec="test:captioned", captions=True)
     source.labels[:4] = -1  # unlabelled rows count for retrieval only
-    records = evaluate(tiny_vlm(), source, out=home / "r", runtime="torch", progress=False)
+    records = evaluate(tiny_vlm(), source, out=tmp_path / "r", runtime="torch", progress=False)
     assert list(records) == ["zeroshot_classification", "zeroshot_retrieval"]
-    assert len(list((home / "r").glob("*.json"))) == 2
+    assert len(list((tmp_path / "r").glob("*.json"))) == 2
     assert records["zeroshot_classification"]["zeroshift"]["evaluated"] == 20
     assert records["zeroshot_classification"]["templates"] == get_templates("default")
     ret = records["zeroshot_retrieval"]["metrics"]

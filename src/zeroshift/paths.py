@@ -5,6 +5,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import MissingWeights
+
 
 def home() -> Path:
     """The root folder for everything zeroshift stores outside a run folder."""
@@ -29,3 +31,14 @@ def onnx_dir() -> Path:
 def slug(text: str, limit: int = 60) -> str:
     """`text` (a spec) as a readable file-name fragment: other characters become '_', cut at `limit`."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:limit]
+
+
+def local_or_hub(arg: str, spec: str, what: str) -> str:
+    """`arg` of `spec` as an absolute folder when it exists, else as a hub id; a path-like `arg` that does
+    not exist (starting with /, . or ~) is a MissingWeights naming `what` was looked for."""
+    folder = Path(arg).expanduser()
+    if folder.exists():
+        return str(folder.resolve())
+    if arg.startswith(("/", ".", "~")):
+        raise MissingWeights(f"no {what} at {arg} (from spec {spec!r})")
+    return arg

@@ -5,7 +5,7 @@ import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .options import add_options, from_args, write_config
+from .options import command, write_config
 from .table import print_table
 
 
@@ -24,8 +24,7 @@ class EmbedConfig:
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    add_options(parser, EmbedConfig)
-    parser.set_defaults(run=lambda ns: run(from_args(EmbedConfig, ns)))
+    command(parser, EmbedConfig, run)
 
 
 def run(cfg: EmbedConfig) -> int:

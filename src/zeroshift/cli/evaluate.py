@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from dataclasses import dataclass, field
 
-from .options import add_options, from_args
+from .options import command
 from .table import print_table
 
 TASKS = ["auto", "zeroshot_classification", "zeroshot_retrieval"]
@@ -23,8 +23,7 @@ class EvalConfig:
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    add_options(parser, EvalConfig)
-    parser.set_defaults(run=lambda ns: run(from_args(EvalConfig, ns)))
+    command(parser, EvalConfig, run)
 
 
 def metric_rows(records: dict[str, dict]) -> list[tuple]:

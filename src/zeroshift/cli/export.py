@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .options import add_options, from_args
+from .options import command
 from .table import print_table
 
 
@@ -22,8 +22,7 @@ class ExportConfig:
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    add_options(parser, ExportConfig)
-    parser.set_defaults(run=lambda ns: run(from_args(ExportConfig, ns)))
+    command(parser, ExportConfig, run)
 
 
 def run(cfg: ExportConfig) -> int:

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from .options import add_options, from_args
+from .options import command
 from .table import print_table
 
 SHOWN = ("acc1", "acc5", "flat_hit@5", "image_retrieval_recall@5", "text_retrieval_recall@5")
@@ -14,8 +14,7 @@ SHOWN = ("acc1", "acc5", "flat_hit@5", "image_retrieval_recall@5", "text_retriev
 
 def configure_method(parser: argparse.ArgumentParser, config: type, train: Callable[[Any], Any]) -> None:
     """Add the options of `config` and run `train(config)` then the results table when parsed."""
-    add_options(parser, config)
-    parser.set_defaults(run=lambda ns: run_method(train, from_args(config, ns)))
+    command(parser, config, lambda cfg: run_method(train, cfg))
 
 
 def run_method(train: Callable[[Any], Any], cfg: Any) -> int:

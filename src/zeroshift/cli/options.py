@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import typing
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..io import write_json
@@ -24,6 +25,12 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     if args and typing.get_origin(tp) is not None:  # Optional[...] / X | None
         return _base_type(args[0])
     return tp, False
+
+
+def command(parser: argparse.ArgumentParser, cls: type[C], run: Callable[[C], int]) -> None:
+    """A command whose options are the fields of `cls`: the parse becomes `cls(...)` and is handed to `run`."""
+    add_options(parser, cls)
+    parser.set_defaults(run=lambda ns: run(from_args(cls, ns)))
 
 
 def _groups(cls: type) -> list[tuple[str | None, list[dataclasses.Field]]]:

@@ -5,7 +5,7 @@ import argparse
 import json
 from dataclasses import dataclass, field
 
-from .options import add_options, from_args
+from .options import command
 from .table import print_table
 
 
@@ -21,8 +21,7 @@ class PredictConfig:
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    add_options(parser, PredictConfig)
-    parser.set_defaults(run=lambda ns: run(from_args(PredictConfig, ns)))
+    command(parser, PredictConfig, run)
 
 
 def run(cfg: PredictConfig) -> int:

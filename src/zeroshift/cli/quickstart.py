@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from .options import add_options, from_args
+from .options import command
 from .table import print_table
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     from zeroshift.quickstart import QuickstartConfig
 
-    add_options(parser, QuickstartConfig)
-    parser.set_defaults(run=lambda ns: run(from_args(QuickstartConfig, ns)))
+    command(parser, QuickstartConfig, run)
 
 
 def run(cfg) -> int:

@@ -4,18 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import add_options, from_args
+from .options import command
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
     from zeroshift.serve.config import ServeConfig
 
-    add_options(parser, ServeConfig)
+    command(parser, ServeConfig, run)
     for action in parser._actions:  # `--model A --model B` adds up (a generated list option would replace)
         if action.dest == "models":
             action.__class__ = argparse._ExtendAction
             action.option_strings, action.metavar = ["--model", "--models"], "SPEC"
-    parser.set_defaults(run=lambda ns: run(from_args(ServeConfig, ns)))
 
 
 def run(cfg) -> int:

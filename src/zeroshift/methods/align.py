@@ -38,7 +38,7 @@ from ..models.aligned import Heads, trainable_blocks
 from ..models.pixels import PixelRows, pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
-from ..train import TrainConfig, plot_history, train
+from ..train import plot_history, train
 from ..train.batches import Epoch
 from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import encode_prompts
@@ -73,28 +73,16 @@ class AlignConfig(RunConfig):
     noise: float = field(default=0.0, metadata={"help": "fraction of captions replaced by random ones (noise studies)"})
     finetune_blocks: int = field(default=1, metadata={"help": "finetune mode: last blocks trained in each tower"})
     batch_size: int = field(default=512, metadata={"help": "pairs per step (over all ranks)"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, scales)"})
-    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
     precision: str = field(default="fp32", metadata={"help": "mixed precision", "choices": list(PRECISIONS)})
 
     def __post_init__(self) -> None:
-        if isinstance(self.pairs, str):
-            object.__setattr__(self, "pairs", (self.pairs,))
         super().__post_init__()
-        if not self.pairs:
-            raise ZeroshiftError("--pairs needs at least one data spec")
         if min(self.dim, self.sinkhorn_iters) < 1 or self.finetune_blocks < 0:
             raise ZeroshiftError("--dim and --sinkhorn-iters must be at least 1")
         if not (0 <= self.alpha <= 1 and 0 <= self.noise <= 1 and 0 <= self.ema < 1):
             raise ZeroshiftError("--alpha and --noise must be in [0, 1], --ema in [0, 1)")
-        if self.lam <= 0 or self.kd_temperature <= 0 or self.weight_decay < 0:
-            raise ZeroshiftError("--lam and --kd-temperature must be above 0, --weight-decay at least 0")
-        if not 0 <= self.warmup < 1:
-            raise ZeroshiftError("--warmup must be in [0, 1)")
-
-    def train_config(self) -> TrainConfig:
-        return super().train_config(weight_decay=self.weight_decay, warmup=self.warmup, grad_clip=1.0)
-
+        if self.lam <= 0 or self.kd_temperature <= 0:
+            raise ZeroshiftError("--lam and --kd-temperature must be above 0")
 
 # ---------------------------------------------------------------- the task
 def align_loss(cfg: AlignConfig) -> AlignLoss:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +40,9 @@ class RunConfig:
     epochs: int = field(default=10, metadata={"help": "passes over the training rows"})
     batch_size: int = field(default=128, metadata={"help": "rows per step (over all ranks)"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.05, metadata={
+        "help": "AdamW weight decay (biases, norm weights and logit scales are not decayed)"})
+    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up, then cosine"})
     eval_dataset: str | None = field(default=None, metadata={
         "help": "held-out data spec: the finished run is evaluated zero-shot on it"})
     precision: str = field(default="auto", metadata={
@@ -54,10 +58,17 @@ class RunConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
 
     def __post_init__(self) -> None:
-        """Every option with `choices` (the method's too) is checked here; a tuple option value by value."""
+        """Checks every option with `choices` (the method's too; a tuple option value by value), turns a
+        lone string given for a tuple option into a tuple, and refuses an empty required one."""
+        hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            allowed = f.metadata.get("choices")
             values = getattr(self, f.name)
+            if isinstance(values, str) and typing.get_origin(hints[f.name]) is tuple:
+                values = (values,)
+                object.__setattr__(self, f.name, values)
+            if values == () and f.default is MISSING:
+                raise ZeroshiftError(f"--{f.name.replace('_', '-')} needs at least one data spec")
+            allowed = f.metadata.get("choices")
             for value in values if isinstance(values, tuple) else (values,):
                 if allowed and value not in allowed:
                     what = f.metadata.get("noun", f.name.replace("_", " "))
@@ -66,11 +77,15 @@ class RunConfig:
         if (counts and min(counts) < 1) or (self.lr is not None and self.lr <= 0) or self.checkpoint_every < 0:
             raise ZeroshiftError("--epochs and --batch-size must be at least 1, --lr above 0 and "
                                  "--checkpoint-every at least 0")
+        if (self.weight_decay is not None and self.weight_decay < 0) or not 0 <= (self.warmup or 0) < 1:
+            raise ZeroshiftError("--weight-decay must be at least 0 and --warmup in [0, 1)")
 
     def train_config(self, **options: Any) -> TrainConfig:
-        """The loop's options: these run options plus the method's own (weight decay, schedule, ...)."""
-        return TrainConfig(**{"epochs": self.epochs, "lr": self.lr, "seed": self.seed, "precision": self.precision,
-                              "device": self.device, **options})
+        """The loop's options: these run options and gradient clipping at norm 1, overridden by `options`
+        (a method's own recipe)."""
+        return TrainConfig(**{"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+                              "warmup": self.warmup, "grad_clip": 1.0, "seed": self.seed,
+                              "precision": self.precision, "device": self.device, **options})
 
 
 class Run:

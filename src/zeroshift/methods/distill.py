@@ -36,7 +36,7 @@ from ..errors import CacheMismatch, DataError, ZeroshiftError
 from ..models.pixels import PixelRows, pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
-from ..train import TrainConfig, plot_eval, plot_history, train
+from ..train import plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .common import Run, RunConfig
@@ -68,25 +68,13 @@ class DistillConfig(RunConfig):
         "help": "student-side augmentation: none, flip, light (flip + random crop)", "choices": list(AUGMENT)})
     eval_rows: int = field(default=2000, metadata={"help": "rows of --eval-dataset scored each epoch (seeded subset)"})
     lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
-    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases, norms, scales)"})
-    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up"})
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, str):
-            object.__setattr__(self, "data", (self.data,))
         super().__post_init__()
-        if not self.data:
-            raise ZeroshiftError("--data needs at least one data spec")
         if self.eval_rows < 1 or self.batch_size < 2:
             raise ZeroshiftError("--eval-rows must be at least 1, --batch-size at least 2")
-        if self.tau <= 0 or self.temperature <= 0 or self.weight_decay < 0:
-            raise ZeroshiftError("--tau and --temperature must be above 0, --weight-decay at least 0")
-        if not 0 <= self.warmup < 1:
-            raise ZeroshiftError("--warmup must be in [0, 1)")
-
-    def train_config(self) -> TrainConfig:
-        return super().train_config(weight_decay=self.weight_decay, warmup=self.warmup, grad_clip=1.0)
-
+        if self.tau <= 0 or self.temperature <= 0:
+            raise ZeroshiftError("--tau and --temperature must be above 0")
 
 class DistillTask(nn.Module):
     """One step: finish the cached pixels (scale, normalise), run the student, score it by the loss."""

@@ -69,6 +69,9 @@ class TransferConfig(RunConfig):
     epochs: int | None = field(default=None, metadata={"help": "epochs (default: zoomshot 1, ttc 5)"})
     batch_size: int | None = field(default=None, metadata={"help": "rows per step (default: zoomshot 256, ttc 100)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default: zoomshot 1e-3, ttc 0.01)"})
+    weight_decay: float | None = field(default=None, metadata={
+        "help": "weight decay (default: zoomshot 0, ttc 5e-4 as Text-to-Concept)"})
+    warmup: float | None = field(default=None, metadata={"help": "fraction of the steps with a linear warm-up (default 0)"})
     precision: str = field(default="fp32", metadata={
         "help": "mixed precision (a bridge is small: full precision unless asked)", "choices": list(PRECISIONS)})
 
@@ -112,10 +115,12 @@ def train_config(cfg: TransferConfig) -> tuple[TrainConfig, int] | None:
     if cfg.method == "lstsq":
         return None
     if cfg.method == "ttc":  # Text-to-Concept's scheduler keeps the lr within 0.3% of 0.01 over 5 epochs
-        return cfg.train_config(epochs=_given(cfg.epochs, 5), lr=_given(cfg.lr, 0.01), weight_decay=5e-4,
-                                optimizer="sgd", momentum=0.9, cosine=False), _given(cfg.batch_size, 100)
-    return cfg.train_config(epochs=_given(cfg.epochs, 1), lr=_given(cfg.lr, 1e-3), optimizer="adamw",
-                            cosine=True), _given(cfg.batch_size, 256)
+        return cfg.train_config(epochs=_given(cfg.epochs, 5), lr=_given(cfg.lr, 0.01),
+                                weight_decay=_given(cfg.weight_decay, 5e-4), warmup=_given(cfg.warmup, 0.0),
+                                grad_clip=0.0, optimizer="sgd", momentum=0.9, cosine=False), _given(cfg.batch_size, 100)
+    return cfg.train_config(epochs=_given(cfg.epochs, 1), lr=_given(cfg.lr, 1e-3),
+                            weight_decay=_given(cfg.weight_decay, 0.0), warmup=_given(cfg.warmup, 0.0),
+                            grad_clip=0.0, optimizer="adamw", cosine=True), _given(cfg.batch_size, 256)
 
 
 def _given(value: float | None, default: float) -> float:

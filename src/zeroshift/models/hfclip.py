@@ -5,14 +5,14 @@ images are preprocessed by that image processor, texts tokenised by that tokeniz
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import MissingWeights, SpecError, fetch_failed
+from .. import paths
+from ..errors import SpecError, fetch_failed
 from .vlm import ImageEncoder, TextEncoder, TowersVLM
 
 TEXT_BATCH = 256
@@ -72,13 +72,7 @@ def create(arg: str) -> TowersVLM:
 
     if not arg:
         raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
-    folder = Path(arg).expanduser()
-    if folder.exists():
-        source = str(folder.resolve())
-    elif arg.startswith(("/", ".", "~")):
-        raise MissingWeights(f"no CLIP model folder at {arg} (from spec 'hf-clip:{arg}')")
-    else:
-        source = arg
+    source = paths.local_or_hub(arg, f"hf-clip:{arg}", "CLIP model folder")
     spec = f"hf-clip:{source}"
     try:
         model = CLIPModel.from_pretrained(source).float().eval()

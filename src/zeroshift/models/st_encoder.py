@@ -1,13 +1,13 @@
 """st:NAME_OR_PATH: a sentence-transformers text encoder (a hub name or a folder saved with .save())."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import MissingWeights, SpecError, fetch_failed
+from .. import paths
+from ..errors import SpecError, fetch_failed
 from .vlm import TextEncoder
 
 TEXT_BATCH = 256
@@ -51,11 +51,5 @@ def create(arg: str) -> STTextEncoder:
     """Build a sentence-transformers text encoder from a hub name or a local folder."""
     if not arg:
         raise SpecError("st: needs a model name or folder, e.g. st:all-MiniLM-L6-v2")
-    folder = Path(arg).expanduser()
-    if folder.exists():
-        source = str(folder.resolve())
-    elif arg.startswith(("/", ".", "~")):
-        raise MissingWeights(f"no sentence-transformers folder at {arg} (from spec 'st:{arg}')")
-    else:
-        source = arg
+    source = paths.local_or_hub(arg, f"st:{arg}", "sentence-transformers folder")
     return load(source, f"st:{source}")
