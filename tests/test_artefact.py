@@ -190,3 +190,10 @@ def test_load_run_checks_dims_against_weights_and_towers(tmp_path):
     with pytest.raises(CacheMismatch) as e:  # the encoder spec now gives 32-d features, the run was fit on 24
         load_run(str(moved))
     assert "24-d image tower" in one_line(e)
+
+
+def test_loaded_run_carries_its_folder_and_config(tmp_path):
+    out = write_run(tmp_path / "toy")
+    vlm = load_run(str(out))
+    assert vlm.run_folder == out.resolve() and vlm.run_config == read_run(out)[0]
+    assert artefact.read_config(out) == vlm.run_config

@@ -125,3 +125,16 @@ def test_distill_and_align_commands_write_runs(home, folder, tmp_path, capsys):
                  str(folder / "red" / "0.png")]) == 0
     assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--pairs", f"csv:{pairs}",
                  "--out", str(aligned)]) == 2 and "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["transfer", "distill", "align"])
+def test_training_commands_show_the_shared_run_options_after_their_own(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    own, _, shared = text.partition("\noptions:\n")[2].partition("\nrun options:\n")  # past the usage line
+    assert shared, "no 'run options' group"
+    for flag in ("--out", "--epochs", "--batch-size", "--lr", "--weight-decay", "--precision", "--device",
+                 "--seed", "--checkpoint-every", "--resume", "--keep-checkpoints", "--overwrite"):
+        assert flag in shared and f"  {flag} " not in own, flag
+    assert "--teacher" in own or "--image" in own

@@ -128,3 +128,17 @@ def test_plots_and_precision(tmp_path):
         train(Task(), Batches, TrainConfig(precision="fp16", device="cpu"), progress=False)
     with pytest.raises(ZeroshiftError, match="precision"):
         TrainConfig(precision="fp8")
+
+
+def test_adamw_decays_matrices_only():
+    from zeroshift.train.loop import make_optimizer
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    scale = nn.Parameter(torch.tensor(3.9))  # a logit scale
+    params = [*net.parameters(), scale]
+    groups = make_optimizer(params, TrainConfig(weight_decay=0.1)).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(net[0].weight), id(net[2].weight)}
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    sgd = make_optimizer(params, TrainConfig(weight_decay=5e-4, optimizer="sgd")).param_groups
+    assert [g["weight_decay"] for g in sgd] == [5e-4]  # Text-to-Concept's recipe decays every weight
