@@ -28,7 +28,7 @@ import torch
 from common import CallTimer, TowerEvalSet, machine, timed, vlm_scores, write_results
 
 import zeroshift
-from zeroshift.methods import align as align_module
+from zeroshift.methods import losses as losses_module
 from zeroshift.methods import sinkhorn as sinkhorn_module
 from zeroshift.methods.align import (
     AlignConfig,
@@ -127,7 +127,7 @@ def step_times(args, steps: int, threads: list[int], warmup: int = 5) -> dict:
             soft, sink, timed_steps = [], [], []
             next_batch, ot_step = steppers["ot"]
             for _ in range(steps):
-                with CallTimer(align_module, "ot_soft_label_pair") as a, CallTimer(sinkhorn_module, "sinkhorn") as s:
+                with CallTimer(losses_module, "ot_soft_label_pair") as a, CallTimer(sinkhorn_module, "sinkhorn") as s:
                     timed_steps.append(timed(ot_step, setup=next_batch).best)
                 soft.append(sum(a.seconds))
                 sink.append(sum(s.seconds))
