@@ -167,3 +167,42 @@ def test_draft_scale_choice():
     assert images._draft_scale((1600, 1200), 2000, 10**9) == 1
     assert images._draft_scale((1600, 1200), None, 10**9) == 1
     assert images._draft_scale((1600, 1200), None, 500_000) == 2
+
+
+def _declare_size(data: bytes, side: int) -> bytes:
+    """The JPEG `data` with its frame header (SOF0 or SOF2) claiming side x side pixels (the scan stays small)."""
+    for marker in (b"\xff\xc0", b"\xff\xc2"):
+        i = data.find(marker)
+        if i >= 0:
+            at = i + 5  # marker (2), length (2), precision (1), then height and width (2 each)
+            return data[:at] + side.to_bytes(2, "big") * 2 + data[at + 4:]
+    raise AssertionError("no frame header")
+
+
+def test_progressive_jpeg_is_bounded_by_its_declared_size(monkeypatch):
+    # a progressive JPEG costs about 2 bytes per declared pixel however small it is drafted (issue 17, item 0)
+    small = Image.new("RGB", (64, 64), (200, 30, 30))
+    side = 12000  # 144M declared pixels: above the 89M decode bound, below Pillow's own hard limit
+    bomb = _declare_size(encode(small, "JPEG", progressive=True), side)  # a few KB
+    baseline = _declare_size(encode(small, "JPEG"), side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        assert Image.open(io.BytesIO(bomb)).info.get("progressive")
+        assert not Image.open(io.BytesIO(baseline)).info.get("progressive")
+    loads = []
+    with monkeypatch.context() as m:
+        m.setattr(JpegImagePlugin.JpegImageFile, "load", lambda self: loads.append(self))
+        with pytest.raises(BadImage, match=f"progressive JPEG of {side}x{side}"):
+            decode_image(bomb, max_side=224)
+    assert loads == []  # refused from the header, before any coefficient is decoded
+    assert min(decode_image(baseline, max_side=224).size) == 224  # baseline: drafted to 1/8 (1500 px a side)
+    assert pixels(decode_image(encode(small, "JPEG", progressive=True)))[0, 0, 0] > 150  # small ones still decode
+
+
+def test_serve_refuses_a_progressive_jpeg_bomb_as_too_large():
+    from zeroshift.serve.checks import decode_upload
+    from zeroshift.serve.errors import TooLarge
+
+    bomb = _declare_size(encode(Image.new("RGB", (64, 64)), "JPEG", progressive=True), 12000)
+    with pytest.raises(TooLarge, match="12000x12000"):
+        decode_upload(bomb, "bomb.jpg", max_pixels=40_000_000)

@@ -2,8 +2,9 @@
 
 Real collections are messy: 16-bit greys, palettes with transparency, CMYK JPEGs, EXIF rotations and
 PNGs of hundreds of millions of pixels. `decode_image` handles the first kinds and bounds the last:
-JPEGs are decoded at reduced scale (`draft`) to the size the model needs, other formats larger than
-`max_pixels` are refused before their pixels are read. Every failure is a `BadImage`, which loaders
+baseline JPEGs are decoded at reduced scale (`draft`) to the size the model needs; progressive JPEGs
+(whose decoder holds every coefficient whatever the scale) and other formats larger than `max_pixels`
+are refused before their pixels are read. Every failure is a `BadImage`, which loaders
 count and list instead of dying.
 """
 from __future__ import annotations
@@ -184,7 +185,13 @@ def _decode(im: Image.Image, max_side: int | None, max_pixels: int) -> Image.Ima
     w, h = im.size
     if w <= 0 or h <= 0:
         raise BadImage(f"invalid size {w}x{h}")
-    if im.format == "JPEG":
+    if im.format == "JPEG" and im.info.get("progressive"):
+        # libjpeg keeps every DCT coefficient of a progressive JPEG (about 2 bytes per declared pixel)
+        # however small it is drafted, so its declared size is bounded like any other format's
+        if w * h > max_pixels:
+            raise BadImage(f"progressive JPEG of {w}x{h} = {w * h / 1e6:.0f}M declared pixels exceeds the decode "
+                           f"bound of {max_pixels / 1e6:.0f}M (its decoder holds every pixel's coefficients)")
+    elif im.format == "JPEG":
         scale = _draft_scale(im.size, max_side, max_pixels)
         if scale > 1:
             im.draft(im.mode, (max(1, w // scale), max(1, h // scale)))

@@ -109,14 +109,14 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore")
             header = Image.open(io.BytesIO(data))  # lazy: header only
             w, h = header.size
-            is_jpeg = header.format == "JPEG"
+            drafted = header.format == "JPEG" and not header.info.get("progressive")  # decoded reduced
     except Image.DecompressionBombError:
-        if not data.startswith(b"\xff\xd8"):  # JPEGs are drafted down by decode_image
+        if not data.startswith(b"\xff\xd8"):  # baseline JPEGs are drafted down by decode_image
             raise TooLarge(f"image {name!r} has more pixels than Pillow's decompression-bomb limit") from None
     except Exception:  # noqa: BLE001 - Pillow raises many kinds on bad data
         raise RequestError(f"image {name!r} is not an image this server can read") from None
     else:
-        if not is_jpeg and w * h > max_pixels:
+        if not drafted and w * h > max_pixels:
             raise TooLarge(f"image {name!r} is {w}x{h} = {w * h / 1e6:.1f}M pixels; this server decodes at most "
                            f"{max_pixels / 1e6:.1f}M")
     try:
