@@ -27,7 +27,7 @@ from ..errors import ZeroshiftError
 from ..io import atomic_path, write_json
 from ..models.transforms import probe_batch
 from ..models.onnx_export import OPSET, to_onnx
-from ..models.vlm import VLM, ImageEncoder
+from ..models.vlm import VLM
 from ..zeroshot.classifier import check_classnames, classify, zeroshot_weights
 
 if TYPE_CHECKING:
@@ -62,12 +62,6 @@ def _torch_to_onnx(module: nn.Module, example: torch.Tensor, input_name: str, op
 def _device(module: nn.Module) -> torch.device:
     tensor = next(iter(module.parameters()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def _tower_parts(vlm: VLM) -> tuple[ImageEncoder, nn.Module, nn.Module | None]:
-    """(tower, head, the tower's PyTorch module or None when it exists only as an ONNX graph)."""
-    tower, head = vlm.image_parts()
-    return tower, head, tower.torch_module()
 
 
 def _merged(tower, head: nn.Module, weights: torch.Tensor, example: torch.Tensor) -> "onnx.ModelProto":
@@ -182,7 +176,8 @@ def export_classifier(
     out = Path(out).expanduser()
     if out.is_dir():
         raise ZeroshiftError(f"--out {out} is a folder; give a file name such as {out / 'classifier.onnx'}")
-    tower, head, module = _tower_parts(vlm)
+    tower, head = vlm.image_parts()
+    module = tower.torch_module()  # None: the tower exists only as an ONNX graph, merged with the head
     if check_batch is None:
         batch = probe_batch(vlm.image_transform, EXPORT_BATCH + CHECK_BATCH)  # [B, 3, H, W]
         example, checked = batch[:EXPORT_BATCH], batch[EXPORT_BATCH:]

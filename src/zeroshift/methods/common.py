@@ -22,7 +22,7 @@ from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
 from ..models.runtime import RUNTIMES
 from ..models.vlm import VLM
-from ..runfolder import RunWriter, check_out, write_card
+from ..runfolder import RunWriter, write_card
 from ..train.checkpoint import Checkpoints, run_checkpoints
 from ..train.loop import PRECISIONS, TrainConfig
 from ..version import __version__
@@ -105,14 +105,14 @@ class Run:
         self.started = time.perf_counter()
         self.cfg, self.kind = cfg, kind
         self.out = Path(cfg.out).expanduser().absolute()
-        check_out(self.out, cfg.overwrite)
+        self.lead = dist.rank() == 0  # under torchrun only rank 0 writes; every rank trains and evaluates
+        # the writer refuses a taken --out here, before any work
+        self.writer = RunWriter(self.out, cfg.overwrite, {"kind": kind, **identity}, active=self.lead)
         self.eval_source: DataSource | None = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
         if self.eval_source is not None:
             tasks = tasks_for(self.eval_source)
             if need_labels and "zeroshot_classification" not in tasks:
                 raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the model against")
-        self.lead = dist.rank() == 0  # under torchrun only rank 0 writes; every rank trains and evaluates
-        self.writer = RunWriter(self.out, cfg.overwrite, {"kind": kind, **identity}, active=self.lead)
         self._checkpoints: Checkpoints | None = None
 
     def __enter__(self) -> Run:

@@ -65,6 +65,6 @@ class ConSEImage(ImageEncoder):
     def torch_module(self) -> nn.Module | None:
         """This ConSE with its classifier in PyTorch again (after runtime.accelerate), for an exporter."""
         inner = self.logits.torch_module()
-        if inner is None or inner is self.logits:
-            return None if inner is None else self
-        return ConSEImage(inner, self.class_embeddings, self.spec, self.top).eval()
+        if inner is self.logits:
+            return self
+        return None if inner is None else ConSEImage(inner, self.class_embeddings, self.spec, self.top).eval()
