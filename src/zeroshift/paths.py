@@ -5,12 +5,23 @@ import os
 import re
 from pathlib import Path
 
-from .errors import MissingWeights
+from .errors import MissingWeights, SpecError
+
+
+def user_path(value: str | os.PathLike) -> Path:
+    """`value` as a Path with a leading `~` or `~user` expanded; an unknown user (or no home folder) is a
+    one-line SpecError instead of the RuntimeError `Path.expanduser` raises."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        head = str(value).split("/", 1)[0]
+        raise SpecError(f"cannot expand {head!r} in {str(value)!r}: no such user or no home folder; "
+                        "give the path without '~'") from None
 
 
 def home() -> Path:
     """The root folder for everything zeroshift stores outside a run folder."""
-    return Path(os.environ.get("ZEROSHIFT_HOME", Path.home() / ".cache" / "zeroshift")).expanduser()
+    return user_path(os.environ.get("ZEROSHIFT_HOME") or Path.home() / ".cache" / "zeroshift")
 
 
 def data_dir() -> Path:
@@ -36,7 +47,7 @@ def slug(text: str, limit: int = 60) -> str:
 def local_or_hub(arg: str, spec: str, what: str) -> str:
     """`arg` of `spec` as an absolute folder when it exists, else as a hub id; a path-like `arg` that does
     not exist (starting with /, . or ~) is a MissingWeights naming `what` was looked for."""
-    folder = Path(arg).expanduser()
+    folder = user_path(arg)
     if folder.exists():
         return str(folder.resolve())
     if arg.startswith(("/", ".", "~")):

@@ -10,7 +10,7 @@ from .data.images import decode_image
 from .data.base import BadImage
 from .data.templates import get_templates
 from .errors import ZeroshiftError
-from .models.transforms import one_thread
+from .models.transforms import decode_side, one_thread
 from .specs import load
 from .zeroshot.classifier import classify, zeroshot_weights
 
@@ -26,11 +26,11 @@ def predict(
     weights = zeroshot_weights(vlm, list(labels), get_templates(templates, None))  # [C, d]
     results: list[dict] = [{"image": str(p)} for p in images]
     ok: list[int] = []
-    tensors = []
+    tensors, side = [], decode_side(vlm.image_transform)  # as embed and eval decode: same pixels, same answer
     for i, p in enumerate(images):
         try:
             with one_thread():
-                tensors.append(vlm.image_transform(decode_image(p)))
+                tensors.append(vlm.image_transform(decode_image(p, side)))
             ok.append(i)
         except BadImage as e:
             results[i]["error"] = str(e) or "not a readable image"

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from .. import specs
-from ..data.base import BadImage, DataSource
+from ..data.base import BadImage, DataSource, load_row
 from ..errors import DataError, ZeroshiftError
 from ..io import clean_temp
-from ..models.transforms import one_thread, split_batchable
+from ..models.transforms import decode_side, one_thread, split_batchable
 from .shards import base_manifest, finalize, sidecar_ok, wait_for_manifest, wait_for_shards, write_shard
 from .store import (
     DTYPES, LABELS, MANIFEST, META, Features, Identity, check_compatible, default_dir,
@@ -35,11 +35,16 @@ from .store import (
 DEFAULT_SHARD_ROWS = 4096
 
 
+def describe_pixels(transform: Any) -> str:
+    """How a row becomes the model's input: the transform, and the side images are decoded to first."""
+    return f"{describe_transform(transform)}; decoded to a shorter side of at most {decode_side(transform)}"
+
+
 class _Rows(Dataset):
     """Row i of a source as (i, transformed image or None, why it is bad or None)."""
 
-    def __init__(self, source: DataSource, transform: Any) -> None:
-        self.source, self.transform = source, transform
+    def __init__(self, source: DataSource, transform: Any, max_side: int | None = None) -> None:
+        self.source, self.transform, self.max_side = source, transform, max_side
 
     def __len__(self) -> int:
         return len(self.source)
@@ -47,7 +52,7 @@ class _Rows(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             with one_thread():
-                return i, self.transform(self.source.load_image(i)), None
+                return i, self.transform(load_row(self.source, i, self.max_side)), None
         except (BadImage, OSError, Image.DecompressionBombError) as e:  # PIL decodes lazily
             return i, None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
@@ -163,7 +168,7 @@ def embed(
         raise DataError(f"data source {source.spec!r} has no rows")
     model, dev = _resolve_model(model, runtime, device)
     identity = Identity(
-        model_spec=model.spec, transform=describe_transform(model.image_transform),
+        model_spec=model.spec, transform=describe_pixels(model.image_transform),
         data_spec=source.spec, fingerprint=source.fingerprint(), rows=len(source), dtype=dtype,
     )
     out = Path(out) if out is not None else default_dir(identity)
@@ -253,7 +258,7 @@ def _compute(
             owner.append(i)
     total = sum(e - s for s, e in spans.values())
     per_image, per_batch = split_batchable(model.image_transform)
-    dataset = _Rows(source, per_image)
+    dataset = _Rows(source, per_image, decode_side(model.image_transform))
     def encode(images: torch.Tensor) -> torch.Tensor:  # [V, 3, H, W] from the loader -> [V, dim]
         return model.encode_image(images if per_batch is None else per_batch(images))
 
@@ -301,7 +306,7 @@ def find_cache(model: Any, data: str | DataSource, *, dtype: str = "float32", ou
     """The folder of a complete cache of `data` by `model` (at `out` or the default place), or None."""
     source = specs.dataset(data) if isinstance(data, str) else data
     model, _ = _resolve_model(model, runtime, "cpu" if isinstance(model, str) else None)
-    identity = Identity(model.spec, describe_transform(model.image_transform), source.spec,
+    identity = Identity(model.spec, describe_pixels(model.image_transform), source.spec,
                         source.fingerprint(), len(source), dtype)
     folder = Path(out) if out is not None else default_dir(identity)
     manifest = read_manifest(folder)

@@ -12,6 +12,7 @@ from ..errors import DataError, SpecError
 from .files import FileSource
 from .images import DEFAULT_MAX_PIXELS
 from .labels import index_labels
+from ..paths import user_path
 
 _PATH_COLUMNS = ("path", "image", "image_path", "filepath", "file", "filename")
 _LABEL_COLUMNS = ("label", "class", "category")
@@ -21,6 +22,17 @@ _CAPTION_COLUMNS = ("caption", "text", "title")
 def _pick(header: list[str], names: Sequence[str]) -> int | None:
     lower = [h.strip().lower() for h in header]
     return next((lower.index(n) for n in names if n in lower), None)
+
+
+def _undecodable(text: str) -> bool:
+    """True when `text` holds bytes that were not UTF-8 (read with errors='surrogateescape')."""
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _looks_like_header(row: list[str]) -> bool:
+    """A first row that names any known column is a header, even when it names no path column."""
+    known = {*_PATH_COLUMNS, *_LABEL_COLUMNS, *_CAPTION_COLUMNS}
+    return any(c.strip().lower() in known for c in row)
 
 
 def _second_column_kind(values: list[str]) -> str:
@@ -40,7 +52,7 @@ def csv_source(arg: str, kind: str | None = None, max_side: int | None = None,
     sorted (numerically when they are integers). Rows keep the file's order."""
     if not arg:
         raise SpecError("'csv:' needs a file, e.g. csv:pairs.csv")
-    file = Path(arg).expanduser()
+    file = user_path(arg)
     spec = f"csv:{arg}"
     try:
         # Bytes that are not UTF-8 survive as surrogates: the row stays, and users of its text (align's
@@ -55,6 +67,10 @@ def csv_source(arg: str, kind: str | None = None, max_side: int | None = None,
         raise DataError(f"{spec}: the file holds no rows")
     header = rows[0]
     p_col = _pick(header, _PATH_COLUMNS)
+    if p_col is None and _looks_like_header(header):
+        raise DataError(f"{spec}: the header {','.join(header)!r} names no image-path column; name it one of "
+                        f"{', '.join(_PATH_COLUMNS)} (labels: {', '.join(_LABEL_COLUMNS)}; captions: "
+                        f"{', '.join(_CAPTION_COLUMNS)})")
     if p_col is not None:
         l_col, c_col = _pick(header, _LABEL_COLUMNS), _pick(header, _CAPTION_COLUMNS)
         rows = rows[1:]
@@ -75,16 +91,22 @@ def csv_source(arg: str, kind: str | None = None, max_side: int | None = None,
         raise DataError(f"{spec}: data row {short + 1} has {len(rows[short])} columns, expected {width}")
 
     base = file.parent
-    files, keys, seen = [], [], {}
-    for r in rows:
+    files, keys, seen, bad = [], [], {}, {}
+    for n_row, r in enumerate(rows):
         rel = r[p_col].strip()
+        for col, what in ((p_col, "path"), (c_col, "caption")):
+            if col is not None and _undecodable(r[col]):
+                bad[n_row] = f"the CSV's {what} in data row {n_row + 1} is not UTF-8 text"
         files.append(Path(rel) if os.path.isabs(rel) else base / rel)
         n = seen.get(rel, 0)
         seen[rel] = n + 1
         keys.append(rel if n == 0 else f"{rel}#{n}")  # the same image listed again (several captions)
     labels = classes = captions = None
     if l_col is not None:
+        odd = next((n for n, r in enumerate(rows) if _undecodable(r[l_col])), None)
+        if odd is not None:
+            raise DataError(f"{spec}: the label in data row {odd + 1} is not UTF-8 text; class names must be")
         labels, classes = index_labels([r[l_col].strip() for r in rows])
     if c_col is not None:
         captions = [r[c_col].strip() for r in rows]
-    return FileSource(spec, files, keys, labels, classes, captions, max_side, max_pixels)
+    return FileSource(spec, files, keys, labels, classes, captions, max_side, max_pixels, bad=bad)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .base import DataSource
-from .images import DEFAULT_MAX_PIXELS, decode_image, is_image_file
+from .images import DEFAULT_MAX_PIXELS, BadImage, decode_image, is_image_file
 
 
 def stat_token(files: Sequence[Path]) -> str:
@@ -69,8 +69,10 @@ class FileSource(DataSource):
         captions: Sequence[str] | None = None,
         max_side: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        bad: dict[int, str] | None = None,
     ) -> None:
         self.spec = spec
+        self.bad = dict(bad or {})  # row -> why it cannot be used (known before any decoding)
         self.files = [Path(f) for f in files]
         self.keys = list(keys)
         self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
@@ -81,8 +83,10 @@ class FileSource(DataSource):
         if len(self.keys) != len(self.files):
             raise DataError(f"{spec}: {len(self.keys)} keys for {len(self.files)} files")
 
-    def load_image(self, i: int) -> Image.Image:
-        return decode_image(self.files[i], self.max_side, self.max_pixels)
+    def load_image(self, i: int, max_side: int | None = None) -> Image.Image:
+        if i in self.bad:
+            raise BadImage(self.bad[i])
+        return decode_image(self.files[i], max_side or self.max_side, self.max_pixels)
 
     def _content_token(self) -> str:
         return stat_token(self.files)

@@ -7,12 +7,13 @@ from ..errors import DataError, SpecError
 from .files import FileSource, walk_images
 from .images import DEFAULT_MAX_PIXELS, is_image_file
 from .labels import readable
+from ..paths import user_path
 
 
 def _existing_dir(arg: str, scheme: str) -> Path:
     if not arg:
         raise SpecError(f"'{scheme}:' needs a path, e.g. {scheme}:path/to/images")
-    root = Path(arg).expanduser()
+    root = user_path(arg)
     if not root.is_dir():
         raise DataError(f"{scheme}:{arg}: no such folder")
     return root

@@ -13,6 +13,7 @@ from ..errors import DataError, MissingWeights, SpecError
 from .base import BadImage, DataSource
 from .images import DEFAULT_MAX_PIXELS, decode_image, load_rgb
 from .labels import index_labels, words
+from ..paths import user_path
 
 
 class HFSource(DataSource):
@@ -44,17 +45,17 @@ class HFSource(DataSource):
             captions = list(ds[caption_column])
             self.captions = [(c[0] if c else "") if isinstance(c, list) else (c or "") for c in captions]
 
-    def load_image(self, i: int) -> Image.Image:
-        value = self._images[i][self._column]
+    def load_image(self, i: int, max_side: int | None = None) -> Image.Image:
+        value, side = self._images[i][self._column], max_side or self.max_side
         if isinstance(value, dict):  # an undecoded datasets.Image: {"bytes": ..., "path": ...}
             if value.get("bytes"):
-                return decode_image(value["bytes"], self.max_side, self.max_pixels)
+                return decode_image(value["bytes"], side, self.max_pixels)
             if value.get("path"):
-                return decode_image(value["path"], self.max_side, self.max_pixels)
+                return decode_image(value["path"], side, self.max_pixels)
             raise BadImage(f"{self.spec} row {i}: no image bytes or path")
         if value is None:
             raise BadImage(f"{self.spec} row {i}: no image")
-        return load_rgb(value, self.max_side, self.max_pixels)
+        return load_rgb(value, side, self.max_pixels)
 
     def _content_token(self) -> str:
         return self._fp
@@ -100,7 +101,7 @@ def hf(arg: str, image_column: str | None = None, label_column: str | None = Non
     if not name:
         raise SpecError("'hf:' needs a dataset name, e.g. hf:cifar10:test")
     spec = f"hf:{arg}"
-    local = Path(name).expanduser()
+    local = user_path(name)
     try:
         if local.is_dir() and _is_saved_dataset(local):
             ds = datasets.load_from_disk(str(local))

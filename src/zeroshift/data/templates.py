@@ -12,6 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import ZeroshiftError
+from ..paths import user_path
 
 _DIR = Path(__file__).with_name("templates")
 
@@ -117,7 +118,7 @@ def get_templates(name_or_file: str | None = None, dataset: str | None = None) -
     key = _set_for(name_or_file.strip().casefold())
     if key is not None:
         return list(_packaged(key))
-    path = Path(name_or_file).expanduser()
+    path = user_path(name_or_file)
     if path.is_file():
         return read_template_file(path, dataset)
     raise ZeroshiftError(

@@ -60,12 +60,12 @@ class TorchvisionSource(DataSource):
         if self.classes is None and len(self.labels):
             self.classes = [str(c) for c in range(int(self.labels.max()) + 1)]
 
-    def load_image(self, i: int) -> Image.Image:
+    def load_image(self, i: int, max_side: int | None = None) -> Image.Image:
         try:
             image = self.ds[i][0]
         except (OSError, ValueError, SyntaxError) as e:
             raise BadImage(f"{self.spec} row {i}: {e}") from e
-        return load_rgb(image, self.max_side, self.max_pixels)
+        return load_rgb(image, max_side or self.max_side, self.max_pixels)
 
     def _content_token(self) -> str:
         h = hashlib.sha1(self.labels.tobytes())

@@ -13,6 +13,7 @@ from .base import BadImage, DataSource
 from .files import stat_token
 from .images import DEFAULT_MAX_PIXELS, decode_image
 from .labels import index_labels
+from ..paths import user_path
 
 _WDS_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -38,7 +39,7 @@ class WdsSource(DataSource):
         self.classes, self.captions = classes, captions
         self.max_side, self.max_pixels = max_side, max_pixels
 
-    def load_image(self, i: int) -> Image.Image:
+    def load_image(self, i: int, max_side: int | None = None) -> Image.Image:
         s, member, offset, size = self._index[i]
         shard = self.shards[s]
         try:
@@ -55,7 +56,7 @@ class WdsSource(DataSource):
         if len(data) != size:
             raise BadImage(f"{shard}:{member}: truncated ({len(data)} of {size} bytes)")
         try:
-            return decode_image(data, self.max_side, self.max_pixels)
+            return decode_image(data, max_side or self.max_side, self.max_pixels)
         except BadImage as e:
             raise BadImage(f"{shard}:{member}: {str(e).split(': ', 1)[-1]}") from None
 
@@ -68,7 +69,7 @@ def _expand_shards(pattern: str) -> list[Path]:
 
     if re.match(r"^[a-z][a-z0-9+.-]+:", pattern):
         raise SpecError(f"wds:{pattern}: only local tar shards are read; download remote shards first")
-    return [Path(p).expanduser() for p in braceexpand(pattern)]
+    return [user_path(p) for p in braceexpand(pattern)]
 
 
 def _find_classnames(shards: list[Path]) -> list[str] | None:

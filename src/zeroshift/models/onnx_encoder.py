@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import MissingWeights, SpecError
 from .transforms import NORMS, probe_batch, resize_crop
 from .vlm import ImageEncoder, ImageTransform
+from ..paths import user_path
 
 _OPTIONS = {"size", "norm", "crop", "layout"}
 
@@ -106,7 +107,7 @@ def create(arg: str) -> OnnxImageEncoder:
     path, output, opts = parse(arg)
     if not path:
         raise SpecError("onnx: needs a file, e.g. onnx:model.onnx#features")
-    file = Path(path).expanduser().resolve()
+    file = user_path(path).resolve()
     if not file.is_file():
         raise MissingWeights(f"no ONNX file at {file} (from spec 'onnx:{arg}')")
     if opts.get("norm", "imagenet") not in NORMS:

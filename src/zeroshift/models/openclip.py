@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import ImageEncoder, ImageTransform, TextEncoder, TowersVLM
+from ..paths import user_path
 
 TEXT_BATCH = 256
 
@@ -74,7 +75,7 @@ def resolve(arg: str) -> tuple[str, str | None, str]:
         return arch, None, f"openclip:{arch}@random"
     if tag in tags:
         return arch, tag, f"openclip:{arch}@{tag}"
-    file = Path(tag).expanduser()
+    file = user_path(tag)
     if file.is_file():
         return arch, str(file.resolve()), f"openclip:{arch}@{file.resolve()}"
     if "/" in tag or "\\" in tag or file.suffix in (".safetensors", ".bin", ".pt", ".pth"):

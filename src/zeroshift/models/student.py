@@ -21,14 +21,20 @@ VIT_DEFAULTS = {"dim": 128, "depth": 4, "heads": 4, "mlp": 1, "patch": 8, "size"
 EXPAND = 2  # hidden width of an inverted-residual block, as a multiple of its input width
 
 
+HIGH = {"width": 1024, "size": 1024, "depth": 64, "dim": 4096, "heads": 64, "mlp": 16, "patch": 256}
+
+
 def _options(scheme: str, arg: str, defaults: dict[str, int]) -> dict[str, int]:
-    """Parse `key=value,...` integer options over `defaults`; every value but the seed must be positive."""
+    """Parse `key=value,...` integer options over `defaults`; every value but the seed must be positive,
+    and bounded (HIGH) so that a typo cannot ask for gigabytes."""
     opts = dict(defaults)
     for item in filter(None, (s.strip() for s in arg.split(","))):
         key, _, value = item.partition("=")
         if key not in opts or not value.isdigit() or (key != "seed" and int(value) < 1):
             raise SpecError(f"{scheme} options are {', '.join(f'{k}=' for k in defaults)} (positive integers); "
                             f"got {item!r}")
+        if key in HIGH and int(value) > HIGH[key]:
+            raise SpecError(f"{scheme} {key} must be at most {HIGH[key]}; got {item!r}")
         opts[key] = int(value)
     return opts
 

@@ -6,10 +6,10 @@ file through timm's own loader. Preprocessing is timm's data config for the mode
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from ..errors import MissingWeights, SpecError, fetch_failed
 from .vlm import ModuleEncoder
+from ..paths import user_path
 
 OUTPUTS = ("features", "logits")
 
@@ -48,7 +48,7 @@ def create(arg: str, output: str | None = None) -> ModuleEncoder:
     if sep and tag == "random":
         model, suffix = timm.create_model(name, pretrained=False, **heads), "@random"
     elif sep:
-        file = Path(tag).expanduser()
+        file = user_path(tag)
         if not file.is_file():
             raise MissingWeights(f"no weights file at {tag} for timm:{name}")
         file = file.resolve()

@@ -18,12 +18,18 @@ from .vlm import ImageEncoder, TextEncoder, TowersVLM
 _BUCKETS = 4096
 
 
+_RANGES = {"dim": (1, 4096), "size": (4, 1024)}  # a size=20000 input alone would take 4.8 GB a batch
+
+
 def _options(arg: str) -> dict[str, int]:
     opts = {"seed": 0, "dim": 32, "size": 32}
     for item in filter(None, arg.split(",")):
         key, _, value = item.partition("=")
         if key not in opts or not value.lstrip("-").isdigit():
             raise SpecError(f"tiny-clip options are seed=, dim=, size= (integers); got {item!r}")
+        low, high = _RANGES.get(key, (-(2**63), 2**63 - 1))
+        if not low <= int(value) <= high:
+            raise SpecError(f"tiny-clip {key} must be from {low} to {high}; got {item!r}")
         opts[key] = int(value)
     return opts
 

@@ -74,6 +74,19 @@ def probe_images(n: int, seed: int = 0, size: tuple[int, int] = (300, 260)) -> l
     return images
 
 
+def decode_side(transform: Callable[[Image.Image], torch.Tensor]) -> int | None:
+    """The shorter side to decode images to for `transform`: twice its output side (a probe image's),
+    so a JPEG is drafted at a reduced DCT scale without losing detail the resize would keep. None when
+    the transform gives no [3, H, W] tensor (images are then decoded whole, within the pixel bound)."""
+    try:
+        out = transform(probe_images(1, size=(64, 48))[0])
+    except Exception:  # noqa: BLE001 - a transform that rejects the probe: no reduction, no harm
+        return None
+    if not isinstance(out, torch.Tensor) or out.ndim != 3:
+        return None
+    return 2 * int(max(out.shape[1:]))  # [3, H, W]
+
+
 def probe_batch(transform: Callable[[Image.Image], torch.Tensor], n: int, seed: int = 0) -> torch.Tensor:
     """`n` probe images through `transform`, stacked: [n, 3, H, W]."""
     return torch.stack([transform(image) for image in probe_images(n, seed)])

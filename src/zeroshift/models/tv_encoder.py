@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import MissingWeights, SpecError, fetch_failed
 from .timm_encoder import split_output
 from .vlm import ModuleEncoder
+from ..paths import user_path
 
 
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
@@ -47,7 +48,7 @@ def create(arg: str, output: str | None = None) -> ModuleEncoder:
     if sep and tag == "random":
         model, suffix = models.get_model(name, weights=None), "@random"
     elif sep:
-        file = Path(tag).expanduser()
+        file = user_path(tag)
         if not file.is_file():
             raise MissingWeights(f"no weights file at {tag} for torchvision:{name}")
         file = file.resolve()

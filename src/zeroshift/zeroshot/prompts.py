@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,7 @@ from ..data.templates import imagenet_classes
 from ..errors import ZeroshiftError
 from ..models.text_cache import text_embeddings
 from ..models.vlm import VLM
+from ..paths import user_path
 
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)
 
@@ -38,7 +38,7 @@ class Prompts:
 
 def read_prompt_file(path: str | os.PathLike) -> list[str]:
     """Prompts from a text file, one per line; blank lines and '#' comments are skipped."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

@@ -17,6 +17,7 @@ from ..catalogue import OPENCLIPART_DIR, clipart_words
 from ..fetch import dataset_dir, is_fetched
 from ..files import walk_images
 from ..images import to_rgb
+from ...paths import user_path
 
 CLIPART_MAX_PIXELS = 16_000_000  # clip art above this is skipped, not decoded (PNGs have no reduced decode)
 CACHE_BYTES = 128 << 20  # decoded clip art kept per process
@@ -31,7 +32,7 @@ def clipart_set(value: str) -> tuple[Path, list[str], str]:
                             "or pass clipart=DIR")
         root, canonical = dataset_dir("openclipart") / OPENCLIPART_DIR, value
     else:
-        root = Path(value).expanduser()
+        root = user_path(value)
         if not root.is_dir():
             raise DataError(f"synthetic: clipart={value} is not a folder; give a folder of <category>/<name>.png")
         root = root.resolve()

@@ -19,13 +19,14 @@ from ..base import BadImage
 from ..files import files_token
 from ..images import decode_image, to_rgb
 from .base import SyntheticSource
+from ...paths import user_path
 
 DIFFUSERS_VERSION = "diffusers-1"  # bump whenever the diffusers renderer's use of the pipeline changes
 
 
 def _pipeline_ref(value: str) -> tuple[str, bool]:
     """pipeline=PATH|HUB_ID -> (absolute folder or hub id, whether it is a local folder)."""
-    local = Path(value).expanduser()
+    local = user_path(value)
     if local.is_dir():
         return str(local.resolve()), True
     return value, False

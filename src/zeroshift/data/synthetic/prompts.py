@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import DataError, SpecError
+from ...paths import user_path
 
 DEFAULT_CONTEXTS: tuple[str, ...] = (
     "a photo of a {c}.",
@@ -35,10 +36,14 @@ _CLIPART_ONLY = ("clipart",)
 _DIFFUSERS_ONLY = ("pipeline", "steps", "guidance", "batch")
 
 
+# upper bounds: an image of size=100000 would need 30 GB before the first one is drawn
+_HIGH = {"n": 10_000_000, "seed": 2**63 - 1, "size": 2048, "steps": 1000, "batch": 1024}
+
+
 def _int(opts: dict[str, str], key: str, low: int) -> int:
-    value = opts[key]
-    if not re.fullmatch(r"[+-]?\d+", value.strip()) or int(value) < low:
-        raise SpecError(f"synthetic: {key} must be an integer >= {low}, got {key}={value!r}")
+    value, high = opts[key], _HIGH[key]
+    if not re.fullmatch(r"[+-]?\d+", value.strip()) or not low <= int(value) <= high:
+        raise SpecError(f"synthetic: {key} must be an integer from {low} to {high:,}, got {key}={value!r}")
     return int(value)
 
 
@@ -92,12 +97,12 @@ def _lines(path: Path, what: str) -> list[str]:
 def resolve_classes(value: str) -> tuple[list[str], str]:
     """classes=NAME_OR_FILE[+NAME_OR_FILE...] -> (class names, canonical value): text files (one name a
     line) or data specs, their names joined in order (a name in several counts once)."""
-    if "+" in value and not Path(value).expanduser().is_file():
+    if "+" in value and not user_path(value).is_file():
         parts = [resolve_classes(part) for part in value.split("+") if part]
         return list(dict.fromkeys(n for names, _ in parts for n in names)), "+".join(c for _, c in parts)
     from ... import specs
 
-    path = Path(value).expanduser()
+    path = user_path(value)
     if path.is_file():
         names, canonical = _lines(path, "classes"), str(path.resolve())
     else:
@@ -115,7 +120,7 @@ def resolve_contexts(value: str) -> tuple[list[str], str]:
     """contexts=default|FILE -> (context phrases, each with {c}; canonical value)."""
     if value == "default":
         return list(DEFAULT_CONTEXTS), value
-    path = Path(value).expanduser()
+    path = user_path(value)
     if not path.is_file():
         raise SpecError(f"synthetic: contexts must be 'default' or an existing file, got contexts={value}")
     phrases = list(dict.fromkeys(_lines(path, "contexts")))
