@@ -1,5 +1,6 @@
-"""Checkpoints are read back only when intact: a flipped byte or an edited value is one line that names
-the file and says how to start over (issue 17, item 1)."""
+"""Checkpoints are read back only when intact and laid out as this zeroshift writes them: a flipped byte,
+an edited value, a missing or malformed part, or a task state of another shape is one line that names
+the file and says how to start over (issue 17, items 1 and 5)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from helpers import colour_folder, one_line
 from torch import nn
 
 from zeroshift.cli.main import main
-from zeroshift.errors import CacheError
+from zeroshift.errors import CacheError, CacheMismatch
 from zeroshift.train import Checkpoints, TrainConfig, train
 from zeroshift.train.checkpoint import FORMAT, digest
 
@@ -123,6 +124,29 @@ def test_a_silently_edited_checkpoint_is_refused(ckpt, edit):
     one_line(error)
 
 
+@pytest.mark.parametrize("edit, problem", [
+    (lambda s: s.pop("identity"), "has no run identity"),
+    (lambda s: s.__setitem__("identity", "{not json"), "has a run identity that is not a JSON object"),
+    (lambda s: s.__setitem__("identity", '["student"]'), "has a run identity that is not a JSON object"),
+    (lambda s: s.__setitem__("history", "[{"), "has a history that is not a JSON list"),
+    (lambda s: s.__setitem__("history", "[1, 2]"), "has a history that is not a list of rows"),
+    (lambda s: s.pop("task"), "has no task state"),
+    (lambda s: s.__setitem__("task", torch.zeros(3)),
+     r"has a task state that is a float32 tensor of shape \[3\], not a dict"),
+    (lambda s: s.__setitem__("step", "six"), r'has step "six", not a whole number of 0 or more'),
+    (lambda s: s.__setitem__("step", 6.0), "has step 6.0, not a whole number of 0 or more"),
+    (lambda s: s.__setitem__("index", torch.tensor(0)),
+     r"has index an int64 tensor of shape \[\], not a whole number of 0 or more"),
+    (lambda s: s.__setitem__("epoch", -1), "has epoch -1, not a whole number of 0 or more"),
+], ids=["no-identity", "identity-not-json", "identity-a-list", "history-not-json", "history-not-rows", "no-task",
+        "task-a-tensor", "step-a-string", "step-a-float", "index-a-tensor", "epoch-negative"])
+def test_an_intact_checkpoint_laid_out_wrongly_is_one_line(ckpt, edit, problem):
+    rewrite(ckpt.path, edit, reseal=True)
+    with pytest.raises(CacheError, match=f"^checkpoint {ckpt.path} {problem}" + START_OVER) as error:
+        train(Task(), batches, CFG, progress=False, checkpoints=Checkpoints(ckpt.folder, ID))
+    one_line(error)
+
+
 @pytest.mark.parametrize("what", ["not-a-dict", "format-1"])
 def test_other_files_and_older_checkpoints_are_another_version(ckpt, what):
     if what == "not-a-dict":
@@ -132,6 +156,34 @@ def test_other_files_and_older_checkpoints_are_another_version(ckpt, what):
     with pytest.raises(CacheError, match="is not a zeroshift checkpoint of this version" + START_OVER) as error:
         Checkpoints(ckpt.folder, ID).load()
     one_line(error)
+
+
+def test_a_task_state_of_another_model_is_one_line(ckpt):
+    with pytest.raises(CacheMismatch, match=r"does not fit this run's model \(its task state holds net.0.weight as a "
+                       r"float32 tensor of shape \[16, 4\], this run's model has a float32 tensor of shape \[8, 4\]\)"
+                       + START_OVER) as error:
+        train(Task(wide=8), batches, CFG, progress=False, checkpoints=Checkpoints(ckpt.folder, ID))
+    one_line(error)
+    rewrite(ckpt.path, lambda s: s["task"].pop("net.1.running_mean"), reseal=True)
+    with pytest.raises(CacheMismatch, match=r"its task state has no net.1.running_mean\)" + START_OVER):
+        train(Task(), batches, CFG, progress=False, checkpoints=Checkpoints(ckpt.folder, ID))
+    rewrite(ckpt.path, lambda s: s["task"].update({"net.1.running_mean": torch.zeros(16), "extra": torch.zeros(1)}),
+            reseal=True)
+    with pytest.raises(CacheMismatch, match=r"its task state holds extra, which this run's model has not\)"):
+        train(Task(), batches, CFG, progress=False, checkpoints=Checkpoints(ckpt.folder, ID))
+
+
+def test_optimizer_and_rng_states_that_do_not_fit_are_one_line(ckpt):
+    saved = ckpt.path.read_bytes()
+    rewrite(ckpt.path, lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(4, 16)), reseal=True)
+    with pytest.raises(CacheMismatch, match=r"does not fit this run's optimizer \(its exp_avg of shape \[4, 16\] is "
+                       r"for a parameter of shape \[16, 4\]\)" + START_OVER) as error:
+        train(Task(), batches, CFG, progress=False, checkpoints=Checkpoints(ckpt.folder, ID))
+    one_line(error)
+    ckpt.path.write_bytes(saved)
+    rewrite(ckpt.path, lambda s: s["rng"].update(torch=torch.zeros(7, dtype=torch.uint8)), reseal=True)
+    with pytest.raises(CacheError, match=r"has an unusable RNG state \(RuntimeError\)" + START_OVER):
+        train(Task(), batches, CFG, progress=False, checkpoints=Checkpoints(ckpt.folder, ID))
 
 
 def test_the_command_line_refuses_a_damaged_checkpoint_in_one_line(home, tmp_path, capsys):

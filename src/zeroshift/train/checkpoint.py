@@ -12,8 +12,10 @@ with another identity is refused, naming the first key that differs. Files are r
 Silent damage is refused too: torch checks no checksum when it reads a file, so a flipped byte inside a
 tensor would resume without a word and the run would no longer equal an uninterrupted one. Each
 checkpoint therefore carries `digest`, a sha256 over everything else in it (see `digest`), inside the
-file so that one atomic rename writes both; `load` recomputes it and refuses, in one line that names
-the file and says how to start over, a checkpoint that does not match.
+file so that one atomic rename writes both; `load` recomputes it and checks the layout (identity and
+history JSON, whole-number positions, every state part present), and `restore` checks that the task
+state has this run's keys and shapes before loading anything. Each refusal is one line that names
+the file and says how to start over.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from ..io import atomic_path
 FILE = "last.pt"
 FORMAT = 2  # 2: a digest over the contents (format 1 had none, and is refused as another version)
 DIGEST = "digest"
+NUMBERS = ("epoch", "index", "step", "total")  # whole numbers of 0 or more
+PARTS = ("task", "optimizer", "schedule", "scaler", "rng")  # state dicts the loop restores
+JSON = {"identity": dict, "history": list}  # JSON text and the type it must decode to
 
 
 class Checkpoints:
@@ -55,8 +60,8 @@ class Checkpoints:
         return error(f"checkpoint {self.path} {problem}; delete {self.folder} or pass --no-resume to start over")
 
     def load(self) -> dict | None:
-        """The last checkpoint, checked against its digest and this run's identity; None when the folder
-        has none."""
+        """The last checkpoint, checked against its digest, its layout and this run's identity; None when
+        the folder has none."""
         if not self.exists():
             return None
         try:
@@ -71,14 +76,66 @@ class Checkpoints:
             intact = False
         if not intact:
             raise self._refused("is damaged (its contents do not match the digest written with them)")
-        theirs = json.loads(state["identity"])
+        decoded = {key: self._decoded(state, key, kind) for key, kind in JSON.items()}
+        if not all(isinstance(row, dict) for row in decoded["history"]):
+            raise self._refused("has a history that is not a list of rows")
+        for key in NUMBERS:
+            value = state.get(key)
+            if type(value) is not int or value < 0:
+                raise self._refused(f"has {key} {_describe(value)}, not a whole number of 0 or more")
+        for key in PARTS:
+            if not isinstance(state.get(key), dict):
+                raise self._refused(f"has no {key} state" if key not in state else
+                                    f"has a {key} state that is {_describe(state[key])}, not a dict")
+        theirs = decoded["identity"]
         for key in sorted(set(theirs) | set(self.identity)):
             if theirs.get(key) != self.identity.get(key):
                 raise CacheMismatch(
                     f"checkpoint {self.path} belongs to another run ({key}={_short(theirs.get(key))}, this run "
                     f"has {_short(self.identity.get(key))}); pass --no-resume to start over or choose another --out")
-        self.saved_step = self.resumed_step = int(state["step"])
+        self.saved_step = self.resumed_step = state["step"]
         return state
+
+    def _decoded(self, state: dict, key: str, kind: type) -> Any:
+        """state[key] decoded from JSON, refused unless it is JSON text of a `kind`."""
+        what = {"identity": "run identity"}.get(key, key)
+        if key not in state:
+            raise self._refused(f"has no {what}")
+        try:
+            value = json.loads(state[key])
+        except (TypeError, ValueError):
+            value = None
+        if not isinstance(value, kind):
+            raise self._refused(f"has a {what} that is not a JSON {'object' if kind is dict else 'list'}")
+        return value
+
+    def restore(self, state: dict, task: torch.nn.Module, **parts: Any) -> None:
+        """Load a checkpoint from `load` into `task`, each of `parts` (optimizer=, schedule=, scaler=: objects
+        with load_state_dict) and the RNGs. A task state with other keys or shapes than this run's model,
+        or a part its target refuses, is refused in one line naming the first difference."""
+        ours, theirs = task.state_dict(), state["task"]
+        for key in [*ours, *(k for k in theirs if k not in ours)]:
+            if key not in theirs:
+                problem = f"has no {key}"
+            elif key not in ours:
+                problem = f"holds {key}, which this run's model has not"
+            elif not isinstance(theirs[key], torch.Tensor) or theirs[key].shape != ours[key].shape:
+                problem = f"holds {key} as {_describe(theirs[key])}, this run's model has {_describe(ours[key])}"
+            else:
+                continue
+            raise self._refused(f"does not fit this run's model (its task state {problem})", CacheMismatch)
+        for name, target in {"task": task, **parts}.items():
+            try:
+                target.load_state_dict(state[name])
+                if isinstance(target, torch.optim.Optimizer):
+                    _check_moments(target)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                raise self._refused(f"does not fit this run's {name} ({cause})", CacheMismatch) from None
+        try:
+            set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise self._refused(f"has an unusable RNG state ({type(e).__name__})") from None
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write `state` (plus identity, format and the digest over them) as the new last checkpoint,
@@ -141,6 +198,16 @@ def _feed(h: Any, value: Any) -> None:
         raise TypeError(f"a checkpoint cannot hold a {type(value).__name__}")
 
 
+def _check_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError when a loaded per-parameter buffer (Adam moments, SGD momentum) is shaped unlike
+    its parameter: torch would only fail at the next step, deep inside the update."""
+    for param, buffers in optimizer.state.items():
+        for name, buffer in buffers.items():
+            if isinstance(buffer, torch.Tensor) and buffer.ndim and buffer.shape != param.shape:
+                raise ValueError(f"its {name} of shape {list(buffer.shape)} is for a parameter of shape "
+                                 f"{list(param.shape)}")
+
+
 # Options that do not change what a run computes: a checkpoint written under other values still fits.
 RUN_ONLY = ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device", "runtime",
             "eval_dataset", "eval_rows")
@@ -163,6 +230,16 @@ def run_checkpoints(out: Path, options: dict[str, Any], every: int, resume: bool
 def _short(value: Any, n: int = 80) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _describe(value: Any) -> str:
+    """A value for a one-line message: tensors by dtype and shape (str() of one spans lines), else short JSON."""
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"{'an' if dtype.startswith('int') else 'a'} {dtype} tensor of shape {list(value.shape)}"
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return _short(value, 40)
+    return f"a {type(value).__name__}"
 
 
 def rng_state() -> dict[str, Any]:
