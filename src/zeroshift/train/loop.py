@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .. import distributed as dist
 from ..errors import CacheMismatch, ZeroshiftError
-from .checkpoint import Checkpoints, rng_state, set_rng_state
+from .checkpoint import Checkpoints, rng_state
 
 OPTIMIZERS = ("adamw", "sgd")
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -203,11 +203,7 @@ def train(
         if int(saved["total"]) != total:
             raise CacheMismatch(f"checkpoint {checkpoints.path} was written for {saved['total']} steps, this run "
                                 f"has {total}; pass --no-resume to start over")
-        task.load_state_dict(saved["task"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
-        scaler.load_state_dict(saved["scaler"])
-        set_rng_state(saved["rng"])
+        checkpoints.restore(saved, task, optimizer=optimizer, schedule=schedule, scaler=scaler)  # and the RNGs
         epoch0, index0, step = int(saved["epoch"]), int(saved["index"]), int(saved["step"])
         history = json.loads(saved["history"])
     log = _Log(run_dir, history)
