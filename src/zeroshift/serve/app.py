@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import MissingBackend, ZeroshiftError
 from ..models.vlm import VLM
 from ..version import __version__
+from .checks import ODD, shown
 from .config import ServeConfig
 from .engine import Engine
 from .errors import Busy, RequestError, one_line
@@ -58,8 +59,9 @@ def create_app(config: ServeConfig, models: Mapping[str, VLM] | None = None,
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        text = {404: f"no such page: {request.url.path[:100]}",
-                405: f"{request.method} is not allowed on {request.url.path[:100]}"}.get(exc.status_code, str(exc.detail))
+        path = request.url.path[:100] if ODD.search(request.url.path) is None else shown(request.url.path, 100)
+        text = {404: f"no such page: {path}",
+                405: f"{request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
         return JSONResponse({"error": text}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
