@@ -1,16 +1,22 @@
-"""`zeroshift predict --json` is strict JSON and fails when nothing was classified (issue 17, item 8)."""
+"""`zeroshift predict --json` is strict JSON and fails when nothing was classified; `zeroshift export`
+never leaves a sidecar beside a graph it does not describe, and cleans the temporary files a killed
+export left (issue 17, item 8)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import zeroshift.export.onnx as onnx_export
 import zeroshift.predict
 from zeroshift import load
 from zeroshift.cli.main import main
+from zeroshift.io import clean_temp, temp_path
 
 pytestmark = pytest.mark.usefixtures("home")
 SPEC = "tiny-clip:seed=0"
@@ -79,6 +85,81 @@ def test_every_image_failing_exits_1_with_one_line(tmp_path, monkeypatch, capsys
     assert "non-finite scores" in captured.err and captured.err.count("\n") == 1
     if json_flag:
         assert all("non-finite" in r["error"] for r in strict_json(captured.out)["results"])
+
+
+# ---------------------------------------------------------------- export
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_consistent(out) -> None:
+    """No temporary file is left, and a sidecar present describes the graph present."""
+    assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    sidecar = out.with_name(out.name + ".json")
+    if sidecar.exists():
+        assert out.is_file() and json.loads(sidecar.read_text())["sha256"] == sha(out)
+
+
+def test_a_kill_between_graph_and_sidecar_leaves_no_mismatched_pair(tmp_path, monkeypatch):
+    out = tmp_path / "classifier.onnx"
+    vlm = load(SPEC)
+    onnx_export.export_classifier(vlm, ["red", "green"], out, check=False)
+    old_graph, old_sidecar = sha(out), out.with_name("classifier.onnx.json").read_text()
+
+    def disagree(*args, **kwargs):
+        raise onnx_export.ZeroshiftError("the ONNX export disagrees with PyTorch; nothing was written")
+
+    with monkeypatch.context() as patch:  # a refused export keeps the old pair whole
+        patch.setattr(onnx_export, "_check", disagree)
+        with pytest.raises(onnx_export.ZeroshiftError):
+            onnx_export.export_classifier(vlm, ["red", "green", "blue"], out)
+    assert (sha(out), out.with_name("classifier.onnx.json").read_text()) == (old_graph, old_sidecar)
+    assert_consistent(out)
+
+    real_write_json = onnx_export.write_json
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the graph took its name, before the sidecar
+
+    monkeypatch.setattr(onnx_export, "write_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_export.export_classifier(vlm, ["red", "green", "blue"], out, check=False)
+    assert sha(out) != old_graph  # the new graph is in place ...
+    assert not out.with_name("classifier.onnx.json").exists()  # ... and the old sidecar, which lied about it, gone
+    assert_consistent(out)
+
+    monkeypatch.setattr(onnx_export, "write_json", real_write_json)
+    onnx_export.export_classifier(vlm, ["red", "green", "blue"], out, check=False)  # the rerun completes the pair
+    assert json.loads(out.with_name("classifier.onnx.json").read_text())["labels"] == ["red", "green", "blue"]
+    assert_consistent(out)
+
+
+def test_export_removes_the_stale_temp_files_a_killed_export_left(tmp_path):
+    out = tmp_path / "classifier.onnx"
+    stale = [temp_path(out), temp_path(out.with_name("classifier.onnx.json"))]  # a SIGKILLed export's
+    live = temp_path(out)  # another export of the same file, writing now
+    others = [tmp_path / ".someone-else.tmp", temp_path(tmp_path / "other.onnx")]  # not this export's
+    for path in [*stale, live, *others]:
+        path.write_bytes(b"partial")
+    for path in [*stale, *others]:
+        os.utime(path, (1, 1))  # unmodified for decades
+    onnx_export.export_classifier(load(SPEC), ["red", "green"], out, check=False)
+    assert not any(p.exists() for p in stale)
+    assert live.exists() and all(p.exists() for p in others)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".tmp")) == [
+        "classifier.onnx", "classifier.onnx.json"]
+
+
+def test_clean_temp_by_name_spares_other_files(tmp_path):
+    mine, json_one = temp_path(tmp_path / "a.onnx"), temp_path(tmp_path / "a.onnx.json")
+    lookalike = tmp_path / ".a.onnx.backup.tmp"  # not a name temp_path makes
+    for path in (mine, json_one, lookalike):
+        path.write_bytes(b"x")
+    assert clean_temp(tmp_path, name="a.onnx") == [mine]
+    assert clean_temp(tmp_path, name="a.onnx.json") == [json_one]
+    assert lookalike.exists()
 
 
 def test_predict_results_never_hold_nan(tmp_path, monkeypatch):
