@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -73,15 +74,20 @@ def write_json(path: str | os.PathLike, payload: Any, indent: int | None = 2, du
     return write_text(path, json.dumps(payload, indent=indent, default=str, allow_nan=False) + "\n", durable)
 
 
-def clean_temp(folder: str | os.PathLike, older_than: float = 0.0) -> list[Path]:
+def clean_temp(folder: str | os.PathLike, older_than: float = 0.0, name: str | None = None) -> list[Path]:
     """Remove the temporary files a killed writer left in `folder`; returns them. With `older_than`
-    (seconds), only files unmodified that long go, so a live writer sharing the folder keeps its own."""
+    (seconds), only files unmodified that long go, so a live writer sharing the folder keeps its own.
+    With `name`, only the temporary files of `folder / name` go (as temp_path names them): for a folder
+    zeroshift does not own, where another program's `.*.tmp` files are none of its business."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     now = time.time()
     removed = []
+    own = None if name is None else re.compile(rf"\.{re.escape(name)}\.\d+-[0-9a-f]{{8}}{re.escape(TMP_SUFFIX)}")
     for tmp in sorted(folder.glob(f".*{TMP_SUFFIX}")):
+        if own is not None and not own.fullmatch(tmp.name):
+            continue
         try:
             if older_than and now - tmp.stat().st_mtime <= older_than:
                 continue

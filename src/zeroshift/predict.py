@@ -19,7 +19,9 @@ def predict(
     model, images: Sequence[str | Path], labels: Sequence[str], templates: str | None = None,
     runtime: str = "auto", batch_size: int = 32,
 ) -> list[dict]:
-    """For each image: `{"image", "ranking": [{"label", "prob"}, ...]}` best first, or `{"image", "error"}`."""
+    """For each image: `{"image", "ranking": [{"label", "prob"}, ...]}` best first, or `{"image", "error"}`
+    for an image that cannot be read or whose scores are not finite (a ranking of NaNs ranks nothing, and
+    NaN is not JSON: the image is reported failed, like an unreadable one, rather than ranked)."""
     if not images:
         raise ZeroshiftError("no images given")
     vlm = load(model, runtime=runtime) if isinstance(model, str) else model
@@ -38,6 +40,10 @@ def predict(
         batch = torch.stack(tensors[start:start + batch_size])  # [B, 3, H, W]
         probs = classify(vlm.encode_image(batch), weights).softmax(dim=-1)  # [B, C]
         for row, i in zip(probs, ok[start:start + batch_size]):
+            if not bool(torch.isfinite(row).all()):
+                results[i]["error"] = ("the model gave non-finite scores (NaN or inf) for this image; "
+                                       "its features overflowed or the model is broken")
+                continue
             order = row.argsort(descending=True).tolist()
             results[i]["ranking"] = [{"label": labels[j], "prob": round(float(row[j]), 6)} for j in order]
     return results

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 
 from .options import command
@@ -30,14 +31,20 @@ def run(cfg: PredictConfig) -> int:
 
     labels = parse_labels(cfg.labels, files=True)
     results = predict(cfg.model, cfg.images, labels, templates=cfg.templates, runtime=cfg.runtime)
-    if cfg.json:
-        print(json.dumps({"model": cfg.model, "results": results}, indent=2))
-        return 0
-    for r in results:
-        if "error" in r:
-            print(f"{r['image']}: skipped ({r['error']})\n")
-            continue
-        rows = [(i + 1, x["label"], x["prob"]) for i, x in enumerate(r["ranking"][: cfg.top])]
-        print_table(rows, ["rank", "label", "prob"], title=r["image"])
-        print()
-    return 0 if any("error" not in r for r in results) else 2
+    if cfg.json:  # strict JSON: predict reports non-finite scores as a per-image error, never as NaN
+        print(json.dumps({"model": cfg.model, "results": results}, indent=2, allow_nan=False))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['image']}: skipped ({r['error']})\n")
+                continue
+            rows = [(i + 1, x["label"], x["prob"]) for i, x in enumerate(r["ranking"][: cfg.top])]
+            print_table(rows, ["rank", "label", "prob"], title=r["image"])
+            print()
+    failed = [r for r in results if "error" in r]
+    if len(failed) == len(results):  # nothing classified: a script must not take this run for a result
+        image, reason = failed[0]["image"], (str(failed[0]["error"]).strip() or "failed").splitlines()[0]
+        print(f"error: none of the {len(results)} image(s) could be classified; the first, "
+              f"{image}: {reason.removeprefix(f'{image}: ')}", file=sys.stderr)
+        return 1
+    return 0

@@ -22,6 +22,7 @@ def run(cfg) -> int:
     from zeroshift.errors import MissingBackend
     from zeroshift.serve.app import create_app
     from zeroshift.serve.config import bind_warning
+    from zeroshift.serve.server import uvicorn_options
 
     try:
         import uvicorn
@@ -33,5 +34,5 @@ def run(cfg) -> int:
         print(warning, file=sys.stderr)
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"serving {', '.join(cfg.models)} on http://{shown}:{cfg.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    uvicorn.run(app, **uvicorn_options(cfg))
     return 0

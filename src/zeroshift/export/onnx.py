@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.templates import get_templates
 from ..errors import ZeroshiftError
-from ..io import atomic_path, write_json
+from ..io import atomic_path, clean_temp, write_json
 from ..models.transforms import probe_batch
 from ..models.onnx_export import OPSET, to_onnx
 from ..models.vlm import VLM
@@ -37,6 +37,7 @@ INPUT, OUTPUT = "images", "logits"
 LOGIT_TOLERANCE = 1e-2  # max |logit difference| allowed (logits are 100 * cosine)
 EXPORT_BATCH, CHECK_BATCH = 2, 8  # different sizes, so the check also exercises the dynamic batch axis
 _TOWER = "tower/"  # prefix of every name in a merged ONNX tower, so it cannot clash with the head's
+STALE_TEMP_S = 600.0  # an `out` temp file unmodified this long is a killed export's (a live one's is seconds old)
 
 
 class Logits(nn.Module):
@@ -170,12 +171,20 @@ def export_classifier(
 ) -> Path:
     """Write `out` (one ONNX file: images [N, 3, H, W] after vlm.image_transform -> logits [N, C]) and its
     sidecar `<out>.json`. `templates` is a template set name or file (default: the 'default' set);
-    `check_batch` replaces the probe images used to check the file against PyTorch."""
+    `check_batch` replaces the probe images used to check the file against PyTorch.
+
+    The graph is written first, checked, and renamed into place; the sidecar last. An old sidecar is
+    removed just before the new graph takes the name, so a kill anywhere leaves the old pair, or the
+    new graph alone (rerun the export), never a sidecar describing another graph. Temporary files a
+    killed export of `out` left (older than STALE_TEMP_S) are removed first."""
     names = check_classnames(list(labels))
     prompts = get_templates(templates, None)
     out = Path(out).expanduser()
     if out.is_dir():
         raise ZeroshiftError(f"--out {out} is a folder; give a file name such as {out / 'classifier.onnx'}")
+    sidecar = out.with_name(out.name + ".json")
+    for name in (out.name, sidecar.name):
+        clean_temp(out.parent, older_than=STALE_TEMP_S, name=name)
     tower, head = vlm.image_parts()
     module = tower.torch_module()  # None: the tower exists only as an ONNX graph, merged with the head
     if check_batch is None:
@@ -196,6 +205,6 @@ def export_classifier(
         with atomic_path(out) as tmp:  # the graph first, checked before it takes the name; the sidecar last
             tmp.write_bytes(data)
             report = _check(tmp, vlm, weights, checked) if check else None
-        write_json(out.with_name(out.name + ".json"),
-                   _sidecar(out, data, model, vlm, names, templates, prompts, batch, report))
+            sidecar.unlink(missing_ok=True)  # the old one must not outlive its graph, even across a kill
+        write_json(sidecar, _sidecar(out, data, model, vlm, names, templates, prompts, batch, report))
     return out

@@ -3,7 +3,8 @@
 No web framework below the engine: `config` (ServeConfig), `errors`, `checks` (request fields against
 the limits), `batcher`, `served` (one model) and `engine` (the models, the label cache, the work).
 The HTTP layer needs `zeroshift[serve]` and is imported only when serving: `multipart` and `bodies`
-(request parsing), `schemas` (the OpenAPI document), `routes`, and `app` (`create_app`).
+(request parsing), `schemas` (the OpenAPI document), `routes`, `app` (`create_app`), and `server`
+(how uvicorn runs it, with a deadline on request heads).
 """
 from __future__ import annotations
 

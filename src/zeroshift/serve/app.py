@@ -1,6 +1,6 @@
 """The app factory of `zeroshift serve`: a FastAPI app over an Engine, its routes and one-line errors.
 
-Every refusal is `{"error": "one line"}` with its status: RequestError (400, 413, 415, 503), unknown
+Every refusal is `{"error": "one line"}` with its status: RequestError (400, 408, 413, 415, 503), unknown
 pages and methods (404, 405), and, logged, anything unexpected (500).
 """
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 from ..errors import MissingBackend, ZeroshiftError
 from ..models.vlm import VLM
 from ..version import __version__
+from .checks import ODD, shown
 from .config import ServeConfig
 from .engine import Engine
-from .errors import Busy, RequestError, one_line
+from .errors import Busy, RequestError, RequestTimeout, one_line
 
 try:
     import pydantic  # noqa: F401 - the schemas
@@ -54,12 +55,15 @@ def create_app(config: ServeConfig, models: Mapping[str, VLM] | None = None,
     @app.exception_handler(RequestError)
     async def _refused(request: Request, exc: RequestError) -> JSONResponse:
         headers = {"Retry-After": "1"} if isinstance(exc, Busy) else None
+        if isinstance(exc, RequestTimeout):  # the rest of the body may still come: this connection is done
+            headers = {"Connection": "close"}
         return JSONResponse({"error": one_line(exc)}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        text = {404: f"no such page: {request.url.path[:100]}",
-                405: f"{request.method} is not allowed on {request.url.path[:100]}"}.get(exc.status_code, str(exc.detail))
+        path = request.url.path[:100] if ODD.search(request.url.path) is None else shown(request.url.path, 100)
+        text = {404: f"no such page: {path}",
+                405: f"{request.method} is not allowed on {path}"}.get(exc.status_code, str(exc.detail))
         return JSONResponse({"error": text}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

@@ -3,6 +3,7 @@ JSON) into the plain fields the engine takes. Every malformed, oversized or host
 RequestError with a 4xx status."""
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from starlette.requests import ClientDisconnect, Request
 from ..zeroshot.labels import parse_labels
 from .checks import NO_LABELS, check_count, decode_base64
 from .config import MAX_NAME, ServeConfig
-from .errors import RequestError, TooLarge, Unsupported, one_line
+from .errors import RequestError, RequestTimeout, TooLarge, Unsupported, one_line
 from .multipart import Part, parse_multipart
 
 
@@ -26,11 +27,17 @@ class Body:
     content_type: str
 
 
-async def read_request(request: Request, limit: int) -> Body:
+async def read_request(request: Request, limit: int, timeout: float) -> Body:
     """The body of a POST: its kind from Content-Type first (Unsupported, 415, before reading any of
-    it), then its bytes, at most `limit`."""
+    it), then its bytes, at most `limit`, all within `timeout` seconds (RequestTimeout, 408, beyond)."""
     kind = body_kind(request)
-    return Body(kind, await read_body(request, limit), request.headers.get("content-type", ""))
+    try:
+        async with asyncio.timeout(timeout):  # a whole-body deadline: a trickle of bytes never resets it
+            data = await read_body(request, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s (--request-timeout-s); "
+                             "send it at once, or ask for a longer timeout") from None
+    return Body(kind, data, request.headers.get("content-type", ""))
 
 
 def body_kind(request: Request) -> str:

@@ -2,11 +2,20 @@
 
 No web framework here: the engine runs these on the fields `bodies` parsed, so every bad value is a
 one-line RequestError (400) or TooLarge (413).
+
+Text the client sends (labels, templates, texts, image names) must be plain text: no lone surrogates
+(U+D800-U+DFFF: JSON's "\\ud800" escapes decode to them, and neither the response nor a tokenizer
+can write them as UTF-8) and no control characters (category Cc: U+0000-U+001F, U+007F-U+009F) nor
+line separators (U+2028, U+2029), which break tokenizers and one-line outputs. Labels and templates
+are judged as used, stripped of surrounding whitespace. Texts to embed may hold line breaks (tab, LF,
+CR, U+2028, U+2029): a passage has lines. Every other code point is text and passes: format
+characters such as the zero-width joiner of emoji sequences, private-use and unassigned ones.
 """
 from __future__ import annotations
 
 import binascii
 import io
+import re
 import warnings
 from collections.abc import Sequence, Sized
 
@@ -20,6 +29,8 @@ from .config import MAX_TEMPLATES, MAX_TEXT_CHARS
 from .errors import RequestError, TooLarge, one_line
 
 NO_LABELS = "no labels given: send labels, comma- or newline-separated (e.g. 'cat,dog')"
+ODD = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")  # refused in every text field
+ODD_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")  # texts keep line breaks
 
 
 def check_count(items: Sized, what: str, limit: int) -> None:
@@ -41,12 +52,32 @@ def check_length(text: str, what: str) -> None:
         raise RequestError(f"{what} is {len(text)} characters long; at most {MAX_TEXT_CHARS}")
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """`text` (cut at `limit` characters) as a quoted Python literal: control characters and lone
+    surrogates escaped, so a message holding it is one line that encodes as UTF-8."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def check_chars(text: str, what: str, odd: re.Pattern = ODD) -> None:
+    """RequestError naming `what` ('label 3', 'image 0's name', ...), the text and the first character
+    `odd` matches: a lone surrogate or a control character (see the module's docstring for the rule)."""
+    found = odd.search(text)
+    if found is None:
+        return
+    code = ord(found.group())
+    kind = ("a lone surrogate, which is not text" if 0xD800 <= code <= 0xDFFF
+            else "a line separator" if code in (0x2028, 0x2029) else "a control character")
+    raise RequestError(f"{what} {shown(text)} holds U+{code:04X} ({kind}) at position {found.start()}; "
+                       "send plain text without control characters or lone surrogates")
+
+
 def check_labels(labels: Sequence[str], limit: int) -> list[str]:
     """Stripped labels; RequestError on none, blank, duplicate or overlong ones, TooLarge beyond `limit`."""
     check_list(labels, "labels", limit, NO_LABELS)
     for i, label in enumerate(labels):
         if isinstance(label, str):
             check_length(label, f"label {i}")
+            check_chars(label.strip(), f"label {i}")
     try:
         return check_classnames(labels)
     except ZeroshiftError as e:
@@ -59,6 +90,7 @@ def check_templates(templates: Sequence[str]) -> list[str]:
     for i, t in enumerate(templates):
         if not isinstance(t, str):
             raise RequestError(f"template {i} is not a string; give lines such as 'a photo of a {{c}}.'")
+        check_chars(t.strip(), f"template {i}")
         if t.strip():
             out.append(t.strip())
     if not out:
@@ -79,12 +111,15 @@ def check_texts(texts: Sequence[str], limit: int) -> list[str]:
         if not isinstance(t, str) or not t.strip():
             raise RequestError(f"text {i} is empty or not a string; every text needs some characters")
         check_length(t, f"text {i}")
+        check_chars(t, f"text {i}", ODD_IN_TEXT)
     return list(texts)
 
 
 def check_images(images: Sequence[tuple[str, bytes]], limit: int) -> None:
-    """RequestError for no images, TooLarge for more than `limit`."""
+    """RequestError for no images or an image name that is not plain text, TooLarge for more than `limit`."""
     check_list(images, "images", limit, "no images given; send one or more image files")
+    for i, (name, _) in enumerate(images):
+        check_chars(name, f"image {i}'s name")
 
 
 def decode_base64(data: str, what: str) -> bytes:

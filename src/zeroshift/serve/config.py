@@ -35,6 +35,10 @@ class ServeConfig:
     max_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata={
         "help": "non-JPEG uploads above this many pixels are refused (413); JPEGs are decoded at reduced scale"})
     cache_size: int = field(default=128, metadata={"help": "label sets whose text embeddings are kept per server"})
+    request_timeout_s: float = field(default=30.0, metadata={
+        "help": "seconds a client has to send a request's headers, and again its body: a connection still "
+                "sending headers is closed, a body still arriving gets 408; raise it for large uploads over "
+                "slow links"})
 
     def check(self) -> None:
         """Raise ZeroshiftError on an unusable combination of options."""
@@ -45,6 +49,8 @@ class ServeConfig:
                 raise ZeroshiftError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if not self.max_upload_mb > 0:
             raise ZeroshiftError(f"--max-upload-mb must be positive, not {self.max_upload_mb}")
+        if not self.request_timeout_s > 0:
+            raise ZeroshiftError(f"--request-timeout-s must be positive, not {self.request_timeout_s}")
         if self.batch_window_ms < 0:
             raise ZeroshiftError(f"--batch-window-ms cannot be negative ({self.batch_window_ms})")
         if self.max_images > self.max_inflight:

@@ -10,6 +10,12 @@ class RequestError(ZeroshiftError):
     status = 400
 
 
+class RequestTimeout(RequestError):
+    """A request body that did not arrive within `request_timeout_s`; the connection is closed after."""
+
+    status = 408
+
+
 class TooLarge(RequestError):
     """A body, image or list beyond the configured limits."""
 

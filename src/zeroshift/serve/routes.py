@@ -35,7 +35,7 @@ def make_router(engine: Engine, config: ServeConfig, static: Path) -> APIRouter:
     router = APIRouter()
     limit = int(config.max_upload_mb * 1024 * 1024)
     classify_body, embed_body = request_schemas(config)
-    refusals = error_responses(400, 413, 415, 503)
+    refusals = error_responses(400, 408, 413, 415, 503)
 
     @router.get("/", include_in_schema=False)
     async def index() -> Any:
@@ -64,7 +64,7 @@ def make_router(engine: Engine, config: ServeConfig, static: Path) -> APIRouter:
                  description="multipart/form-data (repeated `image` files, `labels`, optional `templates`, `model`) "
                              "or JSON with base64 images. Probabilities are those `zeroshift predict` gives.")
     async def classify(request: Request) -> dict:
-        fields = classify_fields(await read_request(request, limit), config)
+        fields = classify_fields(await read_request(request, limit, config.request_timeout_s), config)
         return {"results": await engine.classify(**fields)}
 
     @router.post("/v1/embed", response_model=EmbedResponse, responses=refusals, openapi_extra=embed_body,
@@ -72,7 +72,7 @@ def make_router(engine: Engine, config: ServeConfig, static: Path) -> APIRouter:
                  description="Raw embeddings (not normalised, `normalized: false`), as the model's encode_text / "
                              "encode_image give them.")
     async def embed(request: Request) -> dict:
-        fields = embed_fields(await read_request(request, limit), config)
+        fields = embed_fields(await read_request(request, limit, config.request_timeout_s), config)
         if fields["texts"]:
             return await engine.embed_texts(fields["texts"], fields["model"])
         return await engine.embed_images(fields["images"], fields["model"])

@@ -65,6 +65,7 @@ class Health(BaseModel):
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The `responses` entries of a route for its 4xx/5xx `codes`: an ErrorBody with what each means."""
     what = {400: "malformed or invalid request (bad JSON, multipart, base64, image, labels or model)",
+            408: "the body did not arrive within the server's --request-timeout-s; the connection is closed",
             413: "body, image or list beyond this server's limits",
             415: "body is neither multipart/form-data nor application/json",
             503: "too many images in flight; retry (Retry-After: 1)"}
