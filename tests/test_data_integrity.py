@@ -173,3 +173,24 @@ def test_sources_without_max_side_still_load():
     assert load_row(Old(), 0, 64).size == (8, 8)
     files = FileSource("f", [], [])
     assert len(files) == 0
+
+
+def test_serve_decodes_uploads_like_predict(home, big_jpeg, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from zeroshift.serve.app import create_app
+    from zeroshift.serve.config import ServeConfig
+
+    sides = []
+    real = images_module._decode
+    monkeypatch.setattr(images_module, "_decode", lambda im, s, p: sides.append(s) or real(im, s, p))
+    vlm = specs.load("tiny-clip:seed=0,size=32")
+    app = create_app(ServeConfig(models=("tiny",), runtime="torch"), models={"tiny": vlm})
+    with TestClient(app) as client:
+        r = client.post("/v1/classify", files=[("image", ("big.jpg", big_jpeg.read_bytes(), "image/jpeg"))],
+                        data={"labels": "a\nb"})
+    assert r.status_code == 200, r.text
+    served = r.json()["results"][0]["models"][0]["ranking"]
+    expected = predict(vlm, [big_jpeg], ["a", "b"])[0]["ranking"]
+    assert sides == [64, 64] and [x["label"] for x in served] == [x["label"] for x in expected]
+    assert np.allclose([x["prob"] for x in served], [x["prob"] for x in expected], atol=1e-5)

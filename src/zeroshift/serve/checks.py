@@ -134,9 +134,10 @@ def decode_base64(data: str, what: str) -> bytes:
         raise RequestError(f"{what}: data is not valid base64") from None
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """An uploaded file -> RGB image, as `zeroshift predict` decodes it; TooLarge for decompression
-    bombs (judged from the header, before any pixel is read), RequestError for anything unreadable."""
+def decode_upload(data: bytes, name: str, max_pixels: int, max_side: int | None = None) -> Image.Image:
+    """An uploaded file -> RGB image, as `zeroshift predict` decodes it (shorter side `max_side`, JPEGs
+    drafted); TooLarge for decompression bombs (judged from the header, before any pixel is read),
+    RequestError for anything unreadable."""
     if not data:
         raise RequestError(f"image {name!r} is empty")
     try:
@@ -155,7 +156,7 @@ def decode_upload(data: bytes, name: str, max_pixels: int) -> Image.Image:
             raise TooLarge(f"image {name!r} is {w}x{h} = {w * h / 1e6:.1f}M pixels; this server decodes at most "
                            f"{max_pixels / 1e6:.1f}M")
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode_image(data, max_side, max_pixels)
     except BadImage as e:
         raise RequestError(f"image {name!r} cannot be decoded ({one_line(e).removeprefix(f'<{len(data)} bytes>: ')})"
                            ) from None

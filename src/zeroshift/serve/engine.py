@@ -135,9 +135,12 @@ class Engine:
         """Decode every image once and transform it for each model: name -> [n, 3, H, W]."""
         loop = asyncio.get_running_loop()
         transforms = [(s.name, s.vlm.image_transform) for s in served]
+        # one decode for every model asked: at the largest side any of them needs (None: the whole image)
+        sides = [s.decode_side for s in served]
+        side = None if None in sides else max(sides, default=None)
 
         def one(name: str, data: bytes) -> list[torch.Tensor]:
-            image = decode_upload(data, name, self.config.max_pixels)
+            image = decode_upload(data, name, self.config.max_pixels, side)
             out = []
             for model, transform in transforms:
                 try:

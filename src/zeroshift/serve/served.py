@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import specs
 from ..errors import ZeroshiftError
+from ..models.transforms import decode_side
 from ..models.vlm import VLM
 from .batcher import Batcher
 from .config import ServeConfig
@@ -63,6 +64,7 @@ class Served:
     info: dict
     executor: ThreadPoolExecutor
     batcher: Batcher
+    decode_side: int | None  # uploads are decoded to this shorter side, as predict and embed decode
 
     @classmethod
     def start(cls, name: str, vlm: VLM, index: int, config: ServeConfig) -> Served:
@@ -73,7 +75,7 @@ class Served:
                 raise ZeroshiftError(f"{name} loads as a {type(vlm).__name__} without {attr}; serve needs a VLM")
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"zeroshift-model-{index}")
         batcher = Batcher(vlm.encode_image, executor, config.batch_size, config.batch_window_ms / 1000)
-        return cls(name, vlm, describe(name, vlm), executor, batcher)
+        return cls(name, vlm, describe(name, vlm), executor, batcher, decode_side(vlm.image_transform))
 
 
 def load_vlm(name: str, runtime: str) -> VLM:
