@@ -17,9 +17,8 @@ import numpy as np
 
 from ..errors import CacheError
 from ..version import __version__
-from .store import (
-    DTYPES, FORMAT, LABELS, MANIFEST, META, Features, load_features, read_manifest, save_json, save_npy, shard_name,
-)
+from .layout import DTYPES, FORMAT, LABELS, MANIFEST, META, shard_name
+from .store import Features, load_features, save_json, save_npy
 
 
 def write_features(
@@ -37,8 +36,10 @@ def write_features(
         raise CacheError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if rows < 1 or dim < 1 or shard_rows < 1:
         raise CacheError(f"rows, dim and shard_rows must be at least 1 (got {rows}, {dim}, {shard_rows})")
+    if labels is not None and np.shape(labels) != (rows,):
+        raise CacheError(f"labels of shape {np.shape(labels)} do not give one label to each of the {rows} rows")
     out = Path(folder)
-    if read_manifest(out) is not None:
+    if (out / MANIFEST).exists():
         if not overwrite:
             raise CacheError(f"{out} already holds a feature cache: pass overwrite=True or another folder")
         shutil.rmtree(out)
@@ -72,15 +73,16 @@ def write_features(
         raise CacheError(f"the chunks held {written + left} rows, not the {rows} announced; {out} was not finished")
     if left:
         flush(left)
+    files = {}  # name -> sha256, as embed's manifest has them
     if labels is not None:
-        save_npy(out / LABELS, np.asarray(labels, dtype=np.int64))
-    save_json(out / META, {"classes": classes, "captions": None, "keys": None})
+        files[LABELS] = save_npy(out / LABELS, np.asarray(labels, dtype=np.int64))
+    files[META] = save_json(out / META, {"classes": classes, "captions": None, "keys": None})
     save_json(out / MANIFEST, {
         "format": FORMAT, "zeroshift_version": __version__, "model_spec": model, "transform": "precomputed",
         "data_spec": data, "fingerprint": fingerprint, "rows": rows, "dim": dim, "dtype": dtype,
         "shard_rows": shard_rows, "n_shards": math.ceil(rows / shard_rows), "shards": shards,
         "n_bad": 0, "skipped": [], "labels": LABELS if labels is not None else None, "meta": META,
-        "complete": True,
+        "files": files, "complete": True,
     })
     return load_features(out, verify=False)
 

@@ -27,9 +27,9 @@ from ..errors import DataError, ZeroshiftError
 from ..io import clean_temp
 from ..models.transforms import decode_side, one_thread, split_batchable
 from .shards import base_manifest, finalize, sidecar_ok, wait_for_manifest, wait_for_shards, write_shard
+from .layout import DTYPES, FORMAT, LABELS, MANIFEST, META, read_json, read_manifest, sidecar_name
 from .store import (
-    DTYPES, LABELS, MANIFEST, META, Features, Identity, check_compatible, default_dir,
-    describe_transform, read_json, read_manifest, save_json, sidecar_name, verify_shard,
+    CacheError, Features, Identity, check_compatible, default_dir, describe_transform, save_json, verify_shard,
 )
 
 DEFAULT_SHARD_ROWS = 4096
@@ -176,21 +176,23 @@ def embed(
     model_dim = getattr(model, "dim", None)
     model_dim = model_dim if isinstance(model_dim, int) else None
 
-    existing = None if overwrite else read_manifest(out)
+    existing = None if overwrite else read_manifest(out)  # None too when damaged: rebuilt from the sidecars
     if shard_rows is None:
-        shard_rows = existing["shard_rows"] if existing and existing.get("shard_rows") else DEFAULT_SHARD_ROWS
+        kept = existing.get("shard_rows") if existing else None
+        shard_rows = kept if isinstance(kept, int) and kept > 0 else DEFAULT_SHARD_ROWS
     if existing is not None:
         check_compatible(existing, identity, shard_rows, model_dim, out)
+    outdated = existing is not None and existing.get("format") != FORMAT  # older: recomputed whole
     n_shards = math.ceil(identity.rows / shard_rows)
     token = identity.token(shard_rows)
 
     # Set-up by rank 0 (others wait): clear or check what is there, leave an incomplete manifest.
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        if overwrite:
+        if overwrite or outdated:
             _clear(out)
         clean_temp(out)
-        if not (existing and existing.get("complete") and _complete_and_sound(out, existing)):
+        if not (existing and not outdated and existing.get("complete") and _complete_and_sound(out, existing)):
             save_json(out / MANIFEST, base_manifest(identity, shard_rows, model_dim))
     dist.barrier()
     manifest = read_manifest(out)
@@ -227,6 +229,11 @@ def embed(
 
 
 def _complete_and_sound(out: Path, manifest: dict) -> bool:
+    """The manifest, labels, meta and every shard pass their checks (a damaged one is then recomputed)."""
+    try:
+        Features(out, manifest).close()
+    except CacheError:
+        return False
     return all(verify_shard(out, e, manifest["dim"], manifest["dtype"]) is None for e in manifest["shards"])
 
 
@@ -310,10 +317,10 @@ def find_cache(model: Any, data: str | DataSource, *, dtype: str = "float32", ou
                         source.fingerprint(), len(source), dtype)
     folder = Path(out) if out is not None else default_dir(identity)
     manifest = read_manifest(folder)
-    if not manifest or not manifest.get("complete"):
+    if not manifest or not manifest.get("complete") or manifest.get("format") != FORMAT:
         return None
     try:
-        check_compatible(manifest, identity, manifest["shard_rows"], None, folder)
+        check_compatible(manifest, identity, manifest.get("shard_rows"), None, folder)
     except ZeroshiftError:
         return None
     return folder

@@ -2,6 +2,8 @@
 rank 0 waiting for the shards of the other ranks (and they for its manifest) under torchrun."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -13,10 +15,8 @@ from .. import distributed as dist
 from ..data.base import DataSource
 from ..errors import CacheMismatch
 from ..version import __version__
-from .store import (
-    FORMAT, LABELS, MANIFEST, META, CacheError, Identity, read_json, read_manifest, save_json, save_npy, shard_name,
-    sidecar_name, verify_shard,
-)
+from .layout import FORMAT, LABELS, MANIFEST, META, entry_problem, read_json, read_manifest, shard_name, sidecar_name
+from .store import CacheError, Identity, save_json, save_npy, verify_shard
 
 WAIT_TIMEOUT_S = 1800.0  # give up waiting for other ranks after this long without a new shard
 _POLL_S = 0.2
@@ -32,10 +32,22 @@ def base_manifest(identity: Identity, shard_rows: int, dim: int | None) -> dict:
     }
 
 
+def sidecar_check(sidecar: dict) -> str:
+    """The digest a sidecar carries of the rest of itself, so a damaged or edited one is recomputed, not trusted."""
+    rest = {k: v for k, v in sidecar.items() if k != "check"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
 def sidecar_ok(out: Path, i: int, sidecar: dict | None, token: str, dtype: str) -> bool:
-    if not sidecar or sidecar.get("token") != token or sidecar.get("index") != i:
+    """Shard i's sidecar is intact, made by this identity and layout, and its shard sound."""
+    if not sidecar or sidecar.get("check") != sidecar_check(sidecar):
         return False
-    return verify_shard(out, sidecar, sidecar["dim"], dtype) is None
+    if sidecar.get("token") != token or sidecar.get("index") != i or entry_problem(sidecar, i) is not None:
+        return False
+    dim, bad = sidecar.get("dim"), sidecar.get("bad")
+    if not (isinstance(dim, int) and dim > 0 and isinstance(bad, list) and len(bad) == sidecar["n_bad"]):
+        return False
+    return verify_shard(out, sidecar, dim, dtype) is None
 
 
 def write_shard(
@@ -73,6 +85,7 @@ def write_shard(
         "bad": [{"row": r, "key": keys[r], "reason": why} for r, why in bad],
         "token": token, "rank": dist.rank(),
     }
+    sidecar["check"] = sidecar_check(sidecar)
     save_json(out / sidecar_name(i), sidecar)
     return sidecar
 
@@ -136,7 +149,7 @@ def wait_for_manifest(out: Path, n_shards: int, timeout: float | None = None) ->
 
 
 def finalize(out: Path, identity: Identity, shard_rows: int, source: DataSource, sidecars: dict[int, dict]) -> dict:
-    """Rank 0: labels, meta and the complete manifest, written last."""
+    """Rank 0: labels, meta and the complete manifest (with their checksums), written last."""
     entries = [sidecars[i] for i in range(len(sidecars))]
     dims = {e["dim"] for e in entries}
     if len(dims) != 1:
@@ -144,10 +157,11 @@ def finalize(out: Path, identity: Identity, shard_rows: int, source: DataSource,
             f"shards of {out} disagree on the feature width {sorted(dims)}: pass --overwrite or another --out"
         )
     labels = getattr(source, "labels", None)
+    files = {}  # name -> sha256 of every file beside the shards that a reader uses
     if labels is not None:
-        save_npy(out / LABELS, np.asarray(labels, dtype=np.int64))
+        files[LABELS] = save_npy(out / LABELS, np.asarray(labels, dtype=np.int64))
     captions = getattr(source, "captions", None)
-    save_json(out / META, {
+    files[META] = save_json(out / META, {
         "classes": None if source.classes is None else list(source.classes),
         "captions": None if captions is None else list(captions),
         "keys": list(source.keys),
@@ -160,6 +174,7 @@ def finalize(out: Path, identity: Identity, shard_rows: int, source: DataSource,
     manifest["skipped"] = [b for e in entries for b in e["bad"]]
     manifest["labels"] = LABELS if labels is not None else None
     manifest["meta"] = META
+    manifest["files"] = files
     manifest["complete"] = True
     save_json(out / MANIFEST, manifest)
     return manifest

@@ -4,7 +4,9 @@ A cache folder holds `shard-00000.npy` ([rows, dim], float16 or float32), one pe
 source rows in source order, each with `shard-00000.json` (its checksum and its bad rows), plus
 `labels.npy`, `meta.json` (classes, captions, keys) and `manifest.json`. Every file is written to a
 temporary name, fsync'd and renamed, so a reader never sees half a file, and the manifest says
-`complete: true` only once every shard is present and checked.
+`complete: true` only once every shard is present and checked. The manifest holds the sha256 of every
+file a reader uses (shards under `shards`, labels and meta under `files`); `Features` checks the
+manifest's shape and the labels and meta on every open, `load_features` the shards too.
 """
 from __future__ import annotations
 
@@ -23,13 +25,9 @@ import torch
 from .. import distributed as dist
 from .. import paths
 from ..errors import CacheError, CacheMismatch
-from ..io import write_bytes, write_json
-
-FORMAT = 1
-MANIFEST = "manifest.json"
-META = "meta.json"
-LABELS = "labels.npy"
-DTYPES = ("float16", "float32", "uint8")  # uint8: whole numbers in [0, 255], e.g. decoded pixels
+from ..io import write_bytes
+from .layout import FORMAT, LABELS, MANIFEST, META, is_count, load_json, manifest_problem, rebuild_hint, short_repr
+from .layout import shard_name  # noqa: F401  (store.shard_name, as before the split)
 
 
 def _max_open() -> int:
@@ -43,14 +41,6 @@ def _max_open() -> int:
 
 
 MAX_OPEN = _max_open()
-
-
-def shard_name(i: int) -> str:
-    return f"shard-{i:05d}.npy"
-
-
-def sidecar_name(i: int) -> str:
-    return f"shard-{i:05d}.json"
 
 
 def describe_transform(transform: Any) -> str:
@@ -98,9 +88,12 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def save_json(path: Path, obj: Any) -> None:
-    """Write a cache's JSON file (manifest, sidecar, meta) atomically and durably: a resume relies on it."""
-    write_json(path, obj, indent=1, durable=True)
+def save_json(path: Path, obj: Any) -> str:
+    """Write a cache's JSON file (manifest, sidecar, meta) atomically and durably: a resume relies on it.
+    Returns the sha256 of the file's bytes."""
+    data = (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode("utf-8")
+    write_bytes(path, data, durable=True)
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_npy(path: Path, array: np.ndarray) -> str:
@@ -112,55 +105,46 @@ def save_npy(path: Path, array: np.ndarray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_json(path: Path) -> dict | None:
-    """A JSON file's content, or None when it is absent or unreadable (a torn write never is)."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_manifest(folder: Path) -> dict | None:
-    return read_json(Path(folder) / MANIFEST)
-
-
 def check_compatible(manifest: dict, identity: Identity, shard_rows: int, dim: int | None, folder: Path) -> None:
-    """Raise CacheMismatch naming what differs between `manifest` and this run."""
+    """Raise CacheMismatch naming what differs between `manifest` and this run, or when a newer zeroshift
+    wrote it. An older format passes: the caller rebuilds such a cache."""
     ours = {
         "model": identity.model_spec, "image transform": identity.transform,
         "data fingerprint": identity.fingerprint, "rows": identity.rows, "dtype": identity.dtype,
-        "shard_rows": shard_rows, "format": FORMAT,
+        "shard_rows": shard_rows,
     }
     theirs = {
         "model": manifest.get("model_spec"), "image transform": manifest.get("transform"),
         "data fingerprint": manifest.get("fingerprint"), "rows": manifest.get("rows"),
         "dtype": manifest.get("dtype"), "shard_rows": manifest.get("shard_rows"),
-        "format": manifest.get("format"),
     }
     if dim is not None and manifest.get("dim") is not None:
         ours["dim"], theirs["dim"] = dim, manifest["dim"]
-    diffs = [f"{k} {_short(theirs[k])} vs {_short(ours[k])}" for k in ours if ours[k] != theirs[k]]
+    diffs = [f"{k} {short_repr(theirs[k])} vs {short_repr(ours[k])}" for k in ours if ours[k] != theirs[k]]
     if diffs:
         raise CacheMismatch(
             f"feature cache {folder} was made differently ({'; '.join(diffs)}, cache vs this run): "
             "pass --overwrite (overwrite=True) or another --out"
         )
-
-
-def _short(value: Any, n: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 3] + "..."
+    theirs_format = manifest.get("format")
+    if is_count(theirs_format) and theirs_format > FORMAT:
+        raise CacheMismatch(f"feature cache {folder} has format {theirs_format}, newer than this zeroshift's {FORMAT}: "
+                            "upgrade zeroshift, or pass --overwrite (overwrite=True) or another --out")
 
 
 # ---------------------------------------------------------------- reading
 class Features:
     """A complete feature cache. Rows of bad images are left out: `len`, `labels`, `captions`,
-    `index` and every array describe valid rows only, in source order."""
+    `index` and every array describe valid rows only, in source order. Opening one checks the manifest
+    and the checksums of labels.npy and meta.json (a one-line CacheError naming the file)."""
 
     def __init__(self, path: str | os.PathLike, manifest: dict, summary: dict | None = None) -> None:
         self.path = Path(path)
         self.manifest = manifest
         self.summary = summary
+        problem = manifest_problem(manifest)
+        if problem:
+            raise CacheError(f"{MANIFEST} in {self.path} is damaged ({problem}): {rebuild_hint(self.path, manifest)}")
         self.dim: int = int(manifest["dim"])
         self.spec: str = manifest["model_spec"]
         self.dtype: str = manifest["dtype"]
@@ -176,19 +160,63 @@ class Features:
         self.index = np.concatenate(  # [N] source row of each valid row
             [s["start"] + v for s, v in zip(shards, self._local)] or [np.zeros(0, np.int64)]
         ).astype(np.int64)
-        meta = read_json(self.path / META) or {}
-        self.classes: list[str] | None = meta.get("classes")
-        captions, keys = meta.get("captions"), meta.get("keys")
+        meta = self._meta()
+        self.classes: list[str] | None = meta["classes"]
+        captions, keys = meta["captions"], meta["keys"]
         self.captions: list[str] | None = None if captions is None else [captions[i] for i in self.index]
         self.keys: list[str] | None = None if keys is None else [keys[i] for i in self.index]
         self.labels: np.ndarray | None = None
-        if manifest.get("labels") and (self.path / LABELS).exists():
-            self.labels = np.load(self.path / LABELS)[self.index].astype(np.int64)
+        if manifest["labels"]:
+            self.labels = self._labels()[self.index]
         self._maps: dict[int, np.ndarray] = {}
         self._open: dict[int, tuple[int, int]] = {}  # shard -> (file descriptor, byte offset of row 0)
         self._checked: dict[int, int] = {}  # shard -> byte offset of row 0, once its header passed the checks
         self._row_bytes = self.dim * np.dtype(self.dtype).itemsize
         self._starts = np.array([s["start"] for s in shards], dtype=np.int64)  # [n_shards] first source row
+
+    def _file_bytes(self, name: str) -> bytes:
+        """The bytes of the cache's file `name`, refused unless they match the manifest's sha256."""
+        path = self.path / name
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            missing = isinstance(e, FileNotFoundError)
+            raise self._damaged(name, "is missing" if missing else f"is unreadable ({type(e).__name__}: {e.strerror})"
+                                ) from None
+        if hashlib.sha256(data).hexdigest() != self.manifest["files"][name]:
+            raise self._damaged(name, "fails its sha256 checksum (changed or damaged since it was written)")
+        return data
+
+    def _damaged(self, name: str, why: str) -> CacheError:
+        return CacheError(f"{name} in {self.path} {why}: {rebuild_hint(self.path, self.manifest)}")
+
+    def _meta(self) -> dict:
+        """meta.json, checked: classes, and captions and keys for every source row (each may be null)."""
+        try:
+            meta = json.loads(self._file_bytes(META))
+        except ValueError:
+            meta = None
+        rows = self.manifest["rows"]
+        if not isinstance(meta, dict):
+            raise self._damaged(META, "is not a JSON object")
+        for key, n in (("classes", None), ("captions", rows), ("keys", rows)):
+            value = meta.get(key)
+            if value is not None and not isinstance(value, list):
+                raise self._damaged(META, f"holds {key} that are not a list")
+            if value is not None and n is not None and len(value) != n:
+                raise self._damaged(META, f"holds {len(value)} {key} for {n} rows")
+        return {key: meta.get(key) for key in ("classes", "captions", "keys")}
+
+    def _labels(self) -> np.ndarray:
+        """labels.npy, checked: one whole number per source row. [rows] int64"""
+        try:
+            labels = np.load(io.BytesIO(self._file_bytes(LABELS)), allow_pickle=False)
+        except (ValueError, EOFError, OSError):
+            labels = None
+        rows = self.manifest["rows"]
+        if labels is None or labels.shape != (rows,) or labels.dtype.kind not in "iu":
+            raise self._damaged(LABELS, f"does not hold {rows} whole-number labels")
+        return labels.astype(np.int64)
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
@@ -237,15 +265,19 @@ class Features:
                 header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = header(f)
                 offset = f.tell()
-        except (OSError, ValueError) as e:
+        except OSError as e:
             os.close(fd)
-            raise CacheError(f"rank {dist.rank()} cannot read {path} ({type(e).__name__}: {getattr(e, 'strerror', None) or e}): "
+            raise CacheError(f"rank {dist.rank()} cannot read {path} ({type(e).__name__}: {e.strerror or e}): "
                              "every process needs the whole cache; put it on storage all machines share") from None
+        except (ValueError, EOFError):  # an empty or overwritten file
+            os.close(fd)
+            hint = rebuild_hint(self.path, self.manifest)
+            raise CacheError(f"{path} is not a .npy file (empty or damaged): {hint}") from None
         expected = (self.manifest["shards"][k]["rows"], self.dim)
         if fortran or shape != expected or dtype != np.dtype(self.dtype):
             os.close(fd)
             raise CacheError(f"{path} holds {shape} {dtype}, not the manifest's {expected} {self.dtype}: "
-                             "re-embed with overwrite")
+                             f"{rebuild_hint(self.path, self.manifest)}")
         return offset
 
     def _read(self, shard: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -263,7 +295,8 @@ class Features:
         for a, b, k, row in zip(starts, ends, shard[order][starts].tolist(), local[order][starts].tolist()):
             fd, offset = self._fd(k)
             if os.preadv(fd, [view[a * rb:b * rb]], offset + row * rb) != (b - a) * rb:
-                raise CacheError(f"{self.path / self._names[k]} ends early (truncated): re-embed with overwrite")
+                raise CacheError(f"{self.path / self._names[k]} ends early (truncated): "
+                                 f"{rebuild_hint(self.path, self.manifest)}")
         out = np.empty_like(ranked)
         out[order] = ranked
         return out
@@ -318,8 +351,8 @@ def verify_shard(folder: Path, entry: dict, dim: int, dtype: str) -> str | None:
         return "is missing"
     try:
         arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError):
-        return "is unreadable"
+    except (OSError, ValueError, EOFError):  # EOFError: an empty file
+        return "is unreadable (empty or not a .npy file)"
     if arr.shape != (entry["rows"], dim) or arr.dtype != np.dtype(dtype):
         return f"has shape {arr.shape} {arr.dtype}, expected ({entry['rows']}, {dim}) {dtype}"
     if sha256_file(path) != entry["sha256"]:
@@ -328,22 +361,26 @@ def verify_shard(folder: Path, entry: dict, dim: int, dtype: str) -> str | None:
 
 
 def load_features(path: str | os.PathLike, verify: bool = True) -> Features:
-    """Open a complete feature cache written by `embed`; checks every shard's checksum unless `verify=False`."""
+    """Open a complete feature cache written by `embed`; checks every shard's checksum unless `verify=False`
+    (the manifest's shape and the labels' and meta's checksums are checked always)."""
     folder = Path(path)
-    manifest = read_manifest(folder)
-    if manifest is None:
+    manifest, why = load_json(folder / MANIFEST)
+    if manifest is None and why == "is missing":
         raise CacheError(f"no feature cache at {folder} (manifest.json missing): run `zeroshift embed` first")
+    if manifest is None:
+        raise CacheError(f"{MANIFEST} in {folder} {why}: {rebuild_hint(folder, None)}")
     if manifest.get("format") != FORMAT:
+        newer = is_count(manifest.get("format")) and manifest["format"] > FORMAT
         raise CacheError(
-            f"feature cache {folder} has format {manifest.get('format')!r}, this zeroshift reads {FORMAT}: re-embed it"
+            f"feature cache {folder} has format {manifest.get('format')!r} (from {'a newer' if newer else 'an older'} "
+            f"zeroshift), this zeroshift reads {FORMAT}: {rebuild_hint(folder, manifest)}"
         )
     if not manifest.get("complete"):
         raise CacheError(f"feature cache {folder} is incomplete, interrupted: rerun the same embed to resume")
+    features = Features(folder, manifest)  # checks the manifest, labels and meta
     if verify:
         for entry in manifest["shards"]:
             problem = verify_shard(folder, entry, manifest["dim"], manifest["dtype"])
             if problem:
-                raise CacheError(
-                    f"{entry['name']} in {folder} {problem}: rerun the same embed to recompute it"
-                )
-    return Features(folder, manifest)
+                raise CacheError(f"{entry['name']} in {folder} {problem}: {rebuild_hint(folder, manifest)}")
+    return features
