@@ -6,6 +6,11 @@ dict; frozen backbones are referenced by spec), `README.md` (the model card) and
 (metrics.jsonl, plots). RunWriter stages everything in a sibling `OUT.partial-<pid>` and renames it
 to OUT when complete, so a killed run never leaves a folder that looks finished. Turning a folder
 into a VLM is runs.py's job.
+
+Every file read back is checked against what wrote it: config.json records (`integrity`) the sha256 of
+model.safetensors and of its own content; read_run refuses a damaged or replaced weights file, a config.json
+edited by hand, and weights that hold NaN or inf. Runs written before digests were recorded (no
+`integrity`) are still read, without those two digest checks.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from .io import write_text
 from .version import __version__
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
+INTEGRITY = "integrity"  # the config.json key of the digests recorded when the run was written
 REQUIRED = ("kind", "zeroshift_version")
 _PARTIAL = re.compile(r"\.(partial|old)-(\d+)$")
 
@@ -149,8 +155,10 @@ class RunWriter:
             tensors[name] = t
         config = {**config, "zeroshift_version": config.get("zeroshift_version", __version__),
                   "tensors": {name: list(t.shape) for name, t in tensors.items()}}
-        (self.path / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
         save_file(tensors, str(self.path / WEIGHTS), metadata={"kind": config["kind"]})
+        config = json.loads(json.dumps({k: v for k, v in config.items() if k != INTEGRITY}, default=str))
+        config[INTEGRITY] = {"weights_sha256": weights_digest(self.path), "config_sha256": config_digest(config)}
+        (self.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (self.path / CARD).write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
         self._publish()
         self.finished = True
@@ -186,6 +194,21 @@ def weights_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def config_digest(config: dict) -> str:
+    """sha256 (hex) of a run's config as JSON with sorted keys, leaving out its own integrity record."""
+    body = {k: v for k, v in config.items() if k != INTEGRITY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def recorded_weights(folder: Path, config: dict) -> str:
+    """The sha256 of model.safetensors recorded when the run was written (read_run checks the file
+    against it); computed from the file for a run written before digests were recorded."""
+    record = config.get(INTEGRITY)
+    if isinstance(record, dict) and isinstance(record.get("weights_sha256"), str):
+        return record["weights_sha256"]
+    return weights_digest(folder)
+
+
 def read_config(folder: str | os.PathLike) -> dict:
     """The config.json of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
     folder = Path(folder).expanduser()
@@ -210,18 +233,39 @@ def read_config(folder: str | os.PathLike) -> dict:
 def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state) of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(folder).expanduser()
     config = read_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise CacheError(f"{folder} is incomplete: no {WEIGHTS}")
     try:
-        state = load_file(str(folder / WEIGHTS))
+        data = (folder / WEIGHTS).read_bytes()  # hashed and loaded from the same bytes
+        state = load(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise CacheError(f"{folder / WEIGHTS} is damaged: {str(e).splitlines()[0][:200]}") from None
     _check_tensors(folder, config, state)
+    _check_integrity(folder, config, hashlib.sha256(data).hexdigest())
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CacheError(f"{folder / WEIGHTS}: weight {name!r} holds NaN or inf; the run is damaged, retrain it")
     return config, state
+
+
+def _check_integrity(folder: Path, config: dict, weights: str) -> None:
+    """The weights and config.json must be those recorded when the run was written (when it recorded them)."""
+    record = config.get(INTEGRITY)
+    if record is None:
+        return  # written before digests were recorded: read as it is
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("weights_sha256",
+                                                                                       "config_sha256")):
+        raise CacheError(f"{folder / CONFIG}: its {INTEGRITY} record is malformed; the run is damaged, retrain it")
+    if record["weights_sha256"] != weights:
+        raise CacheError(f"run folder {folder}: {WEIGHTS} does not match the digest recorded when the run was "
+                         "written (damaged or replaced); retrain or restore it")
+    if record["config_sha256"] != config_digest(config):
+        raise CacheError(f"run folder {folder}: {CONFIG} was edited after the run was written (its digest differs "
+                         "from the recorded one); restore it, or retrain to change what the run is built from")
 
 
 def _check_tensors(folder: Path, config: dict, state: dict[str, torch.Tensor]) -> None:

@@ -20,7 +20,7 @@ from .models.bridge import Bridge
 from .models.runtime import accelerate
 from .models.student import architecture_spec
 from .models.vlm import VLM, TowersVLM, VLMTextTower
-from .runfolder import read_run, weights_digest
+from .runfolder import read_run, recorded_weights
 from .specs import load
 from .version import __version__
 
@@ -144,11 +144,12 @@ def _check_dims(folder: Path, config: dict, vlm: VLM) -> None:
 
 def load_run(arg: str, runtime: str = "torch") -> VLM:
     """The VLM a run folder holds, from `PATH[@DIGEST]`. Its spec is `run:<absolute path>@<digest>`
-    (12 hex of the sha256 of model.safetensors), so caches keyed by spec change when the weights do."""
+    (12 hex of the sha256 of model.safetensors recorded when the run was written, which the file is
+    checked against), so caches keyed by spec change when the weights do."""
     folder, want = _split(arg)
     folder = folder.resolve()
     config, state = read_run(folder)
-    digest = weights_digest(folder)
+    digest = recorded_weights(folder, config)
     if want is not None and not digest.startswith(want):
         raise CacheMismatch(f"run:{folder}@{want} asks for other weights than the folder holds "
                             f"(@{digest[:12]}): it was retrained; use run:{folder}@{digest[:12]} or drop the @")
