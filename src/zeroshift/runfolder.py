@@ -8,7 +8,8 @@ to OUT when complete, so a killed run never leaves a folder that looks finished.
 into a VLM is runs.py's job.
 
 Every file read back is checked against what wrote it: config.json records (`integrity`) the sha256 of
-model.safetensors and of its own content; read_run refuses a damaged or replaced weights file, a config.json
+model.safetensors and of its own content, and (`depends`) the absolute path and weights digest of each
+run folder the run is built on; read_run refuses a damaged or replaced weights file, a config.json
 edited by hand, and weights that hold NaN or inf. Runs written before digests were recorded (no
 `integrity`) are still read, without those two digest checks.
 """
@@ -25,10 +26,11 @@ import torch
 
 from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .io import write_text
+from .runspecs import SPEC_KEYS, recorded_specs, spec_files, split_run
 from .version import __version__
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
-INTEGRITY = "integrity"  # the config.json key of the digests recorded when the run was written
+INTEGRITY, DEPENDS = "integrity", "depends"  # config.json keys: digests of this run, runs it is built on
 REQUIRED = ("kind", "zeroshift_version")
 _PARTIAL = re.compile(r"\.(partial|old)-(\d+)$")
 
@@ -114,6 +116,9 @@ class RunWriter:
         self.out = Path(out).expanduser().absolute()
         self.overwrite, self.identity, self.active = overwrite, dict(identity or {}), active
         check_out(self.out, overwrite, self.identity)
+        for key in SPEC_KEYS:  # a run built on the folder it replaces: refused before any work
+            if isinstance(self.identity.get(key), str):
+                self._refuse_self(key, self.identity[key])
         self.path = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
         self.finished = False
 
@@ -153,16 +158,40 @@ class RunWriter:
                 raise ZeroshiftError(f"refusing to save a run whose weight {name!r} holds NaN or inf; "
                                      "lower the learning rate or check the features")
             tensors[name] = t
-        config = {**config, "zeroshift_version": config.get("zeroshift_version", __version__),
-                  "tensors": {name: list(t.shape) for name, t in tensors.items()}}
+        specs = recorded_specs(config, Path.cwd())  # paths as the user typed them, relative to here
+        depends = self._pin_runs(specs)
+        config = {**config, **specs, "zeroshift_version": config.get("zeroshift_version", __version__),
+                  "tensors": {name: list(t.shape) for name, t in tensors.items()}, DEPENDS: depends}
         save_file(tensors, str(self.path / WEIGHTS), metadata={"kind": config["kind"]})
         config = json.loads(json.dumps({k: v for k, v in config.items() if k != INTEGRITY}, default=str))
         config[INTEGRITY] = {"weights_sha256": weights_digest(self.path), "config_sha256": config_digest(config)}
         (self.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (self.path / CARD).write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+        (self.path / CARD).write_text(_with_files(card, config), encoding="utf-8")
         self._publish()
         self.finished = True
         return self.out
+
+    def _refuse_self(self, key: str, spec: str) -> None:
+        if spec.startswith("run:") and split_run(spec[4:])[0].resolve() == self.out.resolve():
+            raise ZeroshiftError(f"the {key} {spec} is the --out folder {self.out}: a run cannot be built on "
+                                 "the run it replaces; choose another --out")
+
+    def _pin_runs(self, specs: dict[str, str]) -> dict[str, dict]:
+        """{key: {path, weights_sha256}} for each spec in `specs` naming a run folder, whose spec becomes
+        `run:<absolute path>@<digest>`: loading this run refuses that run once retrained or moved."""
+        depends = {}
+        for key, spec in specs.items():
+            if not spec.startswith("run:"):
+                continue
+            self._refuse_self(key, spec)
+            path, want = split_run(spec[4:])
+            path = path.resolve()
+            digest = recorded_weights(path, read_config(path))
+            if want is not None and not digest.startswith(want):
+                raise CacheMismatch(f"the {key} {spec} asks for other weights than {path} holds (@{digest[:12]})")
+            depends[key] = {"path": str(path), "weights_sha256": digest}
+            specs[key] = f"run:{path}@{digest[:12]}"
+        return depends
 
     def _publish(self) -> None:
         """Rename staging to OUT; an existing run at OUT is moved aside first and removed after."""
@@ -180,9 +209,25 @@ class RunWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _with_files(card: str, config: dict) -> str:
+    """The card, ending in a section on the files and runs the run is built on when its specs name any."""
+    card = card if card.endswith("\n") else card + "\n"
+    files = {key: spec_files(config[key]) for key in SPEC_KEYS if isinstance(config.get(key), str)}
+    lines = [f"- {key}: `{config[key]}`" + (
+        f" (run folder, weights sha256 `{config[DEPENDS][key]['weights_sha256'][:16]}...`: loading refuses it "
+        "once retrained, replaced or missing)" if key in config.get(DEPENDS, {}) else "")
+        for key, found in files.items() if found]
+    if not lines:
+        return card
+    return card + "\n".join(["", "## Files this run is built on", "",
+                             "Paths in `config.json` are absolute; a relative path there is read relative to "
+                             "this folder, never to the current directory.", "", *lines]) + "\n"
+
+
 def write_card(folder: str | os.PathLike, card: str) -> Path:
     """Replace a finished run's README.md atomically (e.g. with results added after evaluation)."""
-    return write_text(Path(folder) / CARD, card if card.endswith("\n") else card + "\n")
+    config = read_config(folder)
+    return write_text(Path(folder) / CARD, _with_files(card, config))
 
 
 def weights_digest(folder: Path) -> str:
