@@ -6,6 +6,12 @@ dict; frozen backbones are referenced by spec), `README.md` (the model card) and
 (metrics.jsonl, plots). RunWriter stages everything in a sibling `OUT.partial-<pid>` and renames it
 to OUT when complete, so a killed run never leaves a folder that looks finished. Turning a folder
 into a VLM is runs.py's job.
+
+Every file read back is checked against what wrote it: config.json records (`integrity`) the sha256 of
+model.safetensors and of its own content, and (`depends`) the absolute path and weights digest of each
+run folder the run is built on; read_run refuses a damaged or replaced weights file, a config.json
+edited by hand, and weights that hold NaN or inf. Runs written before digests were recorded (no
+`integrity`) are still read, without those two digest checks.
 """
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ import torch
 
 from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .io import write_text
+from .runspecs import SPEC_KEYS, recorded_specs, spec_files, split_run
 from .version import __version__
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
+INTEGRITY, DEPENDS = "integrity", "depends"  # config.json keys: digests of this run, runs it is built on
 REQUIRED = ("kind", "zeroshift_version")
 _PARTIAL = re.compile(r"\.(partial|old)-(\d+)$")
 
@@ -108,6 +116,9 @@ class RunWriter:
         self.out = Path(out).expanduser().absolute()
         self.overwrite, self.identity, self.active = overwrite, dict(identity or {}), active
         check_out(self.out, overwrite, self.identity)
+        for key in SPEC_KEYS:  # a run built on the folder it replaces: refused before any work
+            if isinstance(self.identity.get(key), str):
+                self._refuse_self(key, self.identity[key])
         self.path = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
         self.finished = False
 
@@ -147,14 +158,40 @@ class RunWriter:
                 raise ZeroshiftError(f"refusing to save a run whose weight {name!r} holds NaN or inf; "
                                      "lower the learning rate or check the features")
             tensors[name] = t
-        config = {**config, "zeroshift_version": config.get("zeroshift_version", __version__),
-                  "tensors": {name: list(t.shape) for name, t in tensors.items()}}
-        (self.path / CONFIG).write_text(json.dumps(config, indent=2, default=str) + "\n", encoding="utf-8")
+        specs = recorded_specs(config, Path.cwd())  # paths as the user typed them, relative to here
+        depends = self._pin_runs(specs)
+        config = {**config, **specs, "zeroshift_version": config.get("zeroshift_version", __version__),
+                  "tensors": {name: list(t.shape) for name, t in tensors.items()}, DEPENDS: depends}
         save_file(tensors, str(self.path / WEIGHTS), metadata={"kind": config["kind"]})
-        (self.path / CARD).write_text(card if card.endswith("\n") else card + "\n", encoding="utf-8")
+        config = json.loads(json.dumps({k: v for k, v in config.items() if k != INTEGRITY}, default=str))
+        config[INTEGRITY] = {"weights_sha256": weights_digest(self.path), "config_sha256": config_digest(config)}
+        (self.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (self.path / CARD).write_text(_with_files(card, config), encoding="utf-8")
         self._publish()
         self.finished = True
         return self.out
+
+    def _refuse_self(self, key: str, spec: str) -> None:
+        if spec.startswith("run:") and split_run(spec[4:])[0].resolve() == self.out.resolve():
+            raise ZeroshiftError(f"the {key} {spec} is the --out folder {self.out}: a run cannot be built on "
+                                 "the run it replaces; choose another --out")
+
+    def _pin_runs(self, specs: dict[str, str]) -> dict[str, dict]:
+        """{key: {path, weights_sha256}} for each spec in `specs` naming a run folder, whose spec becomes
+        `run:<absolute path>@<digest>`: loading this run refuses that run once retrained or moved."""
+        depends = {}
+        for key, spec in specs.items():
+            if not spec.startswith("run:"):
+                continue
+            self._refuse_self(key, spec)
+            path, want = split_run(spec[4:])
+            path = path.resolve()
+            digest = recorded_weights(path, read_config(path))
+            if want is not None and not digest.startswith(want):
+                raise CacheMismatch(f"the {key} {spec} asks for other weights than {path} holds (@{digest[:12]})")
+            depends[key] = {"path": str(path), "weights_sha256": digest}
+            specs[key] = f"run:{path}@{digest[:12]}"
+        return depends
 
     def _publish(self) -> None:
         """Rename staging to OUT; an existing run at OUT is moved aside first and removed after."""
@@ -172,9 +209,25 @@ class RunWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _with_files(card: str, config: dict) -> str:
+    """The card, ending in a section on the files and runs the run is built on when its specs name any."""
+    card = card if card.endswith("\n") else card + "\n"
+    files = {key: spec_files(config[key]) for key in SPEC_KEYS if isinstance(config.get(key), str)}
+    lines = [f"- {key}: `{config[key]}`" + (
+        f" (run folder, weights sha256 `{config[DEPENDS][key]['weights_sha256'][:16]}...`: loading refuses it "
+        "once retrained, replaced or missing)" if key in config.get(DEPENDS, {}) else "")
+        for key, found in files.items() if found]
+    if not lines:
+        return card
+    return card + "\n".join(["", "## Files this run is built on", "",
+                             "Paths in `config.json` are absolute; a relative path there is read relative to "
+                             "this folder, never to the current directory.", "", *lines]) + "\n"
+
+
 def write_card(folder: str | os.PathLike, card: str) -> Path:
     """Replace a finished run's README.md atomically (e.g. with results added after evaluation)."""
-    return write_text(Path(folder) / CARD, card if card.endswith("\n") else card + "\n")
+    config = read_config(folder)
+    return write_text(Path(folder) / CARD, _with_files(card, config))
 
 
 def weights_digest(folder: Path) -> str:
@@ -184,6 +237,21 @@ def weights_digest(folder: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def config_digest(config: dict) -> str:
+    """sha256 (hex) of a run's config as JSON with sorted keys, leaving out its own integrity record."""
+    body = {k: v for k, v in config.items() if k != INTEGRITY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def recorded_weights(folder: Path, config: dict) -> str:
+    """The sha256 of model.safetensors recorded when the run was written (read_run checks the file
+    against it); computed from the file for a run written before digests were recorded."""
+    record = config.get(INTEGRITY)
+    if isinstance(record, dict) and isinstance(record.get("weights_sha256"), str):
+        return record["weights_sha256"]
+    return weights_digest(folder)
 
 
 def read_config(folder: str | os.PathLike) -> dict:
@@ -210,18 +278,39 @@ def read_config(folder: str | os.PathLike) -> dict:
 def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, state) of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(folder).expanduser()
     config = read_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise CacheError(f"{folder} is incomplete: no {WEIGHTS}")
     try:
-        state = load_file(str(folder / WEIGHTS))
+        data = (folder / WEIGHTS).read_bytes()  # hashed and loaded from the same bytes
+        state = load(data)
     except (SafetensorError, OSError, ValueError) as e:
         raise CacheError(f"{folder / WEIGHTS} is damaged: {str(e).splitlines()[0][:200]}") from None
     _check_tensors(folder, config, state)
+    _check_integrity(folder, config, hashlib.sha256(data).hexdigest())
+    for name, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CacheError(f"{folder / WEIGHTS}: weight {name!r} holds NaN or inf; the run is damaged, retrain it")
     return config, state
+
+
+def _check_integrity(folder: Path, config: dict, weights: str) -> None:
+    """The weights and config.json must be those recorded when the run was written (when it recorded them)."""
+    record = config.get(INTEGRITY)
+    if record is None:
+        return  # written before digests were recorded: read as it is
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("weights_sha256",
+                                                                                       "config_sha256")):
+        raise CacheError(f"{folder / CONFIG}: its {INTEGRITY} record is malformed; the run is damaged, retrain it")
+    if record["weights_sha256"] != weights:
+        raise CacheError(f"run folder {folder}: {WEIGHTS} does not match the digest recorded when the run was "
+                         "written (damaged or replaced); retrain or restore it")
+    if record["config_sha256"] != config_digest(config):
+        raise CacheError(f"run folder {folder}: {CONFIG} was edited after the run was written (its digest differs "
+                         "from the recorded one); restore it, or retrain to change what the run is built from")
 
 
 def _check_tensors(folder: Path, config: dict, state: dict[str, torch.Tensor]) -> None:

@@ -4,27 +4,34 @@ Each kind's loader rebuilds the frozen parts from the specs the run recorded (en
 towers), loads the trained weights exactly (load_part) and checks every recorded dim. The loaded VLM
 carries the folder (`run_folder`) and its config (`run_config`), so callers such as serve read what a
 run is from the model instead of re-reading its files. The on-disk format is runfolder.py's.
+
+A run may be built on other runs (`--teacher run:...`): each is loaded by its recorded absolute path,
+refused with one line when missing or retrained since (its weights digest differs from the one recorded),
+and a chain of runs that comes back to one being loaded is a cycle, refused. A relative path in a run's
+config.json is read relative to the run folder (runspecs.py).
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 import torch
 
 from .compose import build_student, tower
-from .errors import CacheError, CacheMismatch, ZeroshiftError
+from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .models.aligned import Heads
 from .models.bridge import Bridge
 from .models.runtime import accelerate
 from .models.student import architecture_spec
 from .models.vlm import VLM, TowersVLM, VLMTextTower
-from .runfolder import read_run, weights_digest
+from .runfolder import DEPENDS, is_run, read_config, read_run, recorded_weights
+from .runspecs import recorded_specs, split_run
 from .specs import load
 from .version import __version__
 
 Loader = Callable[[Path, dict, dict[str, torch.Tensor], str], VLM]  # (folder, config, state, runtime) -> VLM
+_LOADING: ContextVar[tuple[Path, ...]] = ContextVar("zeroshift_runs_loading", default=())  # outermost first
 
 
 def load_part(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str, folder: Path,
@@ -118,16 +125,36 @@ def load_aligned(folder: Path, config: dict, state: dict[str, torch.Tensor], run
 KINDS: dict[str, Loader] = {"bridge": load_bridge, "student": load_student, "aligned": load_aligned}
 
 
-def _split(arg: str) -> tuple[Path, str | None]:
-    """`PATH[@DIGEST]` -> (path, digest or None). A path that exists as given is never split."""
-    if not arg:
-        raise ZeroshiftError("run: needs a folder, e.g. run:runs/my-bridge")
-    if Path(arg).expanduser().exists():
-        return Path(arg).expanduser(), None
-    head, sep, digest = arg.rpartition("@")
-    if sep and head and re.fullmatch(r"[0-9a-fA-F]{6,64}", digest):
-        return Path(head).expanduser(), digest.lower()
-    return Path(arg).expanduser(), None
+def _cycle(folder: Path, key: str, path: Path) -> CacheError:
+    """The one-line error for `folder`'s `key` naming `path`, a run folder already being loaded."""
+    chain = _LOADING.get()
+    shown = " -> ".join(str(p) for p in (*chain[chain.index(path):], path))
+    return CacheError(f"run folders are built on each other in a cycle: {shown} (the {key} in {folder}/config.json); "
+                      "a run cannot be built on itself, retrain it on another run")
+
+
+def _check_depends(folder: Path, config: dict, specs: dict[str, str]) -> None:
+    """Each run folder the run is built on must be there, not one being loaded (a cycle), and hold the
+    weights recorded when the run was written."""
+    pins = config.get(DEPENDS) if isinstance(config.get(DEPENDS), dict) else {}
+    for key, spec in specs.items():
+        if not spec.startswith("run:"):
+            continue
+        path = split_run(spec[4:])[0].resolve()
+        if path in _LOADING.get():
+            raise _cycle(folder, key, path)
+        relative = "" if spec == config[key] else \
+            " (a relative path in config.json is read relative to the run folder)"
+        if not is_run(path):
+            raise MissingWeights(f"run folder {folder} is built on the {key} run folder {path}, which is missing"
+                                 f"{relative}; restore it there or retrain {folder}")
+        pin = pins.get(key)
+        if isinstance(pin, dict) and isinstance(pin.get("weights_sha256"), str):
+            now = recorded_weights(path, read_config(path))
+            if now != pin["weights_sha256"]:
+                raise CacheMismatch(f"run folder {folder} is built on the {key} run folder {path} "
+                                    f"@{pin['weights_sha256'][:12]}, which has changed since (now @{now[:12]}: "
+                                    f"retrained or replaced); restore it or retrain {folder}")
 
 
 def _check_dims(folder: Path, config: dict, vlm: VLM) -> None:
@@ -144,11 +171,24 @@ def _check_dims(folder: Path, config: dict, vlm: VLM) -> None:
 
 def load_run(arg: str, runtime: str = "torch") -> VLM:
     """The VLM a run folder holds, from `PATH[@DIGEST]`. Its spec is `run:<absolute path>@<digest>`
-    (12 hex of the sha256 of model.safetensors), so caches keyed by spec change when the weights do."""
-    folder, want = _split(arg)
+    (12 hex of the sha256 of model.safetensors recorded when the run was written, which the file is
+    checked against), so caches keyed by spec change when the weights do."""
+    if not arg:
+        raise ZeroshiftError("run: needs a folder, e.g. run:runs/my-bridge")
+    folder, want = split_run(arg)
     folder = folder.resolve()
+    if folder in _LOADING.get():
+        raise _cycle(_LOADING.get()[-1], "run", folder)
+    token = _LOADING.set((*_LOADING.get(), folder))
+    try:
+        return _load(folder, want, runtime)
+    finally:
+        _LOADING.reset(token)
+
+
+def _load(folder: Path, want: str | None, runtime: str) -> VLM:
     config, state = read_run(folder)
-    digest = weights_digest(folder)
+    digest = recorded_weights(folder, config)
     if want is not None and not digest.startswith(want):
         raise CacheMismatch(f"run:{folder}@{want} asks for other weights than the folder holds "
                             f"(@{digest[:12]}): it was retrained; use run:{folder}@{digest[:12]} or drop the @")
@@ -156,8 +196,10 @@ def load_run(arg: str, runtime: str = "torch") -> VLM:
     if kind not in KINDS:
         raise ZeroshiftError(f"{folder} is a run of kind {kind!r}, which this zeroshift ({__version__}) cannot load; "
                              f"known kinds: {', '.join(sorted(KINDS))}")
+    specs = recorded_specs(config, folder)  # relative paths read against the folder, not the current directory
+    _check_depends(folder, config, specs)
     spec = f"run:{folder}@{digest[:12]}"
-    vlm = KINDS[kind](folder, {**config, "spec": spec}, state, runtime)
+    vlm = KINDS[kind](folder, {**config, **specs, "spec": spec}, state, runtime)
     vlm.spec = spec
     _check_dims(folder, config, vlm)
     vlm.run_folder, vlm.run_config = folder, config
