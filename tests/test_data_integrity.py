@@ -194,3 +194,17 @@ def test_serve_decodes_uploads_like_predict(home, big_jpeg, monkeypatch):
     expected = predict(vlm, [big_jpeg], ["a", "b"])[0]["ranking"]
     assert sides == [64, 64] and [x["label"] for x in served] == [x["label"] for x in expected]
     assert np.allclose([x["prob"] for x in served], [x["prob"] for x in expected], atol=1e-5)
+
+
+@pytest.mark.parametrize("argv", [
+    ["embed", "--model", "tiny-clip:seed=0", "--data", "DATA", "--out", "~nosuchuser-zs/f"],
+    ["transfer", "--teacher", "tiny-clip:seed=0", "--encoder", "tiny-clip:seed=1", "--data", "DATA",
+     "--method", "lstsq", "--out", "~nosuchuser-zs/r"],
+    ["export", "tiny-clip:seed=0", "--labels", "a,b", "--out", "~nosuchuser-zs/x.onnx"],
+])
+def test_unknown_user_in_out_is_one_line_and_writes_nothing(home, pngs, tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    assert main([f"folder:{pngs}" if a == "DATA" else a for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "~nosuchuser-zs" in err
+    assert not list(tmp_path.glob("~*"))

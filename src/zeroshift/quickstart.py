@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from . import paths
 from .version import __version__
@@ -49,7 +48,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     from .specs import load
     from .zeroshot.evaluate import evaluate
 
-    out = Path(cfg.out)
+    out = paths.user_path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "results").glob("*.json"):  # records of an earlier quickstart here would mix with this one's
         old.unlink()

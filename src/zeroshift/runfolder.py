@@ -28,6 +28,7 @@ from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .io import write_text
 from .runspecs import SPEC_KEYS, recorded_specs, spec_files, split_run
 from .version import __version__
+from .paths import user_path
 
 CONFIG, WEIGHTS, CARD = "config.json", "model.safetensors", "README.md"
 INTEGRITY, DEPENDS = "integrity", "depends"  # config.json keys: digests of this run, runs it is built on
@@ -113,7 +114,7 @@ class RunWriter:
 
     def __init__(self, out: str | os.PathLike, overwrite: bool = False, identity: dict | None = None,
                  active: bool = True) -> None:
-        self.out = Path(out).expanduser().absolute()
+        self.out = user_path(out).absolute()
         self.overwrite, self.identity, self.active = overwrite, dict(identity or {}), active
         check_out(self.out, overwrite, self.identity)
         for key in SPEC_KEYS:  # a run built on the folder it replaces: refused before any work
@@ -256,7 +257,7 @@ def recorded_weights(folder: Path, config: dict) -> str:
 
 def read_config(folder: str | os.PathLike) -> dict:
     """The config.json of a finished run folder; one-line errors for a missing, unfinished or damaged run."""
-    folder = Path(folder).expanduser()
+    folder = user_path(folder)
     if _PARTIAL.search(folder.name):
         raise CacheError(f"{folder} is an unfinished run (the staging folder of a run that did not complete)")
     if not folder.is_dir():
@@ -280,7 +281,7 @@ def read_run(folder: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    folder = Path(folder).expanduser()
+    folder = user_path(folder)
     config = read_config(folder)
     if not (folder / WEIGHTS).is_file():
         raise CacheError(f"{folder} is incomplete: no {WEIGHTS}")

@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from .paths import user_path
+
 SPEC_KEYS = ("encoder", "teacher", "student", "image", "text")  # config.json keys whose value is a model spec
 _DIGEST = re.compile(r"[0-9a-fA-F]{6,64}")
 _OUTPUTS = ("#features", "#logits")  # timm:/torchvision: output suffixes
@@ -21,7 +23,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def _join(base: Path | None, path: str) -> Path:
     """`path` with ~ expanded, made absolute against `base` when it is relative (kept as is without a base)."""
-    p = Path(path).expanduser()
+    p = user_path(path)
     return p if p.is_absolute() or base is None else (base / p).resolve()
 
 

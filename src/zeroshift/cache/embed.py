@@ -25,6 +25,7 @@ from .. import specs
 from ..data.base import BadImage, DataSource, load_row
 from ..errors import DataError, ZeroshiftError
 from ..io import clean_temp
+from ..paths import user_path
 from ..models.transforms import decode_side, one_thread, split_batchable
 from .shards import base_manifest, finalize, sidecar_ok, wait_for_manifest, wait_for_shards, write_shard
 from .layout import DTYPES, FORMAT, LABELS, MANIFEST, META, read_json, read_manifest, sidecar_name
@@ -171,7 +172,7 @@ def embed(
         model_spec=model.spec, transform=describe_pixels(model.image_transform),
         data_spec=source.spec, fingerprint=source.fingerprint(), rows=len(source), dtype=dtype,
     )
-    out = Path(out) if out is not None else default_dir(identity)
+    out = user_path(out) if out is not None else default_dir(identity)
     rank, world = dist.rank(), dist.world_size()
     model_dim = getattr(model, "dim", None)
     model_dim = model_dim if isinstance(model_dim, int) else None
@@ -315,7 +316,7 @@ def find_cache(model: Any, data: str | DataSource, *, dtype: str = "float32", ou
     model, _ = _resolve_model(model, runtime, "cpu" if isinstance(model, str) else None)
     identity = Identity(model.spec, describe_pixels(model.image_transform), source.spec,
                         source.fingerprint(), len(source), dtype)
-    folder = Path(out) if out is not None else default_dir(identity)
+    folder = user_path(out) if out is not None else default_dir(identity)
     manifest = read_manifest(folder)
     if not manifest or not manifest.get("complete") or manifest.get("format") != FORMAT:
         return None

@@ -29,6 +29,7 @@ from ..models.transforms import probe_batch
 from ..models.onnx_export import OPSET, to_onnx
 from ..models.vlm import VLM
 from ..zeroshot.classifier import check_classnames, classify, zeroshot_weights
+from ..paths import user_path
 
 if TYPE_CHECKING:
     import onnx
@@ -179,7 +180,7 @@ def export_classifier(
     killed export of `out` left (older than STALE_TEMP_S) are removed first."""
     names = check_classnames(list(labels))
     prompts = get_templates(templates, None)
-    out = Path(out).expanduser()
+    out = user_path(out)
     if out.is_dir():
         raise ZeroshiftError(f"--out {out} is a folder; give a file name such as {out / 'classifier.onnx'}")
     sidecar = out.with_name(out.name + ".json")

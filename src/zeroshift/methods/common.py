@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +25,7 @@ from ..runfolder import RunWriter, write_card
 from ..train.checkpoint import Checkpoints, run_checkpoints
 from ..train.loop import PRECISIONS, TrainConfig
 from ..version import __version__
+from ..paths import user_path
 
 Card = Callable[[dict, "list[dict] | None"], str]  # (config, evaluation records or None) -> README.md
 
@@ -104,7 +104,7 @@ class Run:
 
         self.started = time.perf_counter()
         self.cfg, self.kind = cfg, kind
-        self.out = Path(cfg.out).expanduser().absolute()
+        self.out = user_path(cfg.out).absolute()
         self.lead = dist.rank() == 0  # under torchrun only rank 0 writes; every rank trains and evaluates
         # the writer refuses a taken --out here, before any work
         self.writer = RunWriter(self.out, cfg.overwrite, {"kind": kind, **identity}, active=self.lead)

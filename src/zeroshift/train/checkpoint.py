@@ -31,6 +31,7 @@ import torch
 
 from ..errors import CacheError, CacheMismatch, ZeroshiftError
 from ..io import atomic_path
+from ..paths import user_path
 
 FILE = "last.pt"
 FORMAT = 2  # 2: a digest over the contents (format 1 had none, and is refused as another version)
@@ -47,7 +48,7 @@ class Checkpoints:
     def __init__(self, folder: str | os.PathLike, identity: dict[str, Any], every: int = 0) -> None:
         if every < 0:
             raise ZeroshiftError("checkpoint interval must be at least 0 steps (0: at the end of each epoch)")
-        self.folder, self.every = Path(folder).expanduser().absolute(), every
+        self.folder, self.every = user_path(folder).absolute(), every
         self.identity = json.loads(json.dumps(identity, sort_keys=True, default=str))  # plain JSON values
         self.path = self.folder / FILE
         self.saved_step: int | None = None  # step of the last checkpoint written or read

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import ZeroshiftError
 from ..io import write_text
+from ..paths import user_path
 
 LANGUAGE = "en"
 TASKS = ("zeroshot_classification", "zeroshot_retrieval")
@@ -65,7 +66,7 @@ def record_filename(record: dict) -> str:
 
 def write_record(record: dict, out: str | Path) -> Path:
     """Write `record` into folder `out` atomically; returns the file's path."""
-    path = Path(out) / record_filename(record)
+    path = user_path(out) / record_filename(record)
     write_text(path, json.dumps(record, indent=1, allow_nan=False) + "\n")
     return path
 
