@@ -20,6 +20,7 @@ class EvalConfig:
     out: str = field(default="results", metadata={"help": "folder for the JSON records"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars (for logs); the results are still printed"})
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -37,7 +38,7 @@ def run(cfg: EvalConfig) -> int:
     from zeroshift.zeroshot.records import record_filename
 
     records = evaluate(cfg.model, cfg.dataset, templates=cfg.templates, task=cfg.task, out=cfg.out,
-                       batch_size=cfg.batch_size, runtime=cfg.runtime)
+                       batch_size=cfg.batch_size, runtime=cfg.runtime, progress=not cfg.quiet)
     print_table(metric_rows(records), ["dataset", "task", "metric", "value"], title=f"model: {cfg.model}")
     for r in records.values():
         print(f"wrote {Path(cfg.out) / record_filename(r)}")
