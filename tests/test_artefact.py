@@ -69,7 +69,7 @@ def test_writer_stages_and_publishes_at_finish(tmp_path):
     assert config["kind"] == "toy" and config["zeroshift_version"] and config["tensors"] == {
         "head.weight": [16, 32], "head.bias": [16]}
     assert torch.equal(state["head.weight"], toy_state()["head.weight"])
-    assert (out / "README.md").read_text() == "# card\n"
+    assert (out / "README.md").read_text().endswith("---\n\n# card\n")  # after the hub front matter
 
 
 def test_existing_run_is_refused_unless_overwrite(tmp_path):

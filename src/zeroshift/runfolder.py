@@ -26,6 +26,7 @@ import torch
 
 from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
 from .io import write_bytes, write_text
+from .cards import front_matter, with_front_matter
 from .runspecs import SPEC_KEYS, recorded_specs, spec_files, split_run
 from .version import __version__
 from .paths import user_path
@@ -168,7 +169,7 @@ class RunWriter:
         config = json.loads(json.dumps({k: v for k, v in config.items() if k != INTEGRITY}, default=str))
         config[INTEGRITY] = {"weights_sha256": weights_digest(self.path), "config_sha256": config_digest(config)}
         (self.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        (self.path / CARD).write_text(_with_files(card, config), encoding="utf-8")
+        (self.path / CARD).write_text(_with_files(card, config, self.out.name), encoding="utf-8")
         self._publish()
         self.finished = True
         return self.out
@@ -211,8 +212,10 @@ class RunWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _with_files(card: str, config: dict) -> str:
-    """The card, ending in a section on the files and runs the run is built on when its specs name any."""
+def _with_files(card: str, config: dict, name: str, records: list[dict] | None = None) -> str:
+    """The card with the hub's YAML front matter (cards.py), ending in a section on the files and runs the
+    run is built on when its specs name any."""
+    card = with_front_matter(card, front_matter(config, records or [], name))
     card = card if card.endswith("\n") else card + "\n"
     files = {key: spec_files(config[key]) for key in SPEC_KEYS if isinstance(config.get(key), str)}
     lines = [f"- {key}: `{config[key]}`" + (
@@ -227,9 +230,14 @@ def _with_files(card: str, config: dict) -> str:
 
 
 def write_card(folder: str | os.PathLike, card: str) -> Path:
-    """Replace a finished run's README.md atomically (e.g. with results added after evaluation)."""
+    """Replace a finished run's README.md atomically (e.g. with results added after evaluation); its
+    front matter's model-index lists the records in FOLDER/results."""
+    from .zeroshot.records import read_records
+
+    folder = Path(folder)
     config = read_config(folder)
-    return write_text(Path(folder) / CARD, _with_files(card, config))
+    records = read_records(folder / "results") if (folder / "results").is_dir() else []
+    return write_text(folder / CARD, _with_files(card, config, folder.name, records))
 
 
 def weights_digest(folder: Path) -> str:
