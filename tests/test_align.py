@@ -117,7 +117,7 @@ def test_missing_images_are_skipped_and_bad_options_refused(tmp_path):
                     ({"dim": 0}, "--dim"), ({"lam": 0.0}, "--lam"), ({"pairs": ()}, "at least one")]:
         with pytest.raises(ZeroshiftError, match=msg):
             _cfg(tmp_path, **kw)
-    with pytest.raises(SpecError, match="no text tower"):
+    with pytest.raises(SpecError, match="--text student-cnn is an image encoder"):
         align(_cfg(tmp_path, text="student-cnn", out=str(tmp_path / "x")), progress=False)
 
 

@@ -69,7 +69,7 @@ def test_bad_options_fail_before_any_work(tmp_path):
                     ({"data": ()}, "at least one")]:
         with pytest.raises(ZeroshiftError, match=msg):
             _cfg(tmp_path, **kw)
-    with pytest.raises(SpecError, match="vlm spec"):
+    with pytest.raises(SpecError, match="--student tiny-clip:seed=1 is a VLM"):
         distill(_cfg(tmp_path, student="tiny-clip:seed=1"), progress=False)
     with pytest.raises(DataError, match="usable image"):
         one = _folder(tmp_path / "one", n=1)

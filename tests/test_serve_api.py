@@ -519,7 +519,7 @@ def test_serve_command(monkeypatch, capsys):
     assert "warning: binding 0.0.0.0" in capsys.readouterr().err
     assert bind_warning("::1") is None and bind_warning("192.168.1.4")
     assert main(["serve", "--model", "effnet-lite0"]) == 2
-    assert "not a VLM" in capsys.readouterr().err
+    assert "serve needs a VLM" in capsys.readouterr().err
     assert main(["serve", "--model", NAMES[0], "--max-images", "65"]) == 2
     assert "--max-inflight" in capsys.readouterr().err
     assert len(ran) == 2

@@ -150,7 +150,7 @@ def test_refuses_an_encoder_that_cannot_train(tiny_onnx):
 
 
 def test_refuses_a_vlm_spec():
-    with pytest.raises(SpecError, match="is a vlm spec") as e:
+    with pytest.raises(SpecError, match="is a VLM; a student must be an image encoder") as e:
         build_student(TEACHER, 16)
     one_line(e)
 

@@ -7,7 +7,9 @@ from .errors import SpecError
 from .models.conse import LOGIT_SCHEMES, ConSEImage, class_embeddings, imagenet_classes
 from .models.student import Student, check_encoder
 from .models.vlm import ImageEncoder, TextEncoder, TowersVLM
-from .specs import MODEL_SCHEMES, build, load, parse
+from .specs import MODEL_SCHEMES, build, load, parse, require
+
+STUDENT_EXAMPLES = "student-cnn, student-vit, timm:NAME@random"
 
 
 def conse(arg: str) -> TowersVLM:
@@ -34,23 +36,22 @@ def conse(arg: str) -> TowersVLM:
 def build_student(spec: str, dim: int) -> Student:
     """The student for image spec `spec` with a fresh head into a `dim`-d joint space; SpecError when
     the spec names no trainable encoder or one whose output cannot be projected."""
-    scheme, _ = parse(spec, MODEL_SCHEMES)
-    if scheme.kind != "image":
-        raise SpecError(f"{spec} is a {scheme.kind} spec; a student must be an image encoder such as "
-                        "student-cnn:, student-vit: or timm:NAME@random")
+    require(spec, "image", "student", examples=STUDENT_EXAMPLES)
     encoder = load(spec, runtime="torch")
     check_encoder(encoder, dim)
     return Student(encoder, dim)
 
 
-def tower(spec: str, side: str, runtime: str = "torch") -> ImageEncoder | TextEncoder:
-    """The image or text tower a spec names: an encoder of that kind, or that side of a VLM."""
+def tower(spec: str, side: str, runtime: str = "torch", name: str | None = None) -> ImageEncoder | TextEncoder:
+    """The image or text tower a spec names: an encoder of that kind, or that side of a VLM. A spec of
+    another kind is refused before loading, as `name` (how the user gave it, e.g. '--text')."""
     scheme, _ = parse(spec, MODEL_SCHEMES)
+    require(spec, (side, "vlm"), f"{side} tower", name)
     want = ImageEncoder if side == "image" else TextEncoder
     model = load(spec, runtime=runtime if side == "image" else "torch")
     if scheme.kind == "vlm":
         model = getattr(model, side, None)
     if not isinstance(model, want):
         raise SpecError(f"{spec} gives no {side} tower: use a {side} encoder spec, or a VLM whose {side} side is "
-                        f"a separate tower (e.g. tiny-clip:, conse: has no separable image tower)")
+                        f"a separate tower (e.g. tiny-clip:)")
     return model

@@ -31,5 +31,7 @@ class CacheError(ZeroshiftError):
 
 def fetch_failed(spec: str, instead: str, error: BaseException) -> MissingWeights:
     """The one-line error for hub weights that could not be fetched: what to pass instead, and why."""
-    cause = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    cause = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if len(cause) > 160:  # cut at a word, marked, not mid-word
+        cause = cause[:160].rsplit(" ", 1)[0].rstrip(",.:;") + " ..."
     return MissingWeights(f"could not fetch weights for {spec}: no network? give {instead} [{cause}]")

@@ -11,7 +11,7 @@ from .data.base import BadImage
 from .data.templates import get_templates
 from .errors import ZeroshiftError
 from .models.transforms import decode_side, one_thread
-from .specs import load
+from .specs import load, require
 from .zeroshot.classifier import classify, zeroshot_weights
 
 
@@ -24,6 +24,7 @@ def predict(
     NaN is not JSON: the image is reported failed, like an unreadable one, rather than ranked)."""
     if not images:
         raise ZeroshiftError("no images given")
+    require(model, "vlm", "model", command="predict")  # before loading: an image encoder ranks no labels
     vlm = load(model, runtime=runtime) if isinstance(model, str) else model
     weights = zeroshot_weights(vlm, list(labels), get_templates(templates, None))  # [C, d]
     results: list[dict] = [{"image": str(p)} for p in images]

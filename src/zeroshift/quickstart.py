@@ -45,9 +45,16 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     from .methods.align import AlignConfig, align
     from .methods.distill import DistillConfig, distill
     from .methods.transfer import TransferConfig, transfer
-    from .specs import load
+    from .specs import load, require
     from .zeroshot.evaluate import evaluate
 
+    require(cfg.teacher, "vlm", "teacher", "--teacher")  # every spec's kind, before the first of many steps
+    for spec in (*cfg.encoders, *([cfg.chain_encoder] if cfg.chain_encoder and cfg.align_towers else [])):
+        require(spec, ("image", "vlm"), "encoder", "--encoders" if spec in cfg.encoders else "--chain-encoder")
+    for spec in cfg.students:
+        require(spec, "image", "student", "--students")
+    for spec, side in zip(cfg.align_towers, ("image", "text")):
+        require(spec, (side, "vlm"), f"{side} tower", "--align-towers")
     out = paths.user_path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "results").glob("*.json"):  # records of an earlier quickstart here would mix with this one's

@@ -106,6 +106,41 @@ def parse(spec: str, schemes: dict[str, Scheme]) -> tuple[Scheme, str]:
     return schemes[name], arg
 
 
+KIND_NAMES = {"vlm": "a VLM", "image": "an image encoder", "text": "a text encoder"}
+KIND_EXAMPLES = {"vlm": "conse:effnet-lite2+minilm, run:DIR, openclip:ARCH@TAG, hf-clip:ID",
+                 "image": "effnet-lite0, timm:NAME, torchvision:NAME", "text": "minilm, st:NAME"}
+
+
+def model_kind(model: Any) -> str | None:
+    """'vlm', 'image' or 'text' for a model spec (from its scheme: nothing is loaded; every run: folder
+    kind loads as a VLM) or a model object (from its interface: a VLM has encode_image and encode_text,
+    an image encoder encode_image, a text encoder encode_text); None for an object with neither."""
+    if isinstance(model, str):
+        return parse(model, MODEL_SCHEMES)[0].kind
+    image, text = (callable(getattr(model, name, None)) for name in ("encode_image", "encode_text"))
+    return "vlm" if image and text else "image" if image else "text" if text else None
+
+
+def require(model: Any, kinds: str | tuple[str, ...], role: str, name: str | None = None,
+            command: str | None = None, examples: str | None = None) -> str:
+    """Refuse, before any work, a model (spec or object) that is not of one of `kinds`; returns its kind.
+
+    The SpecError names what was given and what is needed in one line, e.g. "--teacher effnet-lite0 is an
+    image encoder; a teacher must be a VLM (e.g. ...)". `name` is how the user wrote the option (a flag or
+    a parameter, default `role`); with `command` the need reads "predict needs a VLM".
+    """
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    got = model_kind(model)
+    if got in kinds:
+        return got
+    shown = model if isinstance(model, str) else getattr(model, "spec", None) or f"<{type(model).__name__}>"
+    what = f"is {KIND_NAMES[got]}" if got else "has neither encode_image nor encode_text"
+    want = " or ".join(KIND_NAMES[k] for k in kinds)
+    needs = f"{command} needs" if command else f"{'an' if role[0] in 'aeiou' else 'a'} {role} must be"
+    example = examples or ", ".join(e for k in kinds for e in KIND_EXAMPLES[k].split(", ")[:4 // len(kinds)])
+    raise SpecError(f"{name or role} {shown} {what}; {needs} {want} (e.g. {example})")
+
+
 def check_backend(scheme: Scheme) -> None:
     """Raise MissingBackend unless every module `scheme` needs is importable."""
     for module in scheme.requires:

@@ -77,6 +77,7 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple
 
 def _resolve_model(model: Any, runtime: str, device: str | None) -> tuple[Any, torch.device]:
     if isinstance(model, str):
+        specs.require(model, ("image", "vlm"), "model", command="embed")  # before loading: a text encoder has no images
         if device is None:
             device = f"cuda:{dist.local_rank()}" if torch.cuda.is_available() else "cpu"
         model = specs.load(model, runtime=runtime, device=device)
@@ -166,6 +167,8 @@ def embed(
         raise ZeroshiftError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     if batch_size < 1 or (shard_rows is not None and shard_rows < 1):
         raise ZeroshiftError("batch_size and shard_rows must be positive")
+    if isinstance(model, str):
+        specs.require(model, ("image", "vlm"), "model", command="embed")  # before the data is opened
     source = specs.dataset(data) if isinstance(data, str) else data
     if len(source) == 0:
         raise DataError(f"data source {source.spec!r} has no rows")

@@ -16,8 +16,10 @@ def export(model, labels: Sequence[str], out: str | os.PathLike, format: str = "
     `labels` to `out`; returns the file written (a sidecar `<out>.json` describes it)."""
     if format not in FORMATS:
         raise ZeroshiftError(f"export format must be one of {', '.join(FORMATS)}; got {format!r}")
+    from ..specs import require
     from ..zeroshot.classifier import check_classnames
 
+    require(model, "vlm", "model", command="export")
     labels = check_classnames(list(labels))  # before loading: a bad label list fails at once
     if isinstance(model, str):
         from ..specs import load

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..models.vlm import VLM, ImageTransform
 from ..specs import load as load_model
+from ..specs import require
 
 
 class StringTokenizer:
@@ -68,6 +69,7 @@ def adapt(vlm: VLM) -> tuple[ClipBenchmarkModel, ImageTransform, StringTokenizer
 
 def load(spec: str, device: str = "cpu", runtime: str = "torch") -> tuple[ClipBenchmarkModel, ImageTransform, StringTokenizer]:
     """(model, transform, tokenizer) for CLIP_benchmark from a zeroshift model spec."""
+    require(spec, "vlm", "model", command="CLIP_benchmark")
     return adapt(load_model(spec, runtime=runtime, device=device))
 
 

@@ -286,17 +286,19 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     and write the run folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png);
     returns it loaded as a VLM. Checkpoints go to OUT.ckpt; a rerun after a kill resumes there. With
     `cfg.eval_dataset`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
-    from ..specs import dataset
+    from ..specs import dataset, require
 
     progress = progress and not cfg.quiet
+    require(cfg.image, ("image", "vlm"), "image tower", "--image")  # by the specs' kinds, before any work
+    require(cfg.text, ("text", "vlm"), "text tower", "--text")
     run = Run(cfg, "aligned", {"image": cfg.image, "text": cfg.text, "loss": cfg.loss})
     sources = [dataset(spec) for spec in cfg.pairs]
     entries = [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources]  # hashed once
     pairs = collect_pairs(sources, cfg.noise, cfg.seed)
     with run:
         finetune = cfg.mode == "finetune"
-        image_tower = tower(cfg.image, "image", "torch" if finetune else cfg.runtime)
-        text_tower = tower(cfg.text, "text")
+        image_tower = tower(cfg.image, "image", "torch" if finetune else cfg.runtime, "--image")
+        text_tower = tower(cfg.text, "text", name="--text")
         t0 = time.perf_counter()
         rows, finish = build_rows(cfg, pairs, image_tower, text_tower, progress)
         prepare_seconds = time.perf_counter() - t0

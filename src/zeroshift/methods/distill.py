@@ -270,11 +270,13 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     With `cfg.eval_dataset`, a seeded subset is scored every epoch and the finished run is evaluated as
     `zeroshift eval --model run:OUT` would, with records in OUT/results.
     """
-    from ..compose import build_student
+    from ..compose import STUDENT_EXAMPLES, build_student
     from ..models.student import param_count
-    from ..specs import dataset, load
+    from ..specs import dataset, load, require
 
     progress = progress and not cfg.quiet
+    require(cfg.teacher, "vlm", "teacher", "--teacher")  # by the specs' kinds, before any data or model is opened
+    require(cfg.student, "image", "student", "--student", examples=STUDENT_EXAMPLES)
     identity = {"teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
     run = Run(cfg, "student", identity, need_labels=True)
     sources = [dataset(spec) for spec in cfg.data]

@@ -300,9 +300,11 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     (so later evaluations reuse its feature cache); the records go to OUT/results and the results
     table into the model card.
     """
-    from ..specs import load
+    from ..specs import load, require
 
     progress = progress and not cfg.quiet
+    require(cfg.teacher, "vlm", "teacher", "--teacher")  # by the specs' kinds, before any data or model is opened
+    require(cfg.encoder, ("image", "vlm"), "encoder", "--encoder")
     run = Run(cfg, "bridge", {"teacher": cfg.teacher, "encoder": cfg.encoder, "data": cfg.data, "method": cfg.method})
     source_data = fit_source(cfg.data, cfg.data_fraction, cfg.seed, "--data")
     teacher_data = source_data if cfg.paired else fit_source(

@@ -5,6 +5,7 @@ images are preprocessed by that image processor, texts tokenised by that tokeniz
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from .. import paths
 from ..errors import SpecError, fetch_failed
+from . import hub
 from .vlm import ImageEncoder, TextEncoder, TowersVLM
 
 TEXT_BATCH = 256
@@ -74,12 +76,16 @@ def create(arg: str) -> TowersVLM:
         raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
     source = paths.local_or_hub(arg, f"hf-clip:{arg}", "CLIP model folder")
     spec = f"hf-clip:{source}"
-    try:
-        model = CLIPModel.from_pretrained(source).float().eval()
-        processor = CLIPProcessor.from_pretrained(source)
-    except OSError as e:
-        raise fetch_failed(spec, "a local folder saved with save_pretrained (model + CLIPProcessor): "
-                                 "hf-clip:/path/to/folder", e) from e
+    instead = "hf-clip:/path/to/folder (saved with save_pretrained: model and CLIPProcessor)"
+    if Path(source).is_dir():
+        try:
+            model, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
+        except OSError as e:
+            raise fetch_failed(spec, instead, e) from e
+    else:
+        with hub.fetching(spec, instead):
+            model, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
+    model = model.float().eval()
     dim = int(model.config.projection_dim)
     image = HFClipImage(model.vision_model, model.visual_projection, dim,
                         ProcessorTransform(processor.image_processor), spec + "/image")

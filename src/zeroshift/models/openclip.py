@@ -6,13 +6,15 @@ lists for ARCH is used. ARCH may also be an open_clip `hf-hub:org/repo` name (no
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..errors import MissingWeights, SpecError, fetch_failed
+from ..errors import MissingWeights, SpecError
+from . import hub
 from .vlm import ImageEncoder, ImageTransform, TextEncoder, TowersVLM
 from ..paths import user_path
 
@@ -45,11 +47,6 @@ class OpenClipText(TextEncoder):
         texts = list(texts)
         with torch.inference_mode():
             return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
-
-
-def _missing(spec: str, arch: str, error: Exception) -> MissingWeights:
-    return fetch_failed(spec, f"a local file: openclip:{arch}@/path/to/weights.safetensors "
-                              "(or @random for random weights)", error)
 
 
 def resolve(arg: str) -> tuple[str, str | None, str]:
@@ -89,13 +86,15 @@ def create(arg: str) -> TowersVLM:
     import open_clip
 
     arch, pretrained, spec = resolve(arg)
-    hub = arch.startswith("hf-hub:") or (pretrained is not None and not Path(pretrained).is_file())
+    from_hub = arch.startswith("hf-hub:") or (pretrained is not None and not Path(pretrained).is_file())
+    instead = f"openclip:{arch}@/path/to/weights.safetensors (or @random for random weights)"
+    if from_hub and arch.startswith("hf-hub:"):
+        instead = "openclip:ARCH@/path/to/weights.safetensors with the architecture the hub repo names"
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
-        tokenizer = open_clip.get_tokenizer(arch)
-    except (OSError, RuntimeError, ValueError) as e:
-        if hub:
-            raise _missing(spec, arch, e) from e
+        with hub.fetching(spec, instead, (OSError, RuntimeError, ValueError)) if from_hub else nullcontext():
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+            tokenizer = open_clip.get_tokenizer(arch)
+    except (OSError, RuntimeError, ValueError) as e:  # a local weights file (hub failures are MissingWeights)
         if pretrained is not None:
             raise MissingWeights(f"could not load {pretrained} into open_clip {arch}: {str(e).splitlines()[0][:200]}") from e
         raise

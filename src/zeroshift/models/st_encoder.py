@@ -1,6 +1,7 @@
 """st:NAME_OR_PATH: a sentence-transformers text encoder (a hub name or a folder saved with .save())."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 
 from .. import paths
 from ..errors import SpecError, fetch_failed
+from . import hub
 from .vlm import TextEncoder
 
 TEXT_BATCH = 256
@@ -35,15 +37,21 @@ class STTextEncoder(TextEncoder):
 
 
 def load(source: str, spec: str) -> STTextEncoder:
-    """A SentenceTransformer from a folder or hub name, on the CPU; hub failure -> MissingWeights."""
+    """A SentenceTransformer from a folder or hub name, on the CPU; hub failure -> MissingWeights (one
+    quiet line at once where the hub cannot be reached, see hub.py)."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a "Loading weights" bar on every load, even of a 90 MB model
-    try:
-        model = SentenceTransformer(source, device="cpu")
-    except OSError as e:
-        raise fetch_failed(spec, "a local folder saved with SentenceTransformer.save(): st:/path/to/folder", e) from e
+    instead = "st:/path/to/folder (saved with SentenceTransformer.save())"
+    if Path(source).is_dir():
+        try:
+            model = SentenceTransformer(source, device="cpu")
+        except OSError as e:
+            raise fetch_failed(spec, instead, e) from e
+    else:
+        with hub.fetching(spec, instead):
+            model = SentenceTransformer(source, device="cpu")
     return STTextEncoder(model.eval(), spec).eval()
 
 

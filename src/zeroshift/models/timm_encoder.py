@@ -8,6 +8,7 @@ from __future__ import annotations
 
 
 from ..errors import MissingWeights, SpecError, fetch_failed
+from . import hub
 from .vlm import ModuleEncoder
 from ..paths import user_path
 
@@ -55,11 +56,15 @@ def create(arg: str, output: str | None = None) -> ModuleEncoder:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **heads)
         suffix = f"@{file}"
     else:
-        try:
-            model, suffix = timm.create_model(name, pretrained=True, **heads), ""
-        except (OSError, RuntimeError) as e:
-            raise fetch_failed(f"timm:{name}", f"a local file: timm:{name}@/path/to/weights.safetensors "
-                                               "(or @random for random weights)", e) from e
+        instead = f"timm:{name}@/path/to/weights.safetensors (or @random for random weights)"
+        if cfg.hf_hub_id:  # through huggingface_hub: fails at once, quietly, without a network (hub.py)
+            with hub.fetching(f"timm:{name}", instead, (OSError, RuntimeError)):
+                model, suffix = timm.create_model(name, pretrained=True, **heads), ""
+        else:
+            try:
+                model, suffix = timm.create_model(name, pretrained=True, **heads), ""
+            except (OSError, RuntimeError) as e:
+                raise fetch_failed(f"timm:{name}", "a local file: " + instead, e) from e
     model.eval()
     transform = create_transform(**resolve_data_config(model=model), is_training=False)
     if output == "logits":

@@ -79,9 +79,6 @@ class Served:
 
 
 def load_vlm(name: str, runtime: str) -> VLM:
-    """The VLM a served model's spec names; ZeroshiftError for a spec of another kind of model."""
-    kind = _scheme_kind(name)
-    if kind not in (None, "vlm"):
-        raise ZeroshiftError(f"{name} is an {kind} model, not a VLM; serve needs a VLM "
-                             "(e.g. tiny-clip:seed=0, conse:effnet-lite2+minilm or a run: folder)")
+    """The VLM a served model's spec names; SpecError, before loading, for a spec of another kind of model."""
+    specs.require(name, "vlm", "model", command="serve")
     return specs.load(name, runtime=runtime)

@@ -17,7 +17,7 @@ from ..data.templates import get_templates
 from ..errors import DataError, ZeroshiftError
 from ..models.vlm import VLM
 from ..specs import dataset as open_dataset
-from ..specs import load
+from ..specs import load, require
 from ..version import __version__
 from .classifier import check_classnames, classify, zeroshot_weights
 from .metrics import caption_groups, classification_metrics, retrieval_metrics
@@ -93,6 +93,7 @@ def evaluate(
     `runtime` ('torch', 'onnx', 'auto') picks how the image tower of a model given as a spec runs; a
     model given as an object runs as it is.
     """
+    require(model, "vlm", "model", command="eval")  # before opening the data or loading anything
     source = dataset if isinstance(dataset, DataSource) else open_dataset(dataset)
     tasks = tasks_for(source, task)
     classify_too = "zeroshot_classification" in tasks  # check labels and templates before embedding
