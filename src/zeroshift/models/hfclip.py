@@ -13,7 +13,7 @@ from torch import nn
 
 from .. import paths
 from ..errors import SpecError, fetch_failed
-from .vlm import ImageEncoder, TextEncoder, TowersVLM
+from .vlm import ImageEncoder, TextEncoder, TextSide, TowersVLM
 
 TEXT_BATCH = 256
 
@@ -66,23 +66,58 @@ class HFClipText(TextEncoder):
             return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
 
 
+def _source(arg: str) -> tuple[str, str]:
+    """(folder or hub id, canonical spec) of `hf-clip:ARG`."""
+    if not arg:
+        raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
+    source = paths.local_or_hub(arg, f"hf-clip:{arg}", "CLIP model folder")
+    return source, f"hf-clip:{source}"
+
+
+def _fetch_failed(spec: str, error: OSError) -> Exception:
+    return fetch_failed(spec, "a local folder saved with save_pretrained (model + CLIPProcessor): "
+                              "hf-clip:/path/to/folder", error)
+
+
 def create(arg: str) -> TowersVLM:
     """Build a transformers CLIP VLM from a hub id or a local folder."""
     from transformers import CLIPModel, CLIPProcessor
 
-    if not arg:
-        raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
-    source = paths.local_or_hub(arg, f"hf-clip:{arg}", "CLIP model folder")
-    spec = f"hf-clip:{source}"
+    source, spec = _source(arg)
     try:
         model = CLIPModel.from_pretrained(source).float().eval()
         processor = CLIPProcessor.from_pretrained(source)
     except OSError as e:
-        raise fetch_failed(spec, "a local folder saved with save_pretrained (model + CLIPProcessor): "
-                                 "hf-clip:/path/to/folder", e) from e
+        raise _fetch_failed(spec, e) from e
     dim = int(model.config.projection_dim)
     image = HFClipImage(model.vision_model, model.visual_projection, dim,
                         ProcessorTransform(processor.image_processor), spec + "/image")
     text = HFClipText(model.text_model, model.text_projection, processor.tokenizer,
                       int(model.config.text_config.max_position_embeddings), dim, spec + "/text")
     return TowersVLM(image, text, spec=spec, dim=dim).eval()
+
+
+def create_text(arg: str) -> TextSide:
+    """The text side alone of `hf-clip:ARG` (a teacher's, for a bridged or distilled model): only the
+    checkpoint's text transformer and text projection are loaded (CLIPTextModelWithProjection), with the
+    tokenizer `create` uses; the vision weights are never read into memory."""
+    from transformers import CLIPConfig, CLIPProcessor, CLIPTextModelWithProjection
+    from transformers.utils import logging
+
+    source, spec = _source(arg)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the vision weights left unread are the point, not a warning
+    try:
+        config = CLIPConfig.from_pretrained(source)
+        text_config = config.text_config
+        text_config.projection_dim = config.projection_dim
+        model = CLIPTextModelWithProjection.from_pretrained(source, config=text_config).float().eval()
+        tokenizer = CLIPProcessor.from_pretrained(source).tokenizer
+    except OSError as e:
+        raise _fetch_failed(spec, e) from e
+    finally:
+        logging.set_verbosity(verbosity)
+    dim = int(config.projection_dim)
+    text = HFClipText(model.text_model, model.text_projection, tokenizer, int(text_config.max_position_embeddings),
+                      dim, spec + "/text")
+    return TextSide(text, None, spec, dim).eval()
