@@ -146,9 +146,10 @@ class Run:
             self._checkpoints.clear()
         dist.barrier()  # the run folder is published
         vlm = load_run(str(self.out), runtime=self.cfg.runtime)
+        records = None
         if self.eval_source is not None:
             records = evaluate(vlm, self.eval_source, out=self.out / "results" if self.lead else None,
                                runtime=self.cfg.runtime, progress=progress and self.lead)
-            if self.lead:
-                write_card(self.out, card(config, list(records.values())))
+        if self.lead:  # the card again, with the loaded model's per-image and per-label-set cost
+            write_card(self.out, card(config, None if records is None else list(records.values())), cost=vlm.cost())
         return vlm
