@@ -106,7 +106,9 @@ def test_health_models_openapi_and_page(models, tmp_path):
         assert client.get("/healthz").json() == {"status": "ok", "models": 2, "inflight": 0}
         listed = client.get("/v1/models").json()["models"]
         assert [m["spec"] for m in listed] == list(NAMES)
-        params = sum(p.numel() for p in models[NAMES[0]].parameters())
+        vlm = models[NAMES[0]]
+        params = {"image": sum(p.numel() for p in vlm.image.parameters()),
+                  "text": sum(p.numel() for p in vlm.text.parameters())}
         assert listed[0] == {"spec": NAMES[0], "kind": "vlm", "teacher": None, "dims": {"joint": 32},
                              "parameters": params, "results": [], "card": None}
         doc = client.get("/openapi.json").json()

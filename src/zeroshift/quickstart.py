@@ -39,6 +39,17 @@ class QuickstartConfig:
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
 
 
+COST_HEADERS = ["step", "model", "parameters per image", "parameters per label set"]
+
+
+def cost_cells(cost: dict) -> tuple[str, str]:
+    """VLM.cost() as the report's two cells: the image path's and the text side's parameters (in millions
+    from 10,000 on)."""
+    shown = [(cost.get(side) or {}).get("parameters") for side in ("image", "text")]
+    return tuple("-" if n is None else f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n:,}"  # type: ignore[return-value]
+                 for n in shown)
+
+
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     """Evaluate the teacher and one bridge per encoder on each dataset; write records, report.md,
     a plot and config.json into `cfg.out`."""
@@ -83,11 +94,12 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
                                   overwrite=True, runtime=cfg.runtime)
             models.append((f"transfer {cfg.chain_encoder} -> aligned", f"{cfg.chain_encoder} -> bridge -> aligned",
                            lambda: transfer(ccfg, progress=progress)))
-    records, timings = [], []
+    records, timings, costs = [], [], []
     for step, name, make in models:
         t0 = time.perf_counter()
         vlm = make()
         fit_seconds = round(time.perf_counter() - t0, 1)
+        costs.append((step, name, *cost_cells(vlm.cost())))
         for data in cfg.datasets:
             t1 = time.perf_counter()
             recs = evaluate(vlm, data, out=out / "results", batch_size=cfg.batch_size, runtime=cfg.runtime,
@@ -109,6 +121,10 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
            if cfg.align_towers else "") + f"all evaluated the same way. zeroshift {__version__}, {seconds} s in all.", "",
         markdown_table(display(table), HEADERS), "",
         markdown_table(timings, ["step", "dataset", "load/fit seconds", "eval seconds"]), "",
+        markdown_table(costs, COST_HEADERS), "",
+        "Parameters per image are the image path's (encoder or student and its head), paid for every image; "
+        "parameters per label set are the text side's (a bridged or distilled model borrows its teacher's "
+        "text tower), paid once for a set of labels.", "",
         f"![zero-shot results]({plot.name})", "",
         "Bridges are in `bridges/`, students in `students/`, aligned VLMs in `aligned/` (use one as "
         "`--model run:<folder>`); records in "
@@ -117,4 +133,4 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     ]
     (out / "report.md").write_text("\n".join(report))
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "version": __version__}, indent=2) + "\n")
-    return {"records": records, "table": table, "seconds": seconds, "report": out / "report.md"}
+    return {"records": records, "table": table, "costs": costs, "seconds": seconds, "report": out / "report.md"}

@@ -212,11 +212,27 @@ class RunWriter:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _with_files(card: str, config: dict, name: str, records: list[dict] | None = None) -> str:
-    """The card with the hub's YAML front matter (cards.py), ending in a section on the files and runs the
-    run is built on when its specs name any."""
+def cost_lines(cost: dict) -> list[str]:
+    """A model card's cost section from VLM.cost(): the image path's parameters (paid per image) and the
+    text side's (paid per label set), apart."""
+    def shown(side: str) -> str:
+        n = (cost.get(side) or {}).get("parameters")
+        return "unknown" if n is None else f"{n:,} ({n / 1e6:.2f}M)"
+
+    return ["", "## Cost", "", "| side | parameters | runs |", "|---|---|---|",
+            f"| image path (image tower and head) | {shown('image')} | once per image |",
+            f"| text side (a bridged or distilled model's is its teacher's text tower) | {shown('text')} | "
+            "once per label set; the label embeddings are reused for every image |"]
+
+
+def _with_files(card: str, config: dict, name: str, records: list[dict] | None = None,
+                cost: dict | None = None) -> str:
+    """The card with the hub's YAML front matter (cards.py), then its cost section when `cost` is given,
+    ending in a section on the files and runs the run is built on when its specs name any."""
     card = with_front_matter(card, front_matter(config, records or [], name))
     card = card if card.endswith("\n") else card + "\n"
+    if cost is not None:
+        card += "\n".join(cost_lines(cost)) + "\n"
     files = {key: spec_files(config[key]) for key in SPEC_KEYS if isinstance(config.get(key), str)}
     lines = [f"- {key}: `{config[key]}`" + (
         f" (run folder, weights sha256 `{config[DEPENDS][key]['weights_sha256'][:16]}...`: loading refuses it "
@@ -229,15 +245,15 @@ def _with_files(card: str, config: dict, name: str, records: list[dict] | None =
                              "this folder, never to the current directory.", "", *lines]) + "\n"
 
 
-def write_card(folder: str | os.PathLike, card: str) -> Path:
-    """Replace a finished run's README.md atomically (e.g. with results added after evaluation); its
-    front matter's model-index lists the records in FOLDER/results."""
+def write_card(folder: str | os.PathLike, card: str, cost: dict | None = None) -> Path:
+    """Replace a finished run's README.md atomically (e.g. with results added after evaluation, and the
+    cost of the loaded model: VLM.cost()); its front matter's model-index lists the records in FOLDER/results."""
     from .zeroshot.records import read_records
 
     folder = Path(folder)
     config = read_config(folder)
     records = read_records(folder / "results") if (folder / "results").is_dir() else []
-    return write_text(folder / CARD, _with_files(card, config, folder.name, records))
+    return write_text(folder / CARD, _with_files(card, config, folder.name, records, cost))
 
 
 def weights_digest(folder: Path) -> str:

@@ -153,6 +153,7 @@ class Run:
             self._checkpoints.clear()
         dist.barrier()  # the run folder is published
         vlm = load_run(str(self.out), runtime=self.cfg.runtime)
+        records = None
         if self.eval_source is not None:
             results, show = self.out / "results", progress and self.lead
             for role, model in (("model", vlm), ("teacher", teacher)):  # named bars; evaluate reads the caches
@@ -164,7 +165,8 @@ class Run:
                 teacher, self.eval_source, out=results / "teacher" if self.lead else None, runtime=self.cfg.runtime,
                 progress=show)
             if self.lead:
-                write_card(self.out, card(config, list(records.values())))
                 summary.write_evaluation(summary.evaluation(records, theirs, self.eval_source.spec, vlm.spec,
                                                             None if teacher is None else teacher.spec), results)
+        if self.lead:  # the card again, with the results and the loaded model's per-image and per-label-set cost
+            write_card(self.out, card(config, None if records is None else list(records.values())), cost=vlm.cost())
         return vlm

@@ -5,6 +5,8 @@ images are preprocessed by that image processor, texts tokenised by that tokeniz
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +17,7 @@ from torch import nn
 from .. import paths
 from ..errors import SpecError, fetch_failed
 from . import hub
-from .vlm import ImageEncoder, TextEncoder, TowersVLM
+from .vlm import ImageEncoder, TextEncoder, TextSide, TowersVLM
 
 TEXT_BATCH = 256
 
@@ -68,23 +70,38 @@ class HFClipText(TextEncoder):
             return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
 
 
+def _source(arg: str) -> tuple[str, str]:
+    """(folder or hub id, canonical spec) of `hf-clip:ARG`."""
+    if not arg:
+        raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
+    source = paths.local_or_hub(arg, f"hf-clip:{arg}", "CLIP model folder")
+    return source, f"hf-clip:{source}"
+
+
+_INSTEAD = "hf-clip:/path/to/folder (saved with save_pretrained: model and CLIPProcessor)"
+
+
+@contextlib.contextmanager
+def _fetching(source: str, spec: str) -> Iterator[None]:
+    """Load from a local folder (an OSError is fetch_failed) or from the hub through hub.fetching, which
+    fails at once in one line when the hub cannot be reached."""
+    if not Path(source).is_dir():
+        with hub.fetching(spec, _INSTEAD):
+            yield
+        return
+    try:
+        yield
+    except OSError as e:
+        raise fetch_failed(spec, _INSTEAD, e) from e
+
+
 def create(arg: str) -> TowersVLM:
     """Build a transformers CLIP VLM from a hub id or a local folder."""
     from transformers import CLIPModel, CLIPProcessor
 
-    if not arg:
-        raise SpecError("hf-clip: needs a hub id or folder, e.g. hf-clip:openai/clip-vit-base-patch32")
-    source = paths.local_or_hub(arg, f"hf-clip:{arg}", "CLIP model folder")
-    spec = f"hf-clip:{source}"
-    instead = "hf-clip:/path/to/folder (saved with save_pretrained: model and CLIPProcessor)"
-    if Path(source).is_dir():
-        try:
-            model, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
-        except OSError as e:
-            raise fetch_failed(spec, instead, e) from e
-    else:
-        with hub.fetching(spec, instead):
-            model, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
+    source, spec = _source(arg)
+    with _fetching(source, spec):
+        model, processor = CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
     model = model.float().eval()
     dim = int(model.config.projection_dim)
     image = HFClipImage(model.vision_model, model.visual_projection, dim,
@@ -92,3 +109,28 @@ def create(arg: str) -> TowersVLM:
     text = HFClipText(model.text_model, model.text_projection, processor.tokenizer,
                       int(model.config.text_config.max_position_embeddings), dim, spec + "/text")
     return TowersVLM(image, text, spec=spec, dim=dim).eval()
+
+
+def create_text(arg: str) -> TextSide:
+    """The text side alone of `hf-clip:ARG` (a teacher's, for a bridged or distilled model): only the
+    checkpoint's text transformer and text projection are loaded (CLIPTextModelWithProjection), with the
+    tokenizer `create` uses; the vision weights are never read into memory."""
+    from transformers import CLIPConfig, CLIPProcessor, CLIPTextModelWithProjection
+    from transformers.utils import logging
+
+    source, spec = _source(arg)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the vision weights left unread are the point, not a warning
+    try:
+        with _fetching(source, spec):
+            config = CLIPConfig.from_pretrained(source)
+            text_config = config.text_config
+            text_config.projection_dim = config.projection_dim
+            model = CLIPTextModelWithProjection.from_pretrained(source, config=text_config).float().eval()
+            tokenizer = CLIPProcessor.from_pretrained(source).tokenizer
+    finally:
+        logging.set_verbosity(verbosity)
+    dim = int(config.projection_dim)
+    text = HFClipText(model.text_model, model.text_projection, tokenizer, int(text_config.max_position_embeddings),
+                      dim, spec + "/text")
+    return TextSide(text, None, spec, dim).eval()

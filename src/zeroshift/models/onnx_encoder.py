@@ -85,6 +85,20 @@ class OnnxImageEncoder(ImageEncoder):
     def onnx_file(self) -> Path:
         return self.path
 
+    def graph_parameters(self) -> int:
+        """The weights this graph holds (elements of its floating-point initializers), for cost reports;
+        0 when it was exported from a PyTorch encoder kept beside it, whose parameters count instead."""
+        if "torch_encoder" in self._modules:
+            return 0
+        if not hasattr(self, "_graph_parameters"):
+            import onnx
+
+            graph = onnx.load(str(self.path), load_external_data=False).graph
+            floating = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                        onnx.TensorProto.DOUBLE}
+            self._graph_parameters = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type in floating)
+        return self._graph_parameters
+
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, output={self.output!r}, layout={self.layout}, dim={self.dim}"
 

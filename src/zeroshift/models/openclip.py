@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import MissingWeights, SpecError
 from . import hub
-from .vlm import ImageEncoder, ImageTransform, TextEncoder, TowersVLM
+from .vlm import ImageEncoder, ImageTransform, TextEncoder, TextSide, TowersVLM
 from ..paths import user_path
 
 TEXT_BATCH = 256
@@ -81,11 +81,10 @@ def resolve(arg: str) -> tuple[str, str | None, str]:
                     "or a local file, or random")
 
 
-def create(arg: str) -> TowersVLM:
-    """Build an open_clip VLM from `ARCH[@TAG]`."""
+def _build(arch: str, pretrained: str | None, spec: str):
+    """(model, preprocess, tokenizer) from open_clip, its failures as one-line MissingWeights."""
     import open_clip
 
-    arch, pretrained, spec = resolve(arg)
     from_hub = arch.startswith("hf-hub:") or (pretrained is not None and not Path(pretrained).is_file())
     instead = f"openclip:{arch}@/path/to/weights.safetensors (or @random for random weights)"
     if from_hub and arch.startswith("hf-hub:"):
@@ -98,11 +97,28 @@ def create(arg: str) -> TowersVLM:
         if pretrained is not None:
             raise MissingWeights(f"could not load {pretrained} into open_clip {arch}: {str(e).splitlines()[0][:200]}") from e
         raise
-    model.eval()
+    return model.eval(), preprocess, tokenizer
+
+
+def create(arg: str) -> TowersVLM:
+    """Build an open_clip VLM from `ARCH[@TAG]`."""
+    arch, pretrained, spec = resolve(arg)
+    model, preprocess, tokenizer = _build(arch, pretrained, spec)
     dim = _embed_dim(model, arch)
     image = OpenClipImage(model.visual, dim, preprocess, spec + "/image")
     text = OpenClipText(model, tokenizer, dim, spec + "/text")
     return TowersVLM(image, text, spec=spec, dim=dim).eval()
+
+
+def create_text(arg: str) -> TextSide:
+    """The text side alone of the open_clip VLM `ARCH[@TAG]` names (a teacher's, for a bridged or
+    distilled model): open_clip builds the whole model (it has no text-only constructor, and building the
+    visual tower too keeps @random weights those of `create`), then the visual tower is dropped."""
+    arch, pretrained, spec = resolve(arg)
+    model, _, tokenizer = _build(arch, pretrained, spec)
+    model.visual = None  # encode_text never reaches it; its weights are freed here
+    dim = _embed_dim(model, arch)
+    return TextSide(OpenClipText(model, tokenizer, dim, spec + "/text"), None, spec, dim).eval()
 
 
 def _embed_dim(model: nn.Module, arch: str) -> int:

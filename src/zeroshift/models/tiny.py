@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from ..errors import SpecError
-from .vlm import ImageEncoder, TextEncoder, TowersVLM
+from .vlm import ImageEncoder, TextEncoder, TextSide, TowersVLM
 
 _BUCKETS = 4096
 
@@ -83,3 +83,9 @@ def create(arg: str = "") -> TowersVLM:
         image = TinyImageEncoder(opts["dim"], opts["size"], spec + "/image")
         text = TinyTextEncoder(opts["dim"], spec + "/text")
     return TowersVLM(image, text, spec=spec).eval()
+
+
+def create_text(arg: str = "") -> TextSide:
+    """tiny-clip's text side alone: the seeded image tower (a few thousand weights) is built first so that
+    the text tower's weights are those of `create`, then dropped."""
+    return create(arg).text_side().eval()

@@ -85,6 +85,21 @@ class VLM(nn.Module):
         """(image tower, head from its features into the joint space): what an exporter needs."""
         raise ZeroshiftError(f"{self.spec} has no separate image tower and head to export")
 
+    def text_side(self) -> TextEncoder:
+        """The text side as a TextEncoder, for a model that borrows it (a bridged or distilled VLM's
+        teacher). Here the whole VLM stays behind it; TowersVLM gives its text tower alone."""
+        return VLMTextTower(self)
+
+    def cost(self) -> dict[str, dict[str, int | None]]:
+        """What one image and one label set cost: {"image": {"parameters": N}, "text": {"parameters": M}}.
+        The image path is what runs once per image (image_parts: tower and head), the text side what runs
+        once per label set (everything else); None where the VLM names no separate image path."""
+        try:
+            image = weights(*self.image_parts())
+        except ZeroshiftError:
+            return {"image": {"parameters": None}, "text": {"parameters": None}}
+        return {"image": {"parameters": sum(image.values())}, "text": {"parameters": _rest(weights(self), image)}}
+
 
 class TowersVLM(VLM):
     """A VLM made of an image encoder and a text encoder whose outputs already share a space,
@@ -124,9 +139,57 @@ class TowersVLM(VLM):
             return tower, nn.Sequential(inner, self.image_head)
         return self.image, self.image_head
 
+    def text_side(self) -> TextSide:
+        return TextSide(self.text, self.text_head, self.spec, self.dim)
+
+    def cost(self) -> dict[str, dict[str, int | None]]:
+        """A weight both sides reach (open_clip's text tower holds the whole model) counts on the image side."""
+        image = weights(*self.image_parts())
+        text = weights(self.text, self.text_head)
+        return {"image": {"parameters": sum(image.values())}, "text": {"parameters": _rest(text, image)}}
+
+
+class TextSide(TextEncoder):
+    """A VLM's text side alone: its text tower and the head after it, computing exactly what that VLM's
+    encode_text computes. A bridged or distilled VLM holds its teacher's TextSide, never the teacher's
+    image tower (compose.text_side builds one without building the image side where it can)."""
+
+    def __init__(self, text: TextEncoder, head: nn.Module | None, spec: str, dim: int) -> None:
+        super().__init__()
+        self.text, self.head = text, head or nn.Identity()
+        self.spec, self.dim = spec + "/text", int(dim)
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.head(self.text(list(texts)))  # [M, dim]
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """The same operations as TowersVLM.encode_text, so embeddings are bit-identical to the VLM's."""
+        with torch.inference_mode():
+            return self.head(self.text.encode_text(texts)).float()  # [M, dim]
+
+
+def weights(*modules: nn.Module) -> dict[object, int]:
+    """The weights reachable from `modules`, each once: {key: element count}, keyed by parameter identity
+    and, for a tower run from an ONNX graph (`graph_parameters`), by its graph file."""
+    found: dict[object, int] = {}
+    for module in modules:
+        if not isinstance(module, nn.Module):
+            continue
+        for m in module.modules():
+            count = getattr(m, "graph_parameters", None)
+            n = count() if callable(count) else 0
+            if n:
+                found[("onnx", str(m.onnx_file()))] = int(n)
+        found.update((id(p), p.numel()) for p in module.parameters())
+    return found
+
+
+def _rest(found: dict[object, int], minus: dict[object, int]) -> int:
+    return sum(n for key, n in found.items() if key not in minus)
+
 
 class VLMTextTower(TextEncoder):
-    """The text side of a VLM as a TextEncoder (a teacher's text tower for a bridged or distilled model)."""
+    """The text side of a VLM as a TextEncoder, holding the whole VLM (for a VLM that does not split)."""
 
     def __init__(self, vlm: VLM) -> None:
         super().__init__()

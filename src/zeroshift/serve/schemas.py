@@ -41,13 +41,22 @@ class EmbedResponse(BaseModel):
     embeddings: list[list[float]] = Field(description="one row per text or image, in request order")
 
 
+class Parameters(BaseModel):
+    image: int | None = Field(description="parameters of the image path (tower and head), run once per image: "
+                                           "the per-image cost")
+    text: int | None = Field(description="parameters of the text side, run once per label set (label embeddings "
+                                          "are cached): a bridged or distilled model's is its teacher's text tower")
+
+
 class ModelInfo(BaseModel):
     spec: str = Field(description="the name to pass as `model`")
     kind: str = Field(description="'vlm' for a VLM scheme, the run's kind (bridge, student, aligned) for run:, "
                                   "else 'model'")
     teacher: str | None = None
     dims: dict[str, int] = Field(description="'joint' is the embedding size; runs add their recorded dims")
-    parameters: int | None = None
+    parameters: Parameters | None = Field(default=None, description=(
+        "parameter counts per side (earlier versions gave one total here, which counted a bridged or distilled "
+        "model's unused teacher image tower); null for a model that does not name its sides"))
     results: list[dict[str, Any]] = Field(description="the run's CLIP_benchmark records in results/, else []")
     card: str | None = Field(default=None, description="the run's README.md (model card), else null")
 

@@ -23,13 +23,17 @@ def _scheme_kind(spec: str) -> str | None:
 
 
 def describe(name: str, vlm: VLM) -> dict[str, Any]:
-    """The /v1/models entry of a served model: kind, teacher, dims, parameter count, results, model card.
-    A run's facts come from the loaded model (runs.load_run keeps its folder and config on it)."""
+    """The /v1/models entry of a served model: kind, teacher, dims, parameters, results, model card.
+    `parameters` is {"image": N, "text": M}: the image path, run once per image, and the text side, run
+    once per label set (a bridged or distilled model's text side is its teacher's text tower), each None
+    where the model does not say (VLM.cost). A run's facts come from the loaded model (runs.load_run
+    keeps its folder and config on it)."""
     info: dict[str, Any] = {"spec": name, "kind": _scheme_kind(name) or "model", "teacher": None,
                             "dims": {"joint": int(vlm.dim)}, "parameters": None, "results": [], "card": None}
-    params = getattr(vlm, "parameters", None)
-    if callable(params):
-        info["parameters"] = int(sum(p.numel() for p in params()))
+    cost = getattr(vlm, "cost", None)
+    if callable(cost):
+        sides = cost()
+        info["parameters"] = {side: sides[side]["parameters"] for side in ("image", "text")}
     from ..runfolder import CARD, read_config
     from ..zeroshot.records import read_records
 

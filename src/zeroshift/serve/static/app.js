@@ -52,6 +52,13 @@
     return String(n);
   }
 
+  /** "0.4M params per image, 22.7M per label set": the image path and the text side, as /v1/models gives them. */
+  function paramsText(p) {
+    if (!p || typeof p !== "object") return "";
+    const parts = [count(p.image) && `${count(p.image)} params per image`, count(p.text) && `${count(p.text)} per label set`];
+    return parts.filter(Boolean).join(", ");
+  }
+
   function percent(p) {
     return (100 * p).toFixed(1) + "%";
   }
@@ -115,7 +122,7 @@
           m.kind ? el("span", {class: "badge"}, m.kind) : null,
           m.teacher ? el("span", {}, "teacher ", el("code", {}, m.teacher)) : null,
           dimsText(m.dims) ? el("span", {}, dimsText(m.dims)) : null,
-          count(m.parameters) ? el("span", {}, `${count(m.parameters)} params`) : null,
+          paramsText(m.parameters) ? el("span", {}, paramsText(m.parameters)) : null,
         ];
         const res = summary(m.results);
         list.append(el("li", {"data-testid": "model", "data-model": spec},
