@@ -78,7 +78,11 @@ def front_matter(config: dict, records: list[dict], name: str) -> dict:
     return meta
 
 
+def body(card: str) -> str:
+    """`card` without its front matter: the markdown a reader sees."""
+    return _FRONT.sub("", card, count=1)
+
+
 def with_front_matter(card: str, meta: dict) -> str:
     """`card` (markdown) starting with `meta` as YAML front matter, replacing any it already has."""
-    body = _FRONT.sub("", card, count=1)
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n\n" + body(card)

@@ -34,6 +34,7 @@ def describe(name: str, vlm: VLM) -> dict[str, Any]:
     if callable(cost):
         sides = cost()
         info["parameters"] = {side: sides[side]["parameters"] for side in ("image", "text")}
+    from ..cards import body
     from ..runfolder import CARD, read_config
     from ..zeroshot.records import read_records
 
@@ -55,7 +56,8 @@ def describe(name: str, vlm: VLM) -> dict[str, Any]:
     keep = ("dataset", "model", "pretrained", "task", "metrics", "language")
     info["results"] = [{k: r[k] for k in keep if k in r} for r in records]
     card = folder / CARD
-    info["card"] = card.read_text(encoding="utf-8", errors="replace")[:100_000] if card.is_file() else None
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else None
+    info["card"] = None if text is None else body(text)[:100_000]  # what a reader sees, without the hub's YAML
     return info
 
 
