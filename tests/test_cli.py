@@ -32,8 +32,9 @@ def test_predict_table_and_bad_image(home, folder, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     code = main(["predict", "--model", "tiny-clip:seed=0", "--labels", "red\ngreen", str(folder / "red" / "0.png"), str(bad)])
-    out = capsys.readouterr().out
-    assert code == 0 and "rank" in out and "skipped" in out
+    captured = capsys.readouterr()
+    assert code == 0 and "rank" in captured.out and "skipped" not in captured.out  # stdout: rankings only
+    assert captured.err.startswith(f"skipped {bad}: ")
 
 
 @pytest.mark.parametrize("labels", ["red,red", " , ", "cat,Cat"])

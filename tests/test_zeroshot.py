@@ -123,7 +123,8 @@ def test_label_text_splits_at_newlines_else_commas_and_reads_files_only_when_ask
     path.write_text("tabby cat\ngolden dog\n", encoding="utf-8")
     assert parse_labels(str(path), files=True) == ["tabby cat", "golden dog"]
     assert parse_labels(str(path)) == [str(path)]  # the service never opens a file
-    assert parse_labels(str(tmp_path / "absent.txt"), files=True) == [str(tmp_path / "absent.txt")]
+    with pytest.raises(ZeroshiftError, match="does not exist"):  # a typo is not one label (issue 16, item 11)
+        parse_labels(str(tmp_path / "absent.txt"), files=True)
 
 
 # ---------------------------------------------------------------- templates
