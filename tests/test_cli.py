@@ -98,6 +98,8 @@ def test_quickstart_with_transfer_distill_and_align_steps(home, folder, tmp_path
     assert "student-cnn:width=8,size=32 (distilled)" in report and (out / "students").is_dir()
     assert "(aligned, ot)" in report and "tiny-clip:seed=2,dim=24 -> bridge -> aligned" in report
     assert len(list((out / "results").glob("*.json"))) == 5
+    for card in (out / "bridges").glob("*/README.md"):  # each run's card shows its quickstart results
+        assert "Not evaluated yet" not in card.read_text() and "| acc1 |" in card.read_text()
 
 
 def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path, capsys):

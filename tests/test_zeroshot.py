@@ -215,7 +215,7 @@ def test_evaluate_writes_clip_benchmark_record_and_reuses_cache(home, tmp_path):
     assert sum(calls) == len(source)
     rec = first["zeroshot_classification"]
     files = list(out.iterdir())
-    assert [f.name for f in files] == ["test_colours__tiny-clip_seed=0_dim=32_size=32+nobias_en_zeroshot_classification.json"]
+    assert [f.name for f in files] == ["test_colours__tiny-clip_seed=0_dim=32_size=32+nobias_en_zeroshot_classification_cifar10.json"]
     on_disk = json.loads(files[0].read_text())
     assert on_disk == rec
     assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= on_disk.keys()
