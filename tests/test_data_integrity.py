@@ -208,3 +208,21 @@ def test_unknown_user_in_out_is_one_line_and_writes_nothing(home, pngs, tmp_path
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "~nosuchuser-zs" in err
     assert not list(tmp_path.glob("~*"))
+
+
+def test_serve_answers_413_for_a_jpeg_bomb_past_pillows_own_limit():
+    import io
+
+    from zeroshift.data.base import TooManyPixels
+    from zeroshift.serve.checks import decode_upload
+    from zeroshift.serve.errors import TooLarge
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    at = data.find(b"\xff\xc2") + 5  # frame header: height, width
+    bomb = data[:at] + (32768).to_bytes(2, "big") * 2 + data[at + 4:]  # 1074M declared pixels
+    with pytest.raises(TooLarge, match="32768x32768"):
+        decode_upload(bomb, "bomb.jpg", max_pixels=40_000_000)
+    with pytest.raises(TooManyPixels):
+        images_module.decode_image(bomb)

@@ -97,7 +97,7 @@ def test_a_run_config_records_the_runtime_each_model_ran_on(home, tmp_path, add_
     add_run_kind("toy-run", lambda f, config, state, runtime: create("seed=0"))
     with Run(RunConfig(out=str(tmp_path / "run"), runtime="torch"), "toy-run", {}) as run:
         model = load("tiny-clip:seed=0", runtime="torch")
-        run.finish({}, {"w": torch.zeros(2)}, lambda config, records: "# toy\n", progress=False)
+        run.finish({}, {"w": torch.zeros(2)}, lambda config, records: "# toy\n", progress=False, command="toy", rows=0)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["runtime_used"] == {model.spec: "torch"}
 

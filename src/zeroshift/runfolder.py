@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import CacheError, CacheMismatch, MissingWeights, ZeroshiftError
-from .io import write_text
+from .io import write_bytes, write_text
 from .runspecs import SPEC_KEYS, recorded_specs, spec_files, split_run
 from .version import __version__
 from .paths import user_path
@@ -143,7 +143,7 @@ class RunWriter:
 
     def finish(self, config: dict, state: dict[str, torch.Tensor], card: str) -> Path:
         """Write config.json, model.safetensors and README.md into staging, then rename it to OUT."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         if not self.path.is_dir():
             raise ZeroshiftError("RunWriter.finish called outside its `with` block")
@@ -163,7 +163,8 @@ class RunWriter:
         depends = self._pin_runs(specs)
         config = {**config, **specs, "zeroshift_version": config.get("zeroshift_version", __version__),
                   "tensors": {name: list(t.shape) for name, t in tensors.items()}, DEPENDS: depends}
-        save_file(tensors, str(self.path / WEIGHTS), metadata={"kind": config["kind"]})
+        # through bytes: safetensors' own save_file creates 0600 files, unreadable to a user's team
+        write_bytes(self.path / WEIGHTS, save(tensors, metadata={"kind": config["kind"]}))
         config = json.loads(json.dumps({k: v for k, v in config.items() if k != INTEGRITY}, default=str))
         config[INTEGRITY] = {"weights_sha256": weights_digest(self.path), "config_sha256": config_digest(config)}
         (self.path / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -152,6 +152,7 @@ def embed(
     progress: bool = True,
     overwrite: bool = False,
     device: str | None = None,
+    role: str | None = None,
 ) -> Features:
     """Embed every image of `data` with `model` into the cache folder `out`; returns its Features.
 
@@ -159,7 +160,8 @@ def embed(
     `data`: a spec or a DataSource. `out=None` uses paths.features_dir()/<key of model, transform,
     data, dtype>; a complete matching cache there is returned without recomputing. A folder holding
     part of the same cache is resumed; one made differently raises CacheMismatch unless `overwrite`.
-    `device` (spec models only): default cuda:LOCAL_RANK when CUDA is present, else cpu.
+    `device` (spec models only): default cuda:LOCAL_RANK when CUDA is present, else cpu. `role` names
+    the model in the progress bar ("embed teacher SPEC on DATA").
     """
     if dtype not in DTYPES:
         raise ZeroshiftError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
@@ -219,7 +221,7 @@ def embed(
     if todo:
         computed_rows, bad_now, used_workers = _compute(
             model, dev, source, out, todo, shard_rows, batch_size, workers, dtype, token, model_dim,
-            progress and rank == 0, sidecars,
+            progress and rank == 0, sidecars, bar_label(role, model.spec, source.spec),
         )
     seconds = time.perf_counter() - t0
 
@@ -257,7 +259,7 @@ def _summary(out: Path, rows: int, seconds: float, bad: int, computed: int, reus
 def _compute(
     model: Any, dev: torch.device, source: DataSource, out: Path, todo: Sequence[int], shard_rows: int,
     batch_size: int, workers: int | None, dtype: str, token: str, dim: int | None, show: bool,
-    sidecars: dict[int, dict],
+    sidecars: dict[int, dict], desc: str = "embed",
 ) -> tuple[int, int, int]:
     """Embed shards `todo` and write each as soon as its last batch is in; returns (rows, bad, workers)."""
     n = len(source)
@@ -283,7 +285,7 @@ def _compute(
     pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (local rows [V], features [V, dim]) of the open shard
     bad: list[tuple[int, str]] = []
     filled, n_bad = 0, 0
-    bar = tqdm(total=total, unit="img", unit_scale=True, desc="embed", disable=not show, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="img", desc=desc, disable=not show, dynamic_ncols=True)  # whole images: 3/3
     try:
         for (rows, images, bad_rows), i in zip(loader, owner):
             start, end = spans[i]
@@ -305,6 +307,25 @@ def _compute(
     finally:
         bar.close()
     return total, n_bad, workers
+
+
+def short_spec(spec: str, width: int = 40) -> str:
+    """`spec` cut to about `width` characters for a progress bar: a long path keeps its scheme and last
+    part (folder:.../imgs), a run its folder's name (run:.../bridge)."""
+    if len(spec) <= width:
+        return spec
+    scheme, colon, rest = spec.partition(":")
+    rest = rest.split("@", 1)[0] if scheme == "run" else rest  # the weights digest says nothing here
+    if colon and "/" in rest:
+        shown = f"{scheme}:.../{rest.rstrip('/').rsplit('/', 1)[-1]}"
+        if len(shown) <= width:
+            return shown
+    return spec[: width - 3] + "..."
+
+
+def bar_label(role: str | None, model: str, data: str) -> str:
+    """The embed bar's description: "embed teacher conse:effnet-lite2+minilm on tuxpaint[0::2]"."""
+    return " ".join(["embed", *([role] if role else []), short_spec(model), "on", short_spec(data)])
 
 
 def _probe_dim(model: Any, dev: torch.device) -> int:

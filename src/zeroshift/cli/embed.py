@@ -21,6 +21,7 @@ class EmbedConfig:
     shard_rows: int | None = field(default=None, metadata={
         "help": "source rows per shard, the unit of resume and of the split across torchrun ranks (default 4096)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a cache made by another model or data"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs); the table is still printed"})
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -32,7 +33,7 @@ def run(cfg: EmbedConfig) -> int:
     from zeroshift.cache import embed
 
     feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows,
-                  runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite)
+                  runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite, progress=not cfg.quiet)
     if dist.rank() == 0:
         used = {"runtime": (feats.summary or {}).get("runtime", cfg.runtime),  # what ran, not 'auto'
                 "shard_rows": feats.manifest["shard_rows"], "runtime_requested": cfg.runtime}

@@ -21,6 +21,7 @@ class EvalConfig:
         "help": "folder for the JSON records (a run's also go into RUN/results, and into its model card)"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars (for logs); the results are still printed"})
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -55,7 +56,7 @@ def run(cfg: EvalConfig) -> int:
     from zeroshift.zeroshot.records import record_filename
 
     records = evaluate(cfg.model, cfg.dataset, templates=cfg.templates, task=cfg.task, out=cfg.out,
-                       batch_size=cfg.batch_size, runtime=cfg.runtime)
+                       batch_size=cfg.batch_size, runtime=cfg.runtime, progress=not cfg.quiet)
     print_table(metric_rows(records), HEADERS, title=f"model: {cfg.model}")
     for line in row_lines(records):
         print(line)

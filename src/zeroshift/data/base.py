@@ -58,6 +58,10 @@ class BadImage(Exception):
     """An image that could not be decoded; sources raise it, loaders skip, count and list it."""
 
 
+class TooManyPixels(BadImage):
+    """An image refused for its (declared) size before its pixels are decoded: a decompression bomb."""
+
+
 class Subset(DataSource):
     """Rows `indices` of another source, in that order, with their labels and captions."""
 

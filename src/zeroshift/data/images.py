@@ -19,7 +19,7 @@ from typing import IO, Iterator, Union
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from .base import BadImage
+from .base import BadImage, TooManyPixels
 
 # Pillow warns above MAX_IMAGE_PIXELS (~89M) and refuses above twice that. An 89M-pixel RGBA PNG is
 # ~360 MB decoded, a sane ceiling per image; pass a larger max_pixels (up to Pillow's hard limit) to
@@ -169,11 +169,11 @@ def decode_image(src: ImageSource, max_side: int | None = None, max_pixels: int 
             warnings.simplefilter("ignore")  # bomb, corrupt-EXIF and palette warnings: bounded here, not spam
             return _decode(_open(fp), max_side, max_pixels)
     except BadImage as e:
-        raise BadImage(f"{_describe(src)}: {e}") from None
+        raise type(e)(f"{_describe(src)}: {e}") from None
     except Image.DecompressionBombError as e:
         size = re.search(r"\((\d+) pixels\)", str(e))
         pixels = f"{int(size.group(1)) / 1e6:.0f}M pixels" if size else "too many pixels"
-        raise BadImage(f"{_describe(src)}: {pixels} exceeds Pillow's hard limit of "
+        raise TooManyPixels(f"{_describe(src)}: {pixels} exceeds Pillow's hard limit of "
                        f"{2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}M") from None
     except MemoryError:
         raise BadImage(f"{_describe(src)}: out of memory while decoding") from None
@@ -189,7 +189,7 @@ def _decode(im: Image.Image, max_side: int | None, max_pixels: int) -> Image.Ima
         # libjpeg keeps every DCT coefficient of a progressive JPEG (about 2 bytes per declared pixel)
         # however small it is drafted, so its declared size is bounded like any other format's
         if w * h > max_pixels:
-            raise BadImage(f"progressive JPEG of {w}x{h} = {w * h / 1e6:.0f}M declared pixels exceeds the decode "
+            raise TooManyPixels(f"progressive JPEG of {w}x{h} = {w * h / 1e6:.0f}M declared pixels exceeds the decode "
                            f"bound of {max_pixels / 1e6:.0f}M (its decoder holds every pixel's coefficients)")
     elif im.format == "JPEG":
         scale = _draft_scale(im.size, max_side, max_pixels)
@@ -197,7 +197,7 @@ def _decode(im: Image.Image, max_side: int | None, max_pixels: int) -> Image.Ima
             im.draft(im.mode, (max(1, w // scale), max(1, h // scale)))
         w, h = im.size
     if w * h > max_pixels:
-        raise BadImage(f"{w}x{h} = {w * h / 1e6:.0f}M pixels exceeds the decode bound of {max_pixels / 1e6:.0f}M")
+        raise TooManyPixels(f"{w}x{h} = {w * h / 1e6:.0f}M pixels exceeds the decode bound of {max_pixels / 1e6:.0f}M")
     im.load()
     orientation = im.getexif().get(_ORIENTATION, 1)
     if max_side is not None:

@@ -238,7 +238,8 @@ def build_rows(cfg: AlignConfig, pairs: Pairs, image_tower, text_tower, progress
     for k, source in enumerate(pairs.sources):
         opts = ({"runtime": cfg.runtime} if cfg.mode == "locked"
                 else {"runtime": "torch", "dtype": encoder.dtype, "shard_rows": 1024})
-        feats = embed(encoder, source, progress=progress, **opts)
+        feats = embed(encoder, source, progress=progress, role="image tower" if cfg.mode == "locked" else "pixels",
+                      **opts)
         sel = pairs.part == k
         pos = _image_positions(feats, pairs.row[sel])
         positions[sel] = np.where(pos >= 0, pos + sum(len(c) for c in caches), -1)
@@ -287,6 +288,7 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     `cfg.eval_dataset`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
     from ..specs import dataset
 
+    progress = progress and not cfg.quiet
     run = Run(cfg, "aligned", {"image": cfg.image, "text": cfg.text, "loss": cfg.loss})
     sources = [dataset(spec) for spec in cfg.pairs]
     entries = [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources]  # hashed once
@@ -329,7 +331,8 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
         for side, model in (("image", image_tower), ("text", text_tower)):
             params = dict(model.named_parameters())
             state.update({f"{side}.{name}": params[name] for name in trained.get(side, [])})
-        return run.finish(config, state, lambda config, records: model_card(config, history, records), progress)
+        return run.finish(config, state, lambda config, records: model_card(config, history, records), progress,
+                          command="align", rows=len(rows), history=history)  # no teacher: set beside chance
 
 
 # ---------------------------------------------------------------- model card

@@ -4,7 +4,7 @@ A method is its own options (a RunConfig subclass), its data, its task and its l
 rest: it refuses a taken --out before any work, opens --eval-dataset, stages the run folder (only rank 0
 writes under torchrun), sets up the checkpoints in OUT.ckpt, and at the end writes config.json,
 model.safetensors and the card, drops the checkpoints, loads the run back as `zeroshift eval --model
-run:OUT` would and evaluates it.
+run:OUT` would and evaluates it, beside its teacher on the same data (summary.py says what it got).
 """
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class RunConfig:
     resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
     keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
     overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars (for logs); the summary is still printed"})
 
     def __post_init__(self) -> None:
         """Checks every option with `choices` (the method's too; a tuple option value by value), turns a
@@ -94,7 +95,7 @@ class Run:
         with Run(cfg, "student", identity) as run:
             ... train, writing extra files into run.path ...
             checkpoints = run.checkpoints(data=..., dims=...)
-            vlm = run.finish(config, state, card)
+            vlm = run.finish(config, state, card, command="distill", rows=len(rows), history=history)
     """
 
     def __init__(self, cfg: RunConfig, kind: str, identity: dict[str, Any], need_labels: bool = False) -> None:
@@ -128,31 +129,46 @@ class Run:
 
     def checkpoints(self, **identity: Any) -> Checkpoints:
         """OUT.ckpt for this run: its identity is every option that changes the result plus `identity`."""
-        self._checkpoints = run_checkpoints(self.out, asdict(self.cfg), self.cfg.checkpoint_every, self.cfg.resume,
-                                            **identity)
+        options = {k: v for k, v in asdict(self.cfg).items() if k != "quiet"}  # bars change nothing computed
+        self._checkpoints = run_checkpoints(self.out, options, self.cfg.checkpoint_every, self.cfg.resume, **identity)
         return self._checkpoints
 
-    def finish(self, config: dict[str, Any], state: dict[str, torch.Tensor], card: Card,
-               progress: bool = True) -> VLM:
-        """Write the run (config.json gets kind, version, resume step, total seconds and every option),
-        then publish it: drop the checkpoints, load it back and, with --eval-dataset, evaluate it as
-        `zeroshift eval --model run:OUT` would (records in OUT/results, results in the card)."""
+    def finish(self, config: dict[str, Any], state: dict[str, torch.Tensor], card: Card, progress: bool = True,
+               *, command: str, rows: int, history: list[dict] | None = None, teacher: VLM | None = None) -> VLM:
+        """Write the run (config.json gets kind, version, resume step, total seconds, every option and the
+        training summary of `command` over `rows` rows with the loop's `history`), then publish it: drop
+        the checkpoints, load it back and, with --eval-dataset, evaluate it as `zeroshift eval --model
+        run:OUT` would (records in OUT/results, results in the card), and `teacher` on the same data
+        through the same feature cache (records in OUT/results/teacher), the two side by side in
+        OUT/results/summary.json (see summary.py)."""
+        from ..cache import embed
         from ..runs import load_run
         from ..zeroshot.evaluate import evaluate
+        from . import summary
 
         seconds = {**config.pop("seconds", {}), "total": round(time.perf_counter() - self.started, 2)}
         resumed = None if self._checkpoints is None else self._checkpoints.resumed_step
         config = {"kind": self.kind, "zeroshift_version": __version__, **config, "resumed_from_step": resumed,
                   "seconds": seconds, "options": asdict(self.cfg),  # options.runtime as given ('auto') ...
-                  "runtime_used": dict(getattr(self, "_runtimes", {}))}  # ... and what each loaded model ran on
+                  "runtime_used": dict(getattr(self, "_runtimes", {})),  # ... and what each loaded model ran on
+                  "summary": summary.training(command, rows, history or [], seconds["total"], resumed)}
         self.writer.finish(config, state, card(config, None))
         if self._checkpoints is not None and not self.cfg.keep_checkpoints and self.lead:
             self._checkpoints.clear()
         dist.barrier()  # the run folder is published
         vlm = load_run(str(self.out), runtime=self.cfg.runtime)
         if self.eval_source is not None:
-            records = evaluate(vlm, self.eval_source, out=self.out / "results" if self.lead else None,
-                               runtime=self.cfg.runtime, progress=progress and self.lead)
+            results, show = self.out / "results", progress and self.lead
+            for role, model in (("model", vlm), ("teacher", teacher)):  # named bars; evaluate reads the caches
+                if model is not None:
+                    embed(model, self.eval_source, runtime=self.cfg.runtime, progress=show, role=role)
+            records = evaluate(vlm, self.eval_source, out=results if self.lead else None, runtime=self.cfg.runtime,
+                               progress=show)
+            theirs = None if teacher is None else evaluate(
+                teacher, self.eval_source, out=results / "teacher" if self.lead else None, runtime=self.cfg.runtime,
+                progress=show)
             if self.lead:
                 write_card(self.out, card(config, list(records.values())))
+                summary.write_evaluation(summary.evaluation(records, theirs, self.eval_source.spec, vlm.spec,
+                                                            None if teacher is None else teacher.spec), results)
         return vlm

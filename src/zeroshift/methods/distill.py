@@ -159,12 +159,12 @@ def build_rows(teacher: VLM, pixel_encoder, sources: list[DataSource], want_text
     Returns (rows, unique texts for contrastive-text, a data entry per source for config.json)."""
     pixels, positions, targets, text_rows, entries = [], [], [], [], []
     for source in sources:
-        tch = embed(teacher, source, runtime=runtime, progress=progress)
+        tch = embed(teacher, source, runtime=runtime, progress=progress, role="teacher")
         if tch.dim != teacher.dim:
             raise CacheMismatch(f"feature cache {tch.path} holds {tch.dim}-d features but the teacher "
                                 f"{teacher.spec} gives {teacher.dim}-d: re-embed with overwrite")
         pix = embed(pixel_encoder, source, runtime="torch", dtype=pixel_encoder.dtype,
-                    shard_rows=PIXEL_SHARD_ROWS, progress=progress)
+                    shard_rows=PIXEL_SHARD_ROWS, progress=progress, role="student pixels")
         common = np.intersect1d(tch.index, pix.index)  # source rows decoded by both
         if len(common) < 2:
             raise DataError(f"{source.spec!r} has {len(common)} usable image(s); distillation needs at least 2")
@@ -210,9 +210,9 @@ def held_out(teacher: VLM, pixel_encoder, finish, source: DataSource, rows: int,
     from ..data.templates import get_templates
     from ..zeroshot.classifier import check_classnames, zeroshot_weights
 
-    tch = embed(teacher, source, runtime=runtime, progress=progress)
+    tch = embed(teacher, source, runtime=runtime, progress=progress, role="teacher")
     pix = embed(pixel_encoder, source, runtime="torch", dtype=pixel_encoder.dtype, shard_rows=PIXEL_SHARD_ROWS,
-                progress=progress)
+                progress=progress, role="student pixels")
     common = np.intersect1d(tch.index, pix.index)
     labels = np.asarray(source.labels)[common]
     common = common[labels >= 0]
@@ -274,6 +274,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     from ..models.student import param_count
     from ..specs import dataset, load
 
+    progress = progress and not cfg.quiet
     identity = {"teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
     run = Run(cfg, "student", identity, need_labels=True)
     sources = [dataset(spec) for spec in cfg.data]
@@ -317,7 +318,8 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
         }
         state = {f"student.{k}": v for k, v in student.state_dict().items()}
-        return run.finish(config, state, lambda config, records: model_card(config, history, records), progress)
+        return run.finish(config, state, lambda config, records: model_card(config, history, records), progress,
+                          command="distill", rows=len(rows), history=history, teacher=teacher)
 
 
 # ---------------------------------------------------------------- model card

@@ -302,6 +302,7 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     """
     from ..specs import load
 
+    progress = progress and not cfg.quiet
     run = Run(cfg, "bridge", {"teacher": cfg.teacher, "encoder": cfg.encoder, "data": cfg.data, "method": cfg.method})
     source_data = fit_source(cfg.data, cfg.data_fraction, cfg.seed, "--data")
     teacher_data = source_data if cfg.paired else fit_source(
@@ -312,8 +313,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     with run:
         encoder, teacher = load(cfg.encoder, runtime=cfg.runtime), load(cfg.teacher, runtime=cfg.runtime)
         t0 = time.perf_counter()
-        src = embed(encoder, source_data, runtime=cfg.runtime, progress=progress)
-        tch = embed(teacher, teacher_data, runtime=cfg.runtime, progress=progress)
+        src = embed(encoder, source_data, runtime=cfg.runtime, progress=progress, role="encoder")
+        tch = embed(teacher, teacher_data, runtime=cfg.runtime, progress=progress, role="teacher")
         for name, feats, model in (("encoder", src, encoder), ("teacher", tch, teacher)):
             if feats.dim != model.dim:
                 raise CacheMismatch(f"feature cache {feats.path} holds {feats.dim}-d features but the {name} "
@@ -343,7 +344,8 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
         }
         state = {f"bridge.{k}": v.detach().cpu().contiguous() for k, v in result.bridge.state_dict().items()}
         return run.finish(config, state, lambda config, records: model_card(config, result.history, records),
-                          progress)
+                          progress, command="transfer", rows=max(result.rows), history=result.history,
+                          teacher=teacher)
 
 
 # ---------------------------------------------------------------- model card

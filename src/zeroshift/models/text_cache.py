@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from .. import paths
 from ..errors import CacheError, CacheMismatch
-from ..io import atomic_path
+from ..io import write_bytes
 from .runtime import weights_digest
 
 
@@ -18,7 +18,7 @@ def text_embeddings(model: torch.nn.Module, texts: Sequence[str], folder: str, p
                     batch_size: int = 256) -> torch.Tensor:
     """`model.encode_text(texts)` as float32 [len(texts), model.dim] on the CPU, from the cache in
     $ZEROSHIFT_HOME/<folder>/ when it holds them, else encoded in batches and cached atomically."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     texts = list(texts)
     key = "\n".join([model.spec, weights_digest(model), *texts])
@@ -32,8 +32,7 @@ def text_embeddings(model: torch.nn.Module, texts: Sequence[str], folder: str, p
         emb = torch.cat(chunks) if chunks else torch.zeros(0, model.dim)  # [P, d]
         if not torch.isfinite(emb).all():
             raise CacheError(f"{model.spec} gave NaN or inf text embeddings for the {folder}")
-        with atomic_path(file) as tmp:
-            save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"model": model.spec})
+        write_bytes(file, save({"embeddings": emb.contiguous()}, metadata={"model": model.spec}))  # umask honoured
     if emb.shape != (len(texts), model.dim):
         raise CacheMismatch(f"text embedding cache {file} holds {tuple(emb.shape)} embeddings, expected "
                             f"({len(texts)}, {model.dim}): delete it to recompute")

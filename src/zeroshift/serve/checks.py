@@ -21,7 +21,7 @@ from collections.abc import Sequence, Sized
 
 from PIL import Image
 
-from ..data.base import BadImage
+from ..data.base import BadImage, TooManyPixels
 from ..data.images import decode_image
 from ..errors import ZeroshiftError
 from ..zeroshot.classifier import check_classnames
@@ -157,6 +157,9 @@ def decode_upload(data: bytes, name: str, max_pixels: int, max_side: int | None 
                            f"{max_pixels / 1e6:.1f}M")
     try:
         return decode_image(data, max_side, max_pixels)
+    except TooManyPixels as e:  # a bomb only the decoder could judge (a JPEG past Pillow's own limit)
+        raise TooLarge(f"image {name!r} is too large ({one_line(e).removeprefix(f'<{len(data)} bytes>: ')})"
+                       ) from None
     except BadImage as e:
         raise RequestError(f"image {name!r} cannot be decoded ({one_line(e).removeprefix(f'<{len(data)} bytes>: ')})"
                            ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
@@ -173,7 +174,8 @@ def train(
     {step, epoch, eval/<metric>...} after each epoch when `evaluate` is given; with a `run_dir`, rows
     also go to run_dir/metrics.jsonl as they are logged. With `checkpoints`, the state is saved every
     `checkpoints.every` steps and at each epoch end, and a run finding a checkpoint of the same run
-    resumes from it, giving the same weights as an uninterrupted run. Batches must depend on the
+    resumes from it, giving the same weights as an uninterrupted run, and says so on stderr ("resumed
+    from step N of M (OUT.ckpt)"). Batches must depend on the
     epoch (and seed) only. A non-finite loss stops training with a ZeroshiftError naming the step and
     the batch; the last checkpoint saved before it is kept. Under torchrun the gradients are averaged
     over the ranks by DistributedDataParallel; on GPUs BatchNorm layers become SyncBatchNorm (it has no
@@ -206,6 +208,8 @@ def train(
         checkpoints.restore(saved, task, optimizer=optimizer, schedule=schedule, scaler=scaler)  # and the RNGs
         epoch0, index0, step = int(saved["epoch"]), int(saved["index"]), int(saved["step"])
         history = json.loads(saved["history"])
+        if dist.rank() == 0:  # said even with the bars off: the run did not start over
+            print(f"resumed from step {step} of {total} ({checkpoints.folder})", file=sys.stderr, flush=True)
     log = _Log(run_dir, history)
     model = task
     if dist.is_distributed():
