@@ -36,7 +36,7 @@ from zeroshift.data.images import decode_image
 from zeroshift.data.templates import get_templates
 from zeroshift.errors import ZeroshiftError
 from zeroshift.models.transforms import one_thread
-from zeroshift.predict import predict
+from zeroshift.ranking import predict
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights
 from zeroshift.zeroshot.labels import parse_labels
 

@@ -31,7 +31,7 @@ from zeroshift.methods.distill import DistillConfig, distill
 from zeroshift.methods.transfer import TransferConfig, transfer
 from zeroshift.models.student import param_count
 from zeroshift.models.transforms import one_thread
-from zeroshift.predict import predict
+from zeroshift.ranking import predict
 from zeroshift.report import wilson_interval
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights
 

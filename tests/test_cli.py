@@ -32,8 +32,9 @@ def test_predict_table_and_bad_image(home, folder, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
     code = main(["predict", "--model", "tiny-clip:seed=0", "--labels", "red\ngreen", str(folder / "red" / "0.png"), str(bad)])
-    out = capsys.readouterr().out
-    assert code == 0 and "rank" in out and "skipped" in out
+    captured = capsys.readouterr()
+    assert code == 0 and "rank" in captured.out and "skipped" not in captured.out  # stdout: rankings only
+    assert captured.err.startswith(f"skipped {bad}: ")
 
 
 @pytest.mark.parametrize("labels", ["red,red", " , ", "cat,Cat"])
@@ -97,6 +98,8 @@ def test_quickstart_with_transfer_distill_and_align_steps(home, folder, tmp_path
     assert "student-cnn:width=8,size=32 (distilled)" in report and (out / "students").is_dir()
     assert "(aligned, ot)" in report and "tiny-clip:seed=2,dim=24 -> bridge -> aligned" in report
     assert len(list((out / "results").glob("*.json"))) == 5
+    for card in (out / "bridges").glob("*/README.md"):  # each run's card shows its quickstart results
+        assert "Not evaluated yet" not in card.read_text() and "| acc1 |" in card.read_text()
 
 
 def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path, capsys):

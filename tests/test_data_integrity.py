@@ -16,7 +16,7 @@ from zeroshift.data import images as images_module
 from zeroshift.data.base import DataSource
 from zeroshift.data.files import FileSource
 from zeroshift.errors import DataError, SpecError
-from zeroshift.predict import predict
+from zeroshift.ranking import predict
 
 
 def _csv(path, body: bytes):

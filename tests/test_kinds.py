@@ -10,7 +10,7 @@ from zeroshift import specs
 from zeroshift.cli.main import main
 from zeroshift.compose import build_student, tower
 from zeroshift.errors import SpecError
-from zeroshift.predict import predict
+from zeroshift.ranking import predict
 from zeroshift.zeroshot.evaluate import evaluate
 
 pytestmark = pytest.mark.usefixtures("home")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import zeroshift.export.onnx as onnx_export
-import zeroshift.predict
+import zeroshift.ranking
 from zeroshift import load
 from zeroshift.cli.main import main
 from zeroshift.io import clean_temp, temp_path
@@ -50,7 +50,7 @@ def nan_model(monkeypatch, rows: list[int]):
         return feats
 
     vlm.encode_image = encode_image
-    monkeypatch.setattr(zeroshift.predict, "load", lambda spec, runtime="auto": vlm)
+    monkeypatch.setattr(zeroshift.ranking, "load", lambda spec, runtime="auto": vlm)
 
 
 def test_non_finite_scores_are_a_per_image_error_in_strict_json(tmp_path, monkeypatch, capsys):
@@ -165,7 +165,7 @@ def test_clean_temp_by_name_spares_other_files(tmp_path):
 def test_predict_results_never_hold_nan(tmp_path, monkeypatch):
     """The library call too: a non-finite row is an error, not a ranking of NaNs."""
     nan_model(monkeypatch, rows=[1])
-    results = zeroshift.predict.predict(SPEC, images(tmp_path / "imgs", 3), ["a", "b"])
+    results = zeroshift.ranking.predict(SPEC, images(tmp_path / "imgs", 3), ["a", "b"])
     assert ["error" in r for r in results] == [False, True, False]
     json.dumps(results, allow_nan=False)
     assert torch.isfinite(torch.tensor([x["prob"] for r in results if "ranking" in r for x in r["ranking"]])).all()

@@ -22,7 +22,7 @@ from PIL import Image
 
 from zeroshift.cli.main import main
 from zeroshift.models.tiny import create
-from zeroshift.predict import predict
+from zeroshift.ranking import predict
 from zeroshift.serve.app import create_app
 from zeroshift.serve.config import ServeConfig, bind_warning
 

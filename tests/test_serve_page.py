@@ -114,7 +114,7 @@ def save_screenshot(driver, *paths: Path) -> None:
 
 
 def test_page_shows_the_rankings_predict_gives(served, browser, tmp_path):
-    from zeroshift.predict import predict
+    from zeroshift.ranking import predict
     from zeroshift.zeroshot.labels import parse_labels
 
     url, models = served

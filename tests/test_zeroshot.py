@@ -123,7 +123,8 @@ def test_label_text_splits_at_newlines_else_commas_and_reads_files_only_when_ask
     path.write_text("tabby cat\ngolden dog\n", encoding="utf-8")
     assert parse_labels(str(path), files=True) == ["tabby cat", "golden dog"]
     assert parse_labels(str(path)) == [str(path)]  # the service never opens a file
-    assert parse_labels(str(tmp_path / "absent.txt"), files=True) == [str(tmp_path / "absent.txt")]
+    with pytest.raises(ZeroshiftError, match="does not exist"):  # a typo is not one label (issue 16, item 11)
+        parse_labels(str(tmp_path / "absent.txt"), files=True)
 
 
 # ---------------------------------------------------------------- templates
@@ -214,7 +215,7 @@ def test_evaluate_writes_clip_benchmark_record_and_reuses_cache(home, tmp_path):
     assert sum(calls) == len(source)
     rec = first["zeroshot_classification"]
     files = list(out.iterdir())
-    assert [f.name for f in files] == ["test_colours__tiny-clip_seed=0_dim=32_size=32+nobias_en_zeroshot_classification.json"]
+    assert [f.name for f in files] == ["test_colours__tiny-clip_seed=0_dim=32_size=32+nobias_en_zeroshot_classification_cifar10.json"]
     on_disk = json.loads(files[0].read_text())
     assert on_disk == rec
     assert {"dataset", "model", "pretrained", "task", "metrics", "language"} <= on_disk.keys()

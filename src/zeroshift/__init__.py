@@ -15,6 +15,23 @@ def load_features(path):
     return _load(path)
 
 
+def predict(model, images, labels, templates=None, runtime="auto", batch_size=32):
+    """Rank `labels` for each image with `model` (a spec such as 'conse:effnet-lite2+minilm', or a VLM):
+    `[{"image", "ranking": [{"label", "prob"}, ...]}, ...]`, best first; an unreadable image gets
+    `{"image", "error"}`. `images`: files or folders; `labels`: a list (at least two) or 'a,b,c'."""
+    from .ranking import predict as _predict
+
+    return _predict(model, images, labels, templates=templates, runtime=runtime, batch_size=batch_size)
+
+
+def evaluate(model, dataset, templates=None, task="auto", out=None, **kwargs):
+    """Zero-shot evaluation of `model` on `dataset` (specs or objects): {task: CLIP_benchmark record}.
+    Files are written only when `out` names a folder (records there; a run's card is updated too)."""
+    from .zeroshot.evaluate import evaluate as _evaluate
+
+    return _evaluate(model, dataset, templates=templates, task=task, out=out, **kwargs)
+
+
 def embed(model, data, out=None, **kwargs):
     """Embed a data source with a model (specs or objects) into a feature cache; returns Features."""
     from .cache import embed as _embed
@@ -52,5 +69,5 @@ def align(config=None, **options):
     return _align(config if config is not None else AlignConfig(**options))
 
 
-__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "load_features", "embed", "transfer", "distill",
-           "align"]
+__all__ = ["__version__", "ZeroshiftError", "load", "dataset", "predict", "evaluate", "load_features", "embed",
+           "transfer", "distill", "align"]

@@ -5,7 +5,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import MissingWeights, SpecError
+from .errors import MissingWeights, SpecError, ZeroshiftError
 
 
 def user_path(value: str | os.PathLike) -> Path:
@@ -53,3 +53,16 @@ def local_or_hub(arg: str, spec: str, what: str) -> str:
     if arg.startswith(("/", ".", "~")):
         raise MissingWeights(f"no {what} at {arg} (from spec {spec!r})")
     return arg
+
+
+def output_folder(value: str | os.PathLike, what: str) -> Path:
+    """`value` as a folder to write into, checked before any work: it, and the nearest part of it that
+    exists, must be folders (an existing file there is a one-line ZeroshiftError naming `what`)."""
+    path = user_path(value)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                where = "is" if part == path else f"lies under {part}, which is"
+                raise ZeroshiftError(f"{what} {path} {where} an existing file, not a folder; choose another folder")
+            break
+    return path

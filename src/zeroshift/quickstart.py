@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from . import paths
 from .version import __version__
@@ -23,18 +23,18 @@ class QuickstartConfig:
     datasets: tuple[str, ...] = field(default=("fashion-mnist:test[::4]", "tuxpaint[1::2]"),
                                       metadata={"help": "datasets to evaluate on (held out from every fit)"})
     encoders: tuple[str, ...] = field(default=("effnet-lite0", "open-nsfw"),
-                                      metadata={"help": "encoders to bridge into the teacher (none: skip transfer)"})
+                                      metadata={"help": "encoders to bridge into the teacher ('none', or no value: skip transfer)"})
     fit_data: str = field(default="tuxpaint[0::2]", metadata={"help": "unlabelled images the bridges are fit on"})
     students: tuple[str, ...] = field(default=("student-cnn",), metadata={
-        "help": "student encoders to distil from the teacher (none: skip distill)"})
+        "help": "student encoders to distil from the teacher ('none', or no value: skip distill)"})
     distill_data: str = field(default="synthetic:classes=fashion-mnist+tuxpaint,n=2000,size=96", metadata={
         "help": "images the students learn the teacher's embeddings on (synthetic renders by default)"})
     distill_epochs: int = field(default=8, metadata={"help": "epochs of each distillation"})
     align_towers: tuple[str, ...] = field(default=("effnet-lite2", "minilm"), metadata={
-        "help": "image and text tower of a new VLM made with align (OTTER; none: skip align)"})
+        "help": "image and text tower of a new VLM made with align (OTTER; 'none', or no value: skip align)"})
     align_pairs: str = field(default="tuxpaint[0::2]", metadata={"help": "image-caption pairs align trains on"})
     chain_encoder: str | None = field(default="effnet-lite0", metadata={
-        "help": "encoder bridged into the aligned VLM, to show align -> transfer"})
+        "help": "encoder bridged into the aligned VLM, to show align -> transfer ('none': skip)"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
 
@@ -50,15 +50,30 @@ def cost_cells(cost: dict) -> tuple[str, str]:
                  for n in shown)
 
 
+NONE = "none"  # the value that skips a step: `--encoders none` as `--encoders` with no value
+
+
+def resolved(cfg: QuickstartConfig) -> QuickstartConfig:
+    """`cfg` with every 'none' dropped: `encoders=("none",)` skips transfer, as `encoders=()` does."""
+    def keep(values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v for v in values if v.strip().casefold() != NONE)
+
+    chain = cfg.chain_encoder if cfg.chain_encoder and cfg.chain_encoder.strip().casefold() != NONE else None
+    return replace(cfg, encoders=keep(cfg.encoders), students=keep(cfg.students),
+                   align_towers=keep(cfg.align_towers), chain_encoder=chain)
+
+
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     """Evaluate the teacher and one bridge per encoder on each dataset; write records, report.md,
-    a plot and config.json into `cfg.out`."""
+    a plot and config.json (the resolved options, and the runtime each model ran on) into `cfg.out`."""
     from .methods.align import AlignConfig, align
     from .methods.distill import DistillConfig, distill
     from .methods.transfer import TransferConfig, transfer
+    from .models.runtime import runtime_used
     from .specs import load, require
     from .zeroshot.evaluate import evaluate
 
+    cfg = resolved(cfg)
     require(cfg.teacher, "vlm", "teacher", "--teacher")  # every spec's kind, before the first of many steps
     for spec in (*cfg.encoders, *([cfg.chain_encoder] if cfg.chain_encoder and cfg.align_towers else [])):
         require(spec, ("image", "vlm"), "encoder", "--encoders" if spec in cfg.encoders else "--chain-encoder")
@@ -94,10 +109,11 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
                                   overwrite=True, runtime=cfg.runtime)
             models.append((f"transfer {cfg.chain_encoder} -> aligned", f"{cfg.chain_encoder} -> bridge -> aligned",
                            lambda: transfer(ccfg, progress=progress)))
-    records, timings, costs = [], [], []
+    records, timings, costs, runtimes = [], [], [], {}
     for step, name, make in models:
         t0 = time.perf_counter()
         vlm = make()
+        runtimes[step] = runtime_used(vlm)
         fit_seconds = round(time.perf_counter() - t0, 1)
         costs.append((step, name, *cost_cells(vlm.cost())))
         for data in cfg.datasets:
@@ -132,5 +148,6 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
         "in `results/`; the resolved options in `config.json`.", "",
     ]
     (out / "report.md").write_text("\n".join(report))
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), "version": __version__}, indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "runtime_used": runtimes, "version": __version__},
+                                                indent=2) + "\n")
     return {"records": records, "table": table, "costs": costs, "seconds": seconds, "report": out / "report.md"}

@@ -22,7 +22,7 @@ def chance(record: dict, metric: str) -> float | None:
     info = record.get("zeroshift", {})
     if record["task"] == "zeroshot_classification":
         c = len(record.get("classnames") or [])
-        k = 5 if metric == "acc5" else 1
+        k = 5 if metric == "acc5" else int(metric.split("@")[1]) if "@" in metric else 1  # flat_hit@k: k
         return min(1.0, k / c) if c else None
     if "@" in metric:
         k = int(metric.split("@")[1])
@@ -31,17 +31,18 @@ def chance(record: dict, metric: str) -> float | None:
     return None
 
 
-PROPORTIONS = ("acc", "recall@")  # metrics that are a fraction of n independent trials
+PROPORTIONS = ("acc", "recall@", "flat_hit@")  # metrics that are a fraction of n independent trials
 
 
-def rows(records: list[dict]) -> list[tuple]:
-    """(model, dataset, metric, value, low, high, chance, n) for the metrics worth showing; low/high is
-    the 95% interval where the metric is a proportion, else None, and chance is None where undefined."""
+def rows(records: list[dict], shown: tuple[str, ...] | None = SHOWN) -> list[tuple]:
+    """(model, dataset, metric, value, low, high, chance, n) for the metrics worth showing (`shown`; None:
+    every metric of each record); low/high is the 95% interval where the metric is a proportion, else
+    None, and chance is None where undefined."""
     out = []
     for r in records:
         n = int(r.get("zeroshift", {}).get("evaluated", 0))
         model = r["model"] + (f"@{r['pretrained']}" if r["pretrained"] else "")
-        for metric in SHOWN:
+        for metric in (r["metrics"] if shown is None else shown):
             if metric not in r["metrics"]:
                 continue
             v = r["metrics"][metric]
@@ -96,19 +97,22 @@ def bar_plot(table: list[tuple], path: Path, title: str) -> Path:
 
 
 CARD_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+RESULTS_HEADING = "## Results"
+
+
+def card_results(out: str, records: list[dict] | None) -> list[str]:
+    """The body of a model card's Results section: a table of the records' metrics, or how to make some."""
+    if not records:
+        return [f"Not evaluated yet: `zeroshift eval --model run:{out} --dataset ...`"]
+    lines = ["| dataset | task | metric | value |", "|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |" for r in records for k, v in r["metrics"].items()
+              if k in CARD_METRICS or k.startswith("flat_hit") or k.endswith(("recall@1", "recall@5"))]
+    return lines + ["", "Records in CLIP_benchmark's format are in `results/`."]
 
 
 def card_tail(out: str, records: list[dict] | None, commands: list[str], files: str) -> list[str]:
     """The end of a run's model card: its results (CLIP_benchmark records) and how to use it."""
-    lines = ["", "## Results", ""]
-    if records:
-        lines += ["| dataset | task | metric | value |", "|---|---|---|---|"]
-        lines += [f"| {r['dataset']} | {r['task']} | {k} | {v:.4f} |" for r in records for k, v in r["metrics"].items()
-                  if k in CARD_METRICS or k.startswith("flat_hit") or k.endswith(("recall@1", "recall@5"))]
-        lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
-    else:
-        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{out} --dataset ...`")
-    return lines + [
+    return ["", RESULTS_HEADING, "", *card_results(out, records)] + [
         "", "## Use", "", "```", f"zeroshift predict --model run:{out} --labels 'cat,dog' image.jpg", *commands, "```", "",
         "```python", "import zeroshift", f"model = zeroshift.load('run:{out}')", "```", "", f"Files: {files}", "",
     ]

@@ -256,6 +256,22 @@ def write_card(folder: str | os.PathLike, card: str, cost: dict | None = None) -
     return write_text(folder / CARD, _with_files(card, config, folder.name, records, cost))
 
 
+def replace_card_section(folder: str | os.PathLike, heading: str, body: list[str]) -> Path:
+    """Replace the body of section `heading` (e.g. '## Results') of a finished run's README.md, up to the
+    next heading of that level, atomically; a card without that section gets it at the end."""
+    read_config(folder)  # a finished run, or a one-line error
+    path = user_path(folder) / CARD
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    level = heading.split(" ", 1)[0] + " "
+    if heading in lines:
+        start = lines.index(heading) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith(level)), len(lines))
+        lines[start:end] = ["", *body, ""]
+    else:
+        lines += ["", heading, "", *body]
+    return write_text(path, "\n".join(lines).rstrip("\n") + "\n")
+
+
 def weights_digest(folder: Path) -> str:
     """sha256 (hex) of the run's model.safetensors."""
     h = hashlib.sha256()

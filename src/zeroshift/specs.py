@@ -167,11 +167,12 @@ def load(spec: str, runtime: str = "torch", device: str = "cpu", **kwargs: Any) 
     """
     model = build(spec, MODEL_SCHEMES, **kwargs)
     model = model.to(device).eval() if hasattr(model, "to") else model
-    if runtime == "torch" or (device != "cpu" and runtime == "auto"):
-        return model
-    from .models.runtime import accelerate
+    from .models.runtime import accelerate, note
 
-    return accelerate(model, runtime)
+    if not (runtime == "torch" or (device != "cpu" and runtime == "auto")):
+        model = accelerate(model, runtime)
+    note(model)  # what it runs on, for a run's config.json
+    return model
 
 
 _SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<step>-?\d*))?\]$")

@@ -25,7 +25,8 @@ from .. import specs
 from ..data.base import BadImage, DataSource, load_row
 from ..errors import DataError, ZeroshiftError
 from ..io import clean_temp
-from ..paths import user_path
+from ..paths import output_folder, user_path
+from ..models.runtime import runtime_used
 from ..models.transforms import decode_side, one_thread, split_batchable
 from .shards import base_manifest, finalize, sidecar_ok, wait_for_manifest, wait_for_shards, write_shard
 from .layout import DTYPES, FORMAT, LABELS, MANIFEST, META, read_json, read_manifest, sidecar_name
@@ -169,10 +170,13 @@ def embed(
         raise ZeroshiftError("batch_size and shard_rows must be positive")
     if isinstance(model, str):
         specs.require(model, ("image", "vlm"), "model", command="embed")  # before the data is opened
+    if out is not None:
+        output_folder(out, "feature cache folder")  # an existing file there: one line, before any work
     source = specs.dataset(data) if isinstance(data, str) else data
     if len(source) == 0:
         raise DataError(f"data source {source.spec!r} has no rows")
     model, dev = _resolve_model(model, runtime, device)
+    used = {"runtime": runtime_used(model)}  # 'auto' resolved, for the summary (and embed's config.json)
     identity = Identity(
         model_spec=model.spec, transform=describe_pixels(model.image_transform),
         data_spec=source.spec, fingerprint=source.fingerprint(), rows=len(source), dtype=dtype,
@@ -203,7 +207,7 @@ def embed(
     dist.barrier()
     manifest = read_manifest(out)
     if manifest and manifest.get("complete"):
-        return Features(out, manifest, summary=_summary(out, 0, 0.0, 0, 0, n_shards, 0, manifest))
+        return Features(out, manifest, summary={**_summary(out, 0, 0.0, 0, 0, n_shards, 0, manifest), **used})
 
     # Each rank: keep its sound shards, compute the others.
     mine = [i for i in range(n_shards) if i % world == rank]
@@ -230,7 +234,7 @@ def embed(
     else:
         manifest = wait_for_manifest(out, n_shards)
     reused = len(mine) - len(todo)
-    summary = _summary(out, computed_rows, seconds, bad_now, len(todo), reused, used_workers, manifest)
+    summary = {**_summary(out, computed_rows, seconds, bad_now, len(todo), reused, used_workers, manifest), **used}
     return Features(out, manifest, summary=summary)
 
 

@@ -35,7 +35,9 @@ def run(cfg: EmbedConfig) -> int:
     feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows,
                   runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite, progress=not cfg.quiet)
     if dist.rank() == 0:
-        write_config(cfg, Path(feats.path) / "config.json")
+        used = {"runtime": (feats.summary or {}).get("runtime", cfg.runtime),  # what ran, not 'auto'
+                "shard_rows": feats.manifest["shard_rows"], "runtime_requested": cfg.runtime}
+        write_config(cfg, Path(feats.path) / "config.json", **used)
     s = feats.summary or {}
     rows = [(feats.spec, feats.manifest["data_spec"], len(feats), feats.dim, s.get("skipped", 0),
              s.get("shards_reused", 0), s.get("seconds", 0.0), s.get("images_per_s", 0.0))]

@@ -17,7 +17,8 @@ class EvalConfig:
     dataset: str = field(metadata={"help": "data spec with classes or captions"})
     templates: str | None = field(default=None, metadata={"help": "template set name or file (default: keyed by dataset)"})
     task: str = field(default="auto", metadata={"help": "what to measure", "choices": TASKS})
-    out: str = field(default="results", metadata={"help": "folder for the JSON records"})
+    out: str = field(default="results", metadata={
+        "help": "folder for the JSON records (a run's also go into RUN/results, and into its model card)"})
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
     quiet: bool = field(default=False, metadata={"help": "no progress bars (for logs); the results are still printed"})
@@ -28,18 +29,37 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def metric_rows(records: dict[str, dict]) -> list[tuple]:
-    """One (dataset, task, metric, value) row per metric of every record."""
-    return [(r["dataset"], task, name, value)
-            for task, r in records.items() for name, value in r["metrics"].items()]
+    """The quickstart's report rows (value, 95% interval, chance, n) for every metric of every record."""
+    from zeroshift.report import display, rows
+
+    return display(rows(list(records.values()), shown=None))
+
+
+def row_lines(records: dict[str, dict]) -> list[str]:
+    """Per task: rows scored out of the source's rows, and why the others were not (the first few by name)."""
+    lines = []
+    for task, r in records.items():
+        z = r.get("zeroshift", {})
+        rows, unreadable, scored = z.get("rows", 0), z.get("skipped", 0), z.get("evaluated", 0)
+        names = z.get("skipped_keys") or []
+        why = [f"{unreadable} unreadable" + (f" ({', '.join(names[:5])}{', ...' if unreadable > 5 else ''})"
+                                             if names else "")] if unreadable else []
+        other = rows - unreadable - scored
+        why += [f"{other} {'unlabelled' if task == 'zeroshot_classification' else 'uncaptioned'}"] if other else []
+        lines.append(f"{task}: {scored} of {rows} rows scored" + (f"; skipped {', '.join(why)}" if why else ""))
+    return lines
 
 
 def run(cfg: EvalConfig) -> int:
+    from zeroshift.report import HEADERS
     from zeroshift.zeroshot.evaluate import evaluate
     from zeroshift.zeroshot.records import record_filename
 
     records = evaluate(cfg.model, cfg.dataset, templates=cfg.templates, task=cfg.task, out=cfg.out,
                        batch_size=cfg.batch_size, runtime=cfg.runtime, progress=not cfg.quiet)
-    print_table(metric_rows(records), ["dataset", "task", "metric", "value"], title=f"model: {cfg.model}")
+    print_table(metric_rows(records), HEADERS, title=f"model: {cfg.model}")
+    for line in row_lines(records):
+        print(line)
     for r in records.values():
         print(f"wrote {Path(cfg.out) / record_filename(r)}")
     return 0

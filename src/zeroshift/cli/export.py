@@ -13,12 +13,15 @@ from .table import print_table
 @dataclass(frozen=True)
 class ExportConfig:
     model: str = field(metadata={"help": "model spec (any VLM), e.g. run:runs/my-bridge", "positional": True})
-    labels: str = field(metadata={"help": "labels, comma-separated (or a .txt file, one per line)"})
+    labels: str = field(metadata={"help": "at least two labels, 'a,b,c', or a label file: a value with no comma that "
+                                          "ends in .txt, .csv or .json or holds a / is read as a file (one label "
+                                          "per line, blank and '#' lines skipped; .json: a list of strings)"})
     out: str = field(metadata={"help": "file to write, e.g. classifier.onnx (a sidecar FILE.json describes it)"})
     format: str = field(default="onnx", metadata={"help": "export format", "choices": ["onnx"]})
     templates: str | None = field(default=None, metadata={
         "help": "template set name or file (default: the 'default' set)"})
     check: bool = field(default=True, metadata={"help": "run the file in onnxruntime and compare with PyTorch"})
+    overwrite: bool = field(default=False, metadata={"help": "replace the file --out if it exists"})
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -30,7 +33,8 @@ def run(cfg: ExportConfig) -> int:
     from zeroshift.zeroshot.labels import parse_labels
 
     labels = parse_labels(cfg.labels, files=True)
-    path = export(cfg.model, labels, cfg.out, format=cfg.format, templates=cfg.templates, check=cfg.check)
+    path = export(cfg.model, labels, cfg.out, format=cfg.format, templates=cfg.templates, check=cfg.check,
+                  overwrite=cfg.overwrite)
     sidecar = json.loads(Path(str(path) + ".json").read_text(encoding="utf-8"))
     check = sidecar.get("check") or {}
     row = (str(path), round(path.stat().st_size / 1e6, 2), len(sidecar["labels"]),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from .options import command
@@ -28,6 +29,7 @@ def run(cfg) -> int:
         import uvicorn
     except ImportError:
         raise MissingBackend("zeroshift serve needs uvicorn: pip install 'zeroshift[serve]'") from None
+    check_port(cfg.host, cfg.port)  # before loading models: a taken port fails in one line, at once
     app = create_app(cfg)
     warning = bind_warning(cfg.host)
     if warning:
@@ -36,3 +38,28 @@ def run(cfg) -> int:
     print(f"serving {', '.join(cfg.models)} on http://{shown}:{cfg.port}/ (API docs at /docs)", file=sys.stderr)
     uvicorn.run(app, **uvicorn_options(cfg))
     return 0
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise ZeroshiftError unless `port` on `host` can be bound now (as uvicorn binds it, SO_REUSEADDR)."""
+    import socket
+
+    from zeroshift.errors import ZeroshiftError
+
+    if port == 0:  # the system picks a free one
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise ZeroshiftError(f"cannot bind --host {host}: {e.strerror or e}; "
+                             "give an address such as 127.0.0.1") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as e:
+            why = ("is in use (another server is running there?)" if e.errno == errno.EADDRINUSE
+                   else f"cannot be bound ({e.strerror or e})")
+            raise ZeroshiftError(f"port {port} on {host} {why}; choose another --port or stop the other "
+                                 "server") from None

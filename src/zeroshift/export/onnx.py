@@ -182,7 +182,7 @@ def export_classifier(
     prompts = get_templates(templates, None)
     out = user_path(out)
     if out.is_dir():
-        raise ZeroshiftError(f"--out {out} is a folder; give a file name such as {out / 'classifier.onnx'}")
+        raise ZeroshiftError(f"out {out} is a folder; give a file name such as {out / 'classifier.onnx'}")
     sidecar = out.with_name(out.name + ".json")
     for name in (out.name, sidecar.name):
         clean_temp(out.parent, older_than=STALE_TEMP_S, name=name)

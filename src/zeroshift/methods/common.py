@@ -19,7 +19,7 @@ import torch
 from .. import distributed as dist
 from ..data.base import DataSource
 from ..errors import DataError, ZeroshiftError
-from ..models.runtime import RUNTIMES
+from ..models.runtime import RUNTIMES, recording
 from ..models.vlm import VLM
 from ..runfolder import RunWriter, write_card
 from ..train.checkpoint import Checkpoints, run_checkpoints
@@ -118,10 +118,13 @@ class Run:
 
     def __enter__(self) -> Run:
         self.writer.__enter__()
+        self._recording = recording()  # which runtime each loaded model ran on, for config.json
+        self._runtimes = self._recording.__enter__()
         self.path = self.writer.path  # the staging folder: extra files (plots, metrics.jsonl) go here
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._recording.__exit__(None, None, None)
         self.writer.__exit__(*exc)
 
     def checkpoints(self, **identity: Any) -> Checkpoints:
@@ -146,7 +149,8 @@ class Run:
         seconds = {**config.pop("seconds", {}), "total": round(time.perf_counter() - self.started, 2)}
         resumed = None if self._checkpoints is None else self._checkpoints.resumed_step
         config = {"kind": self.kind, "zeroshift_version": __version__, **config, "resumed_from_step": resumed,
-                  "seconds": seconds, "options": asdict(self.cfg),
+                  "seconds": seconds, "options": asdict(self.cfg),  # options.runtime as given ('auto') ...
+                  "runtime_used": dict(getattr(self, "_runtimes", {})),  # ... and what each loaded model ran on
                   "summary": summary.training(command, rows, history or [], seconds["total"], resumed)}
         self.writer.finish(config, state, card(config, None))
         if self._checkpoints is not None and not self.cfg.keep_checkpoints and self.lead:

@@ -7,8 +7,10 @@ could be taken for a finished one. Every acceleration is checked on a probe batc
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -76,6 +78,42 @@ def check(reference: ImageEncoder, fast: ImageEncoder, batch: torch.Tensor) -> f
     return diff
 
 
+def runtime_used(model: object) -> str:
+    """What runs `model`'s frozen image towers after loading: 'onnx', 'torch', or 'onnx+torch' when its
+    parts differ ('auto' resolved, for config.json and records)."""
+    def found(m: object) -> set[str]:
+        if getattr(m, "runs_onnx", False):
+            return {"onnx"}
+        parts = [getattr(m, name, None) for name in getattr(m, "runtime_parts", ())]
+        return set().union(*(found(p) for p in parts if p is not None)) if parts else {"torch"}
+
+    return "+".join(sorted(found(model))) or "torch"
+
+
+_RECORDERS: list[dict[str, str]] = []
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[dict[str, str]]:
+    """Within the block, the dict yielded fills with {spec: runtime_used} of every model specs.load
+    builds, so a run can record what its towers ran on rather than the 'auto' it was given."""
+    found: dict[str, str] = {}
+    _RECORDERS.append(found)
+    try:
+        yield found
+    finally:
+        _RECORDERS.remove(found)
+
+
+def note(model: object) -> None:
+    """Tell every active `recording` which runtime `model` (just loaded) runs on."""
+    spec = getattr(model, "spec", None)
+    if _RECORDERS and isinstance(spec, str):
+        used = runtime_used(model)
+        for found in _RECORDERS:
+            found[spec] = used
+
+
 def accelerate(model: nn.Module, runtime: str = "auto") -> nn.Module:
     """`model` (an image encoder or a VLM) with its frozen image towers run by `runtime`: 'torch' (as is),
     'onnx' (onnxruntime or a ZeroshiftError) or 'auto' (onnxruntime where export and check pass, else a
@@ -116,7 +154,7 @@ def _accelerate_encoder(encoder: ImageEncoder, runtime: str) -> ImageEncoder:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if runtime == "onnx":
             raise ZeroshiftError(f"could not run {encoder.spec} in onnxruntime: {reason[:300]}; "
-                                 "use --runtime torch (or auto)") from e
+                                 "use runtime 'torch' or 'auto' (--runtime)") from e
         if encoder.spec not in _warned:
             _warned.add(encoder.spec)
             warnings.warn(f"{encoder.spec}: running in PyTorch, onnxruntime unavailable ({reason[:200]})",

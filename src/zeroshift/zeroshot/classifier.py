@@ -12,8 +12,12 @@ from ..errors import ZeroshiftError
 from ..models.vlm import VLM
 
 
-def check_classnames(classnames: Sequence[str]) -> list[str]:
-    """The class names, stripped; raises ZeroshiftError on an empty list, a blank name or a duplicate."""
+def check_classnames(classnames: Sequence[str], at_least: int = 1) -> list[str]:
+    """The class names, stripped; raises ZeroshiftError on an empty list, a blank name, a duplicate or
+    fewer than `at_least` names (2 where the labels are ranked: one label always has probability 1)."""
+    if isinstance(classnames, str):
+        raise ZeroshiftError(f"labels must be a list of strings, not the string {classnames[:60]!r}; "
+                             "split it first (zeroshot.labels.parse_labels)")
     if classnames is None or len(classnames) == 0:
         raise ZeroshiftError("no class names given: a zero-shot classifier needs at least one label")
     names, seen = [], {}
@@ -27,6 +31,9 @@ def check_classnames(classnames: Sequence[str]) -> list[str]:
             )
         seen[key] = i
         names.append(name.strip())
+    if len(names) < at_least:
+        raise ZeroshiftError(f"ranking needs at least {at_least} labels, got {len(names)} ({', '.join(map(repr, names))}): "
+                             "one label always has probability 1; give labels as 'a,b,c' or a file, one per line")
     return names
 
 

@@ -5,6 +5,7 @@ the source supports and writes one CLIP_benchmark record per task (see records.p
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,20 @@ from ..cache import embed
 from ..data.base import DataSource
 from ..data.templates import get_templates
 from ..errors import DataError, ZeroshiftError
+from ..models.runtime import runtime_used
 from ..models.vlm import VLM
+from ..paths import output_folder
+from ..report import RESULTS_HEADING, card_results
+from ..runfolder import read_config, recorded_weights, replace_card_section
 from ..specs import dataset as open_dataset
 from ..specs import load, require
 from ..version import __version__
 from .classifier import check_classnames, classify, zeroshot_weights
 from .metrics import caption_groups, classification_metrics, retrieval_metrics
-from .records import TASKS, make_record, write_record
+from .records import TASKS, make_record, read_records, write_record
 
 TEXT_BATCH = 256
+SHOWN_SKIPS = 10  # skipped rows named in a record (all of them are in the feature cache's manifest)
 
 
 def _has_labels(source: DataSource) -> bool:
@@ -51,16 +57,22 @@ def tasks_for(source: DataSource, task: str = "auto") -> list[str]:
 
 
 def _classification(
-    vlm: VLM, feats, image: torch.Tensor, classes: list[str], templates: list[str], progress: bool,
+    vlm: VLM, feats, image: torch.Tensor, classes: list[str], templates: list[str], progress: bool, spec: str,
 ) -> tuple[dict, dict]:
     labels = torch.as_tensor(np.asarray(feats.labels, dtype=np.int64))  # [N]
     keep = labels >= 0
     if not keep.any():
         raise DataError("no labelled rows left to classify (every image was skipped or unlabelled)")
+    present = labels[keep].unique().tolist()
+    if len(present) < len(classes):  # e.g. a slice of a sorted dataset: a constant guess scores high
+        names = ", ".join(classes[i] for i in present[:5]) + (", ..." if len(present) > 5 else "")
+        warnings.warn(f"the {int(keep.sum())} scored rows of {spec} hold only {len(present)} of its "
+                      f"{len(classes)} classes ({names}): accuracy on them says little about telling the "
+                      "classes apart; evaluate on rows that cover every class", UserWarning, stacklevel=3)
     weights = zeroshot_weights(vlm, classes, templates, progress=progress)  # [C, d]
     logits = classify(image[keep], weights)  # [n, C]
     metrics = classification_metrics(logits, labels[keep])
-    return metrics, {"evaluated": int(keep.sum())}
+    return metrics, {"evaluated": int(keep.sum()), "unlabelled": int((~keep).sum()), "classes_scored": len(present)}
 
 
 def _retrieval(vlm: VLM, feats, image: torch.Tensor) -> tuple[dict, dict]:
@@ -80,20 +92,23 @@ def evaluate(
     dataset: DataSource | str,
     templates: str | None = None,
     task: str = "auto",
-    out: str | Path | None = "results",
+    out: str | Path | None = None,
     batch_size: int = 64,
     runtime: str = "auto",
     progress: bool = True,
 ) -> dict[str, dict]:
-    """Evaluate `model` zero-shot on `dataset`; returns {task: record} and, unless `out` is None, writes
-    each record to `out/` as CLIP_benchmark does.
+    """Evaluate `model` zero-shot on `dataset`; returns {task: record}. Files are written only with an
+    output folder `out`: each record to `out/` as CLIP_benchmark does and, when the model is a run
+    folder, into RUN/results too, with the Results section of RUN/README.md listing them all.
 
     `templates` is a set name or a file (None: the set keyed by the dataset, else 'default'); image
     features come from the feature cache, so a second evaluation does not re-encode the images.
     `runtime` ('torch', 'onnx', 'auto') picks how the image tower of a model given as a spec runs; a
-    model given as an object runs as it is.
+    model given as an object runs as it is. A record's `zeroshift` entry holds the rows scored and
+    skipped (the first few skipped by name) and the runtime the image tower ran on.
     """
     require(model, "vlm", "model", command="eval")  # before opening the data or loading anything
+    folder = None if out is None else output_folder(out, "out")  # before any work
     source = dataset if isinstance(dataset, DataSource) else open_dataset(dataset)
     tasks = tasks_for(source, task)
     classify_too = "zeroshot_classification" in tasks  # check labels and templates before embedding
@@ -105,18 +120,43 @@ def evaluate(
         vlm = model
     feats = embed(vlm, source, batch_size=batch_size, runtime=runtime, progress=progress)
     image = torch.from_numpy(np.asarray(feats.numpy(), dtype=np.float32))  # [N_valid, d]
+    skipped = [str(s.get("key", s.get("row"))) if isinstance(s, dict) else str(s)
+               for s in (feats.manifest.get("skipped") or [])]
     details = {"version": __version__, "spec": vlm.spec, "data_fingerprint": source.fingerprint(),
-               "rows": len(source), "skipped": len(source) - int(image.shape[0])}
+               "rows": len(source), "skipped": len(source) - int(image.shape[0]),
+               "skipped_keys": skipped[:SHOWN_SKIPS], "runtime": runtime_used(vlm)}
     records = {}
     for t in tasks:
         if t == "zeroshot_classification":
-            metrics, info = _classification(vlm, feats, image, classes, prompts, progress)
+            metrics, info = _classification(vlm, feats, image, classes, prompts, progress, source.spec)
             extra = {"classnames": classes, "templates": prompts}
         else:
             metrics, info = _retrieval(vlm, feats, image)
             extra = {}
         record = make_record(source.spec, vlm.spec, t, metrics, **extra, zeroshift={**details, **info})
-        if out is not None:
-            write_record(record, out)
+        if folder is not None:
+            write_record(record, folder)
         records[t] = record
+    if folder is not None:
+        _update_run(vlm, records, folder)
     return records
+
+
+def _update_run(vlm: VLM, records: dict[str, dict], out: Path) -> None:
+    """A run folder evaluated: its records go into RUN/results too, and its card lists every record there."""
+    run = getattr(vlm, "run_folder", None)
+    if run is None:
+        return
+    run = Path(run)
+    want = vlm.spec.rpartition("@")[2] if vlm.spec.startswith("run:") and "@" in vlm.spec else ""
+    try:
+        if not recorded_weights(run, read_config(run)).startswith(want):
+            warnings.warn(f"{run} was retrained since {vlm.spec} was loaded; its model card is left as it is")
+            return
+        results = run / "results"
+        if out.resolve() != results.resolve():
+            for record in records.values():
+                write_record(record, results)
+        replace_card_section(run, RESULTS_HEADING, card_results(str(run), read_records(results)))
+    except (OSError, ZeroshiftError) as e:  # the evaluation stands; only the card could not follow
+        warnings.warn(f"could not update the model card of {run}: {str(e).splitlines()[0]}")

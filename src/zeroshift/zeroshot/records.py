@@ -8,7 +8,11 @@ Optional keys: `classnames` and `templates` (CLIP_benchmark's --dump_classnames/
 `zeroshift` (the full spec, data fingerprint, row counts, library version).
 
 Files are named as CLIP_benchmark names them, `{dataset}_{pretrained}_{model}_{language}_{task}.json`,
-each field made filename-safe, and written atomically (temporary file, then os.replace).
+plus `_{templates}` for a classification record that names its templates (the packaged set's name, else
+`tpl-` and a digest of the prompts), so evaluating with other templates never overwrites a record. Each
+field is made filename-safe; a spec holding an absolute or home path (`folder:/data/x`) is shortened to
+its scheme, last path part and a digest of the whole spec, so no file name carries a machine's paths.
+Files are written atomically (temporary file, then os.replace).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import json
 import re
 from pathlib import Path
 
+from ..data.templates import get_templates, template_sets
 from ..errors import ZeroshiftError
 from ..io import write_text
 from ..paths import user_path
@@ -58,9 +63,36 @@ def safe_name(text: str) -> str:
     return name
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def pathless(spec: str) -> str:
+    """`spec` without its machine's paths: a spec whose argument is an absolute or home path
+    (`folder:/home/me/imgs`, `run:~/runs/b`) -> scheme, last path part and a digest (`folder:imgs-1a2b3c4d`)."""
+    scheme, sep, arg = spec.partition(":")
+    path = arg if sep else spec
+    if not (path.startswith(("/", "~", "\\")) or re.match(r"[A-Za-z]:[\\/]", path)):
+        return spec
+    last = re.split(r"[\\/]+", path.rstrip("/\\"))[-1] or "root"
+    return (f"{scheme}:" if sep else "") + f"{last}-{_digest(spec)}"
+
+
+def templates_tag(templates: list[str]) -> str:
+    """A short name for a list of prompt templates: the packaged set it equals, else `tpl-<digest>`."""
+    for name in template_sets():
+        if get_templates(name) == list(templates):
+            return name
+    return "tpl-" + _digest("\n".join(templates))
+
+
 def record_filename(record: dict) -> str:
-    """CLIP_benchmark's default output name, `{dataset}_{pretrained}_{model}_{language}_{task}.json`."""
-    fields = [record["dataset"], record["pretrained"], record["model"], record["language"], record["task"]]
+    """CLIP_benchmark's default output name, `{dataset}_{pretrained}_{model}_{language}_{task}.json`, with
+    `_{templates}` before `.json` when the record names its templates; no field holds an absolute path."""
+    fields = [pathless(record["dataset"]), record["pretrained"], pathless(record["model"]), record["language"],
+              record["task"]]
+    if record["task"] == "zeroshot_classification" and record.get("templates"):
+        fields.append(templates_tag(record["templates"]))
     return "_".join(safe_name(f) for f in fields) + ".json"
 
 
