@@ -107,7 +107,7 @@ def card_tail(out: str, records: list[dict] | None, commands: list[str], files: 
                   if k in CARD_METRICS or k.startswith("flat_hit") or k.endswith(("recall@1", "recall@5"))]
         lines += ["", "Records in CLIP_benchmark's format are in `results/`."]
     else:
-        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{out} --dataset ...`")
+        lines.append(f"Not evaluated yet: `zeroshift eval --model run:{out} --data ...`")
     return lines + [
         "", "## Use", "", "```", f"zeroshift predict --model run:{out} --labels 'cat,dog' image.jpg", *commands, "```", "",
         "```python", "import zeroshift", f"model = zeroshift.load('run:{out}')", "```", "", f"Files: {files}", "",

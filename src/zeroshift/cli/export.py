@@ -12,7 +12,7 @@ from .table import print_table
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model: str = field(metadata={"help": "model spec (any VLM), e.g. run:runs/my-bridge", "positional": True})
+    model: str = field(metadata={"help": "model spec (any VLM), e.g. run:runs/my-bridge", "aliases": ("MODEL",)})
     labels: str = field(metadata={"help": "labels, comma-separated (or a .txt file, one per line)"})
     out: str = field(metadata={"help": "file to write, e.g. classifier.onnx (a sidecar FILE.json describes it)"})
     format: str = field(default="onnx", metadata={"help": "export format", "choices": ["onnx"]})

@@ -3,7 +3,7 @@ config dataclass, and after the run a table of its evaluation records."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import importlib
 from typing import Any
 
 from .options import command
@@ -12,14 +12,16 @@ from .table import print_table
 SHOWN = ("acc1", "acc5", "flat_hit@5", "image_retrieval_recall@5", "text_retrieval_recall@5")
 
 
-def configure_method(parser: argparse.ArgumentParser, config: type, train: Callable[[Any], Any]) -> None:
-    """Add the options of `config` and run `train(config)` then the results table when parsed."""
-    command(parser, config, lambda cfg: run_method(train, cfg))
+def configure_method(parser: argparse.ArgumentParser, config: type, method: str) -> None:
+    """Add the options of `config` (a torch-free dataclass); when parsed, import `zeroshift.methods.<method>`
+    and run its function of that name, then the results table."""
+    command(parser, config, lambda cfg: run_method(method, cfg))
 
 
-def run_method(train: Callable[[Any], Any], cfg: Any) -> int:
+def run_method(method: str, cfg: Any) -> int:
     from zeroshift.zeroshot.records import read_records
 
+    train = getattr(importlib.import_module(f"zeroshift.methods.{method}"), method)
     vlm = train(cfg)
     rows = [(r["dataset"], r["task"], k, v) for r in read_records(f"{cfg.out}/results")
             for k, v in r["metrics"].items() if k in SHOWN]

@@ -15,7 +15,7 @@ class PredictConfig:
     model: str = field(metadata={"help": "model spec (any VLM), e.g. conse:effnet-lite2+minilm"})
     labels: str = field(metadata={"help": "labels, comma-separated (or a .txt file, one per line)"})
     images: tuple[str, ...] = field(metadata={"help": "image files", "positional": True})
-    templates: str | None = field(default=None, metadata={"help": "template set name or file"})
+    templates: str | None = field(default=None, metadata={"help": "template set name or file (default: the 'default' set)"})
     top: int = field(default=5, metadata={"help": "labels shown per image"})
     json: bool = field(default=False, metadata={"help": "print JSON instead of tables"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
