@@ -61,7 +61,7 @@ TIMED_BATCH = 512
 def config(args, out: Path, **opts) -> AlignConfig:
     """The benchmark's AlignConfig: fixed towers, pairs, dim and schedule; `opts` override loss options."""
     base = {"dim": 256, "mode": "locked", "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": 0}
-    return AlignConfig(image=IMAGE, text=TEXT, pairs=PAIRS, out=str(out), **{**base, **opts})
+    return AlignConfig(image=IMAGE, text=TEXT, data=PAIRS, out=str(out), **{**base, **opts})
 
 
 def train_row(args, work: Path, name: str, evals: list[TowerEvalSet], noise: float, check: bool, **opts) -> dict:

@@ -326,7 +326,7 @@ def distill_step(student_name: str, inline_teacher: bool) -> Callable[[Bench], d
 
 # ---------------------------------------------------------------- align
 def align_config(mode: str) -> AlignConfig:
-    return AlignConfig(image=SOURCES["resnet50"][0], text="RoBERTa-base (random weights)", pairs=("random",),
+    return AlignConfig(image=SOURCES["resnet50"][0], text="RoBERTa-base (random weights)", data=("random",),
                        out="unused", mode=mode)
 
 

@@ -33,7 +33,7 @@ def _cfg(tmp_path: Path, **kw) -> AlignConfig:
     csv = tmp_path / "data" / "pairs.csv"
     if not csv.exists():
         _pairs(tmp_path / "data")
-    return AlignConfig(**{"image": IMAGE, "text": TEXT, "pairs": (f"csv:{csv}",), "out": str(tmp_path / "run"),
+    return AlignConfig(**{"image": IMAGE, "text": TEXT, "data": (f"csv:{csv}",), "out": str(tmp_path / "run"),
                           "dim": 16, "epochs": 3, "batch_size": 8, "lr": 1e-2, "runtime": "torch", "device": "cpu",
                           **kw})
 
@@ -67,7 +67,7 @@ def test_pairs_skip_and_count_bad_captions_and_add_noise(tmp_path):
 # ---------------------------------------------------------------- runs
 @pytest.mark.parametrize("loss", ["infonce", "ls", "kd", "ot"])
 def test_locked_run_loads_and_evaluates(tmp_path, loss):
-    cfg = _cfg(tmp_path, loss=loss, eval_dataset=f"folder:{tmp_path / 'data'}" if loss == "ot" else None)
+    cfg = _cfg(tmp_path, loss=loss, eval_data=f"folder:{tmp_path / 'data'}" if loss == "ot" else None)
     vlm = align(cfg, progress=False)
     out = Path(cfg.out)
     config = json.loads((out / "config.json").read_text())
@@ -110,11 +110,11 @@ def test_finetune_trains_the_last_blocks_and_the_run_keeps_them(tmp_path):
 def test_missing_images_are_skipped_and_bad_options_refused(tmp_path):
     csv = _pairs(tmp_path / "data", n=4, extra=[b"red/nope.png,a missing red thing"])
     (tmp_path / "data" / "blue" / "0.png").write_bytes(b"not a png")
-    align(_cfg(tmp_path, pairs=(f"csv:{csv}",), epochs=1), progress=False)
+    align(_cfg(tmp_path, data=(f"csv:{csv}",), epochs=1), progress=False)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["skipped"] == {"image missing or corrupt": 2} and config["rows"] == 11
     for kw, msg in [({"loss": "clip"}, "unknown loss"), ({"mode": "full"}, "unknown mode"), ({"noise": 1.5}, "--noise"),
-                    ({"dim": 0}, "--dim"), ({"lam": 0.0}, "--lam"), ({"pairs": ()}, "at least one")]:
+                    ({"dim": 0}, "--dim"), ({"lam": 0.0}, "--lam"), ({"data": ()}, "at least one")]:
         with pytest.raises(ZeroshiftError, match=msg):
             _cfg(tmp_path, **kw)
     with pytest.raises(SpecError, match="--text student-cnn is an image encoder"):

@@ -46,7 +46,7 @@ def test_predict_refuses_bad_label_lists(home, folder, labels, capsys):
 
 @pytest.mark.parametrize("spec", ["nosuch:thing", "tiny-clip:seed=x"])
 def test_unknown_spec_is_one_line(home, folder, spec, capsys):
-    assert main(["eval", "--model", spec, "--dataset", f"folder:{folder}"]) == 2
+    assert main(["eval", "--model", spec, "--data", f"folder:{folder}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
 
@@ -57,7 +57,7 @@ def test_embed_then_eval_reuses_cache(home, folder, tmp_path, capsys):
     assert (out / "manifest.json").exists() and json.loads((out / "config.json").read_text())["model"] == "tiny-clip:seed=0"
     assert "12" in capsys.readouterr().out
     results = tmp_path / "results"
-    assert main(["eval", "--model", "tiny-clip:seed=0", "--dataset", f"folder:{folder}", "--out", str(results), "--runtime", "torch"]) == 0
+    assert main(["eval", "--model", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--out", str(results), "--runtime", "torch"]) == 0
     records = [json.loads(p.read_text()) for p in results.glob("*.json")]
     assert len(records) == 1 and records[0]["task"] == "zeroshot_classification"
     assert set(records[0]["metrics"]) >= {"acc1", "acc5", "mean_per_class_recall"}
@@ -75,7 +75,7 @@ def test_quickstart_writes_report_plot_records_config(home, folder, tmp_path, ca
     out = tmp_path / "run"
     (out / "results").mkdir(parents=True)
     (out / "results" / "old_record.json").write_text("{}")  # an earlier quickstart's: replaced, not mixed in
-    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
+    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}",
                  "--encoders", "--students", "--align-towers", "--out", str(out), "--runtime", "torch"]) == 0
     assert "acc1" in (out / "report.md").read_text() and (out / "zeroshot.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["teacher"] == "tiny-clip:seed=0"
@@ -87,7 +87,7 @@ def test_quickstart_with_transfer_distill_and_align_steps(home, folder, tmp_path
     out = tmp_path / "run"
     pairs = folder / "pairs.csv"
     pairs.write_text("path,caption\n" + "".join(f"{c}/{i}.png,a {c} square\n" for c in COLOURS for i in range(4)))
-    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}",
+    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}",
                  "--encoders", "tiny-clip:seed=1", "--fit-data", f"folder:{folder}", "--out", str(out),
                  "--students", "student-cnn:width=8,size=32", "--distill-data", f"folder:{folder}",
                  "--distill-epochs", "1", "--align-towers", "tiny-clip:seed=0", "tiny-clip:seed=1",
@@ -105,7 +105,7 @@ def test_quickstart_with_transfer_distill_and_align_steps(home, folder, tmp_path
 def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path, capsys):
     run = tmp_path / "bridge"
     args = ["transfer", "--teacher", "tiny-clip:seed=0", "--encoder", "tiny-clip:seed=1", "--data", f"folder:{folder}",
-            "--eval-dataset", f"folder:{folder}", "--out", str(run), "--runtime", "torch"]
+            "--eval-data", f"folder:{folder}", "--out", str(run), "--runtime", "torch"]
     assert main(args) == 0
     assert {"config.json", "model.safetensors", "README.md", "metrics.jsonl", "loss.png"} <= {p.name for p in run.iterdir()}
     assert main(args) == 2 and "--overwrite" in capsys.readouterr().err  # refuses to replace a run
@@ -115,18 +115,18 @@ def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path,
 def test_distill_and_align_commands_write_runs(home, folder, tmp_path, capsys):
     student = tmp_path / "student"
     assert main(["distill", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--student",
-                 "student-cnn:width=8,size=32", "--epochs", "1", "--batch-size", "4", "--eval-dataset", f"folder:{folder}",
+                 "student-cnn:width=8,size=32", "--epochs", "1", "--batch-size", "4", "--eval-data", f"folder:{folder}",
                  "--out", str(student), "--runtime", "torch", "--device", "cpu"]) == 0
     assert f"run: {student}" in capsys.readouterr().out and (student / "results").is_dir()
     pairs = folder / "pairs.csv"
     pairs.write_text("path,caption\n" + "".join(f"{c}/{i}.png,a {c} square\n" for c in COLOURS for i in range(4)))
     aligned = tmp_path / "aligned"
-    assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--pairs", f"csv:{pairs}",
+    assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--data", f"csv:{pairs}",
                  "--dim", "8", "--epochs", "2", "--batch-size", "4", "--out", str(aligned), "--runtime", "torch",
                  "--device", "cpu"]) == 0
     assert main(["predict", "--model", f"run:{aligned}", "--labels", "red,green,blue", "--json",
                  str(folder / "red" / "0.png")]) == 0
-    assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--pairs", f"csv:{pairs}",
+    assert main(["align", "--image", "tiny-clip:seed=0", "--text", "tiny-clip:seed=1", "--data", f"csv:{pairs}",
                  "--out", str(aligned)]) == 2 and "--overwrite" in capsys.readouterr().err
 
 

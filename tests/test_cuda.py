@@ -50,7 +50,7 @@ def test_distill_trains_in_each_precision(tmp_path, precision):
 def test_align_trains_on_the_gpu_in_bf16(tmp_path, mode):
     data = _data(tmp_path / "data")
     out = tmp_path / mode
-    vlm = align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
+    vlm = align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", data=(f"csv:{data}/pairs.csv",),
                             out=str(out), dim=16, epochs=2, batch_size=16, loss="ot", mode=mode, runtime="torch",
                             device="cuda", precision="bf16"), progress=False)
     z = vlm.encode_text(["a red thing", "a blue thing"])

@@ -40,7 +40,7 @@ def test_unknown_user_in_a_path_is_one_line(spec):
 
 
 def test_unknown_user_through_eval_and_embed(home, tmp_path, capsys):
-    for argv in (["eval", "--model", "tiny-clip:seed=0", "--dataset", "folder:~nosuchuser-zs/x"],
+    for argv in (["eval", "--model", "tiny-clip:seed=0", "--data", "folder:~nosuchuser-zs/x"],
                  ["embed", "--model", "tiny-clip:seed=0", "--data", "folder:~nosuchuser-zs/x", "--out", str(tmp_path / "f")]):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
@@ -60,7 +60,7 @@ def test_csv_rows_that_are_not_utf8_are_skipped_and_listed(home, pngs, tmp_path)
 def test_eval_retrieval_skips_undecodable_captions(home, pngs, tmp_path, capsys):
     spec = _csv(tmp_path / "pairs.csv", b"path,caption\n0.png,a red square\n1.png,a blue square\n"
                                         b"2.png,a green \xff square\n")
-    assert main(["eval", "--model", "tiny-clip:seed=0", "--dataset", spec, "--out", str(tmp_path / "r"),
+    assert main(["eval", "--model", "tiny-clip:seed=0", "--data", spec, "--out", str(tmp_path / "r"),
                  "--runtime", "torch"]) == 0
     assert "zeroshot_retrieval" in capsys.readouterr().out
 
@@ -200,7 +200,7 @@ def test_serve_decodes_uploads_like_predict(home, big_jpeg, monkeypatch):
     ["embed", "--model", "tiny-clip:seed=0", "--data", "DATA", "--out", "~nosuchuser-zs/f"],
     ["transfer", "--teacher", "tiny-clip:seed=0", "--encoder", "tiny-clip:seed=1", "--data", "DATA",
      "--method", "lstsq", "--out", "~nosuchuser-zs/r"],
-    ["export", "tiny-clip:seed=0", "--labels", "a,b", "--out", "~nosuchuser-zs/x.onnx"],
+    ["export", "--model", "tiny-clip:seed=0", "--labels", "a,b", "--out", "~nosuchuser-zs/x.onnx"],
 ])
 def test_unknown_user_in_out_is_one_line_and_writes_nothing(home, pngs, tmp_path, monkeypatch, capsys, argv):
     monkeypatch.chdir(tmp_path)

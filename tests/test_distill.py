@@ -79,7 +79,7 @@ def test_bad_options_fail_before_any_work(tmp_path):
 
 # ---------------------------------------------------------------- end to end
 def test_distill_writes_a_run_that_loads_exports_and_scores(tmp_path):
-    cfg = _cfg(tmp_path, eval_dataset=f"folder:{tmp_path / 'data'}", epochs=3)
+    cfg = _cfg(tmp_path, eval_data=f"folder:{tmp_path / 'data'}", epochs=3)
     vlm = distill(cfg, progress=False)
     out = Path(cfg.out)
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "README.md", "metrics.jsonl",

@@ -142,7 +142,7 @@ def test_cli_exports_a_run_end_to_end(tmp_path, run_scheme, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("red\ngreen\nblue\n")
     out = tmp_path / "red-green-blue.onnx"
-    args = ["export", f"run:{tmp_path / 'run'}", "--labels", str(labels), "--format", "onnx", "--out", str(out)]
+    args = ["export", "--model", f"run:{tmp_path / 'run'}", "--labels", str(labels), "--format", "onnx", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "top-1 agreement" in printed and "max |logit diff|" in printed
@@ -157,7 +157,7 @@ def test_cli_exports_a_run_end_to_end(tmp_path, run_scheme, capsys):
 
 def test_cli_bad_labels_are_one_line(tmp_path, capsys):
     out = tmp_path / "x.onnx"
-    assert main(["export", "tiny-clip:seed=0", "--labels", "red,Red", "--out", str(out)]) == 2
+    assert main(["export", "--model", "tiny-clip:seed=0", "--labels", "red,Red", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: duplicate class name") and "\n" not in err and not out.exists()
 

@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
         transfer(TransferConfig(teacher="tiny-clip:seed=0", encoder="tiny-clip:seed=1", data=f"folder:{data}",
                                 unpaired_data=unpaired, prompts=f"{data}/prompts.txt", epochs=2, batch_size=8,
                                 out=f"{out}/{name}", runtime="torch"), progress=False)
-    align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
+    align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", data=(f"csv:{data}/pairs.csv",),
                       out=f"{out}/aligned", dim=16, epochs=2, batch_size=8, loss="ot", runtime="torch",
                       device="cpu"), progress=False)
     distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=f"{out}/student",
@@ -63,7 +63,7 @@ def test_two_ranks_write_the_run_one_process_writes(tmp_path):
         for k in a:
             torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=f"{name}: {k}")
 
-    align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", pairs=(f"csv:{data}/pairs.csv",),
+    align(AlignConfig(image="tiny-clip:seed=0", text="tiny-clip:seed=1", data=(f"csv:{data}/pairs.csv",),
                       out=str(tmp_path / "one" / "aligned"), dim=16, epochs=2, batch_size=8, loss="ot",
                       runtime="torch", device="cpu"), progress=False)
     distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=str(tmp_path / "one" / "student"),

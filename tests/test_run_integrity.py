@@ -36,7 +36,7 @@ def bridge(out: Path, data: Path, teacher: str = TEACHER, **kw) -> Path:
 
 
 def aligned(out: Path, data: Path) -> Path:
-    align(AlignConfig(image=TEACHER, text="tiny-clip:seed=1", pairs=(f"csv:{data / 'pairs.csv'}",), out=str(out),
+    align(AlignConfig(image=TEACHER, text="tiny-clip:seed=1", data=(f"csv:{data / 'pairs.csv'}",), out=str(out),
                       dim=16, epochs=1, batch_size=6, runtime="torch", device="cpu"), progress=False)
     return out
 

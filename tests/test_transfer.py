@@ -301,7 +301,7 @@ def test_transfer_writes_a_run_that_loads_and_classifies(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"a photo of a {w}." for w in WORDS) + "\n")
     out = tmp_path / "run"
-    cfg = _cfg(data=f"folder:{data}", out=str(out), prompts=str(prompts), eval_dataset=f"folder:{data}",
+    cfg = _cfg(data=f"folder:{data}", out=str(out), prompts=str(prompts), eval_data=f"folder:{data}",
                runtime="torch", batch_size=32)
     vlm = transfer(cfg, progress=False)
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "README.md", "metrics.jsonl",

@@ -62,7 +62,7 @@ def distill(config=None, **options):
 def align(config=None, **options):
     """OTTER: a new VLM from a pretrained image tower and a sentence encoder on image-caption pairs.
 
-    Pass a `methods.align.AlignConfig` or its fields as keywords (image=, text=, pairs=, out=, loss=, ...).
+    Pass a `methods.align.AlignConfig` or its fields as keywords (image=, text=, data=, out=, loss=, ...).
     """
     from .methods.align import AlignConfig, align as _align
 

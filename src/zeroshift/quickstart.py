@@ -20,19 +20,20 @@ class QuickstartConfig:
     teacher: str = field(default="conse:effnet-lite2+minilm", metadata={"help": "the VLM to evaluate and transfer from"})
     # Every 4th Fashion-MNIST test image: six models are evaluated, and the whole test set would take the
     # quickstart past 10 minutes on 2 cores; the benchmarks in bench/ use all 10,000.
-    datasets: tuple[str, ...] = field(default=("fashion-mnist:test[::4]", "tuxpaint[1::2]"),
-                                      metadata={"help": "datasets to evaluate on (held out from every fit)"})
+    data: tuple[str, ...] = field(default=("fashion-mnist:test[::4]", "tuxpaint[1::2]"), metadata={
+        "help": "data specs to evaluate on (held out from every fit)", "aliases": ("--datasets",)})
     encoders: tuple[str, ...] = field(default=("effnet-lite0", "open-nsfw"),
                                       metadata={"help": "encoders to bridge into the teacher ('none', or no value: skip transfer)"})
     fit_data: str = field(default="tuxpaint[0::2]", metadata={"help": "unlabelled images the bridges are fit on"})
     students: tuple[str, ...] = field(default=("student-cnn",), metadata={
         "help": "student encoders to distil from the teacher ('none', or no value: skip distill)"})
     distill_data: str = field(default="synthetic:classes=fashion-mnist+tuxpaint,n=2000,size=96", metadata={
-        "help": "images the students learn the teacher's embeddings on (synthetic renders by default)"})
+        "help": "images the students learn the teacher's embeddings on (synthetic clip-art renders)"})
     distill_epochs: int = field(default=8, metadata={"help": "epochs of each distillation"})
     align_towers: tuple[str, ...] = field(default=("effnet-lite2", "minilm"), metadata={
         "help": "image and text tower of a new VLM made with align (OTTER; 'none', or no value: skip align)"})
-    align_pairs: str = field(default="tuxpaint[0::2]", metadata={"help": "image-caption pairs align trains on"})
+    align_data: str = field(default="tuxpaint[0::2]", metadata={
+        "help": "image-caption pairs align trains on", "aliases": ("--align-pairs",)})
     chain_encoder: str | None = field(default="effnet-lite0", metadata={
         "help": "encoder bridged into the aligned VLM, to show align -> transfer ('none': skip)"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
@@ -100,7 +101,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
         if len(cfg.align_towers) != 2:
             raise ZeroshiftError("--align-towers takes an image tower and a text tower (or nothing to skip align)")
         aligned = out / "aligned" / paths.slug("+".join(cfg.align_towers), 200)
-        acfg = AlignConfig(image=cfg.align_towers[0], text=cfg.align_towers[1], pairs=(cfg.align_pairs,),
+        acfg = AlignConfig(image=cfg.align_towers[0], text=cfg.align_towers[1], data=(cfg.align_data,),
                            out=str(aligned), epochs=50, batch_size=128, overwrite=True, runtime=cfg.runtime)
         models.append(("align", f"{'+'.join(cfg.align_towers)} (aligned, ot)", lambda: align(acfg, progress=progress)))
         if cfg.chain_encoder:
@@ -116,7 +117,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
         runtimes[step] = runtime_used(vlm)
         fit_seconds = round(time.perf_counter() - t0, 1)
         costs.append((step, name, *cost_cells(vlm.cost())))
-        for data in cfg.datasets:
+        for data in cfg.data:
             t1 = time.perf_counter()
             recs = evaluate(vlm, data, out=out / "results", batch_size=cfg.batch_size, runtime=cfg.runtime,
                             progress=progress)
@@ -133,7 +134,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
         f"space with Zoom-shot (`transfer`) on the unlabelled images of `{cfg.fit_data}`; {len(cfg.students)} "
         f"small student(s) trained to reproduce its image embeddings (`distill`) on `{cfg.distill_data}`; "
         + (f"a new VLM aligned from `{' + '.join(cfg.align_towers)}` with OTTER (`align`) on the pairs of "
-           f"`{cfg.align_pairs}`" + (f", and `{cfg.chain_encoder}` bridged into it" if cfg.chain_encoder else "") + "; "
+           f"`{cfg.align_data}`" + (f", and `{cfg.chain_encoder}` bridged into it" if cfg.chain_encoder else "") + "; "
            if cfg.align_towers else "") + f"all evaluated the same way. zeroshift {__version__}, {seconds} s in all.", "",
         markdown_table(display(table), HEADERS), "",
         markdown_table(timings, ["step", "dataset", "load/fit seconds", "eval seconds"]), "",

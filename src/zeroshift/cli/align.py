@@ -7,6 +7,6 @@ from .method import configure_method
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    from zeroshift.methods.align import AlignConfig, align
+    from zeroshift.methods.config import AlignConfig
 
-    configure_method(parser, AlignConfig, align)
+    configure_method(parser, AlignConfig, "align")

@@ -11,7 +11,7 @@ from .table import print_table
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table (default: off)")
     parser.set_defaults(run=run_models if name == "models" else run_datasets)
 
 

@@ -10,7 +10,7 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     fetch = sub.add_parser("fetch", help="fetch datasets of the offline catalogue (or 'all')")
     fetch.add_argument("names", nargs="+", metavar="NAME", help="fashion-mnist, tuxpaint, openclipart, or all")
-    fetch.add_argument("--force", action="store_true", help="fetch again even when already complete")
+    fetch.add_argument("--force", action="store_true", help="fetch again even when already complete (default: off)")
     fetch.set_defaults(run=run_fetch)
 
 

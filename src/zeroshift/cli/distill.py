@@ -7,6 +7,6 @@ from .method import configure_method
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    from zeroshift.methods.distill import DistillConfig, distill
+    from zeroshift.methods.config import DistillConfig
 
-    configure_method(parser, DistillConfig, distill)
+    configure_method(parser, DistillConfig, "distill")

@@ -17,6 +17,8 @@ class EmbedConfig:
     batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
     dtype: str = field(default="float32", metadata={"help": "stored dtype", "choices": ["float32", "float16"]})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
+    device: str = field(default="auto", metadata={
+        "help": "where the model runs: auto (cuda:LOCAL_RANK when CUDA is present, else cpu), cpu, cuda, cuda:N"})
     workers: int | None = field(default=None, metadata={"help": "decoding worker processes (default: automatic)"})
     shard_rows: int | None = field(default=None, metadata={
         "help": "source rows per shard, the unit of resume and of the split across torchrun ranks (default 4096)"})
@@ -33,7 +35,8 @@ def run(cfg: EmbedConfig) -> int:
     from zeroshift.cache import embed
 
     feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows,
-                  runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite, progress=not cfg.quiet)
+                  runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite, progress=not cfg.quiet,
+                  device=None if cfg.device == "auto" else cfg.device)
     if dist.rank() == 0:
         used = {"runtime": (feats.summary or {}).get("runtime", cfg.runtime),  # what ran, not 'auto'
                 "shard_rows": feats.manifest["shard_rows"], "runtime_requested": cfg.runtime}

@@ -14,7 +14,8 @@ TASKS = ["auto", "zeroshot_classification", "zeroshot_retrieval"]
 @dataclass(frozen=True)
 class EvalConfig:
     model: str = field(metadata={"help": "model spec (any VLM)"})
-    dataset: str = field(metadata={"help": "data spec with classes or captions"})
+    data: tuple[str, ...] = field(metadata={
+        "help": "one or more data specs with classes or captions, each evaluated in turn", "aliases": ("--dataset",)})
     templates: str | None = field(default=None, metadata={"help": "template set name or file (default: keyed by dataset)"})
     task: str = field(default="auto", metadata={"help": "what to measure", "choices": TASKS})
     out: str = field(default="results", metadata={
@@ -55,11 +56,22 @@ def run(cfg: EvalConfig) -> int:
     from zeroshift.zeroshot.evaluate import evaluate
     from zeroshift.zeroshot.records import record_filename
 
-    records = evaluate(cfg.model, cfg.dataset, templates=cfg.templates, task=cfg.task, out=cfg.out,
-                       batch_size=cfg.batch_size, runtime=cfg.runtime, progress=not cfg.quiet)
-    print_table(metric_rows(records), HEADERS, title=f"model: {cfg.model}")
-    for line in row_lines(records):
+    model = cfg.model
+    if len(cfg.data) > 1:  # several data specs: load the model once
+        from zeroshift.specs import load, require
+
+        require(model, "vlm", "model", command="eval")
+        model = load(model, runtime=cfg.runtime)
+    rows, lines, written = [], [], []
+    for spec in cfg.data:  # each data spec in turn, one record per task
+        records = evaluate(model, spec, templates=cfg.templates, task=cfg.task, out=cfg.out,
+                           batch_size=cfg.batch_size, runtime=cfg.runtime, progress=not cfg.quiet)
+        rows += metric_rows(records)
+        lines += [f"{spec}: {line}" if len(cfg.data) > 1 else line for line in row_lines(records)]
+        written += [Path(cfg.out) / record_filename(r) for r in records.values()]
+    print_table(rows, HEADERS, title=f"model: {cfg.model}")
+    for line in lines:
         print(line)
-    for r in records.values():
-        print(f"wrote {Path(cfg.out) / record_filename(r)}")
+    for path in written:
+        print(f"wrote {path}")
     return 0

@@ -12,7 +12,7 @@ from .table import print_table
 
 @dataclass(frozen=True)
 class ExportConfig:
-    model: str = field(metadata={"help": "model spec (any VLM), e.g. run:runs/my-bridge", "positional": True})
+    model: str = field(metadata={"help": "model spec (any VLM), e.g. run:runs/my-bridge", "aliases": ("MODEL",)})
     labels: str = field(metadata={"help": "at least two labels, 'a,b,c', or a label file: a value with no comma that "
                                           "ends in .txt, .csv or .json or holds a / is read as a file (one label "
                                           "per line, blank and '#' lines skipped; .json: a list of strings)"})

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
+import signal
 import sys
+import threading
 
 from .options import command
 
@@ -36,7 +39,21 @@ def run(cfg) -> int:
         print(warning, file=sys.stderr)
     shown = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"serving {', '.join(cfg.models)} on http://{shown}:{cfg.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, **uvicorn_options(cfg))
+    quiet, interrupted = _QuietShutdown(), []
+
+    def on_sigint(sig, frame) -> None:  # what uvicorn calls when it raises the signal again after its shutdown
+        interrupted.append(sig)
+        raise KeyboardInterrupt
+
+    logging.getLogger("uvicorn.error").addFilter(quiet)
+    previous = _on_sigint(on_sigint)
+    try:
+        uvicorn.run(app, **uvicorn_options(cfg))
+    finally:
+        logging.getLogger("uvicorn.error").removeFilter(quiet)
+        _on_sigint(previous)
+    if interrupted:  # uvicorn shut down on Ctrl-C and swallowed the KeyboardInterrupt it re-raised
+        raise KeyboardInterrupt  # main prints the one line "interrupted" and exits 130
     return 0
 
 
@@ -63,3 +80,21 @@ def check_port(host: str, port: int) -> None:
                    else f"cannot be bound ({e.strerror or e})")
             raise ZeroshiftError(f"port {port} on {host} {why}; choose another --port or stop the other "
                                  "server") from None
+
+
+def _on_sigint(handler):
+    """Install `handler` for SIGINT (main thread only, where signals are delivered); returns the old one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, handler)
+
+
+class _QuietShutdown(logging.Filter):
+    """Drops uvicorn's INFO lines from "Shutting down" on, so Ctrl-C prints one line; warnings and
+    errors of the shutdown still show."""
+
+    stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.stopping = self.stopping or record.getMessage() == "Shutting down"
+        return not self.stopping or record.levelno >= logging.WARNING

@@ -7,6 +7,6 @@ from .method import configure_method
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
-    from zeroshift.methods.transfer import TransferConfig, transfer
+    from zeroshift.methods.config import TransferConfig
 
-    configure_method(parser, TransferConfig, transfer)
+    configure_method(parser, TransferConfig, "transfer")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -40,49 +40,11 @@ from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import plot_history, train
 from ..train.batches import Epoch
-from ..train.loop import PRECISIONS
 from ..zeroshot.prompts import encode_prompts
-from .common import Run, RunConfig
+from .common import Run
+from .config import MODES, SIMILARITIES, AlignConfig  # noqa: F401  (AlignConfig, MODES, SIMILARITIES: re-exported)
+from .config import ALIGN_LOSSES as LOSSES  # noqa: F401  (re-exported)
 from .losses import AlignLoss
-
-LOSSES = ("infonce", "ls", "kd", "ot")
-MODES = ("locked", "finetune")
-SIMILARITIES = ("backbone", "ema")
-
-
-@dataclass(frozen=True, kw_only=True)
-class AlignConfig(RunConfig):
-    """The options of `zeroshift align` (the run options are RunConfig's)."""
-
-    image: str = field(metadata={"help": "pretrained image tower: an image encoder spec or a VLM's image side"})
-    text: str = field(metadata={"help": "pretrained text tower: a sentence encoder spec (e.g. minilm) or a VLM's"})
-    pairs: tuple[str, ...] = field(metadata={"help": "one or more data specs of image-caption pairs "
-                                                     "(csv:, wds:, tuxpaint, openclipart, ...)"})
-    dim: int = field(default=256, metadata={"help": "size of the joint space"})
-    mode: str = field(default="locked", metadata={"help": "locked: heads on cached features; finetune: also the "
-                                                          "towers' last blocks", "choices": list(MODES)})
-    loss: str = field(default="ot", metadata={"help": "contrastive targets", "choices": list(LOSSES)})
-    alpha: float = field(default=0.5, metadata={"help": "weight of the identity in the ot, kd and ls targets"})
-    lam: float = field(default=0.15, metadata={"help": "Sinkhorn entropic regularisation"})
-    sinkhorn_iters: int = field(default=5, metadata={"help": "Sinkhorn iterations"})
-    kd_temperature: float = field(default=0.01, metadata={"help": "temperature of kd's soft targets"})
-    ema: float = field(default=0.999, metadata={"help": "decay of the EMA teacher of the heads"})
-    similarity: str = field(default="backbone", metadata={
-        "help": "where ot/kd take S_vv and S_tt from: frozen backbone features or the EMA heads",
-        "choices": list(SIMILARITIES)})
-    noise: float = field(default=0.0, metadata={"help": "fraction of captions replaced by random ones (noise studies)"})
-    finetune_blocks: int = field(default=1, metadata={"help": "finetune mode: last blocks trained in each tower"})
-    batch_size: int = field(default=512, metadata={"help": "pairs per step (over all ranks)"})
-    precision: str = field(default="fp32", metadata={"help": "mixed precision", "choices": list(PRECISIONS)})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if min(self.dim, self.sinkhorn_iters) < 1 or self.finetune_blocks < 0:
-            raise ZeroshiftError("--dim and --sinkhorn-iters must be at least 1")
-        if not (0 <= self.alpha <= 1 and 0 <= self.noise <= 1 and 0 <= self.ema < 1):
-            raise ZeroshiftError("--alpha and --noise must be in [0, 1], --ema in [0, 1)")
-        if self.lam <= 0 or self.kd_temperature <= 0:
-            raise ZeroshiftError("--lam and --kd-temperature must be above 0")
 
 # ---------------------------------------------------------------- the task
 def align_loss(cfg: AlignConfig) -> AlignLoss:
@@ -285,14 +247,14 @@ def align(cfg: AlignConfig, progress: bool = True) -> VLM:
     """Train projection heads (and, in finetune mode, the towers' last blocks) on image-caption pairs
     and write the run folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png);
     returns it loaded as a VLM. Checkpoints go to OUT.ckpt; a rerun after a kill resumes there. With
-    `cfg.eval_dataset`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
+    `cfg.eval_data`, the run is evaluated as `zeroshift eval --model run:OUT` would (records in OUT/results)."""
     from ..specs import dataset, require
 
     progress = progress and not cfg.quiet
     require(cfg.image, ("image", "vlm"), "image tower", "--image")  # by the specs' kinds, before any work
     require(cfg.text, ("text", "vlm"), "text tower", "--text")
     run = Run(cfg, "aligned", {"image": cfg.image, "text": cfg.text, "loss": cfg.loss})
-    sources = [dataset(spec) for spec in cfg.pairs]
+    sources = [dataset(spec) for spec in cfg.data]
     entries = [{"spec": s.spec, "fingerprint": s.fingerprint(), "rows": len(s)} for s in sources]  # hashed once
     pairs = collect_pairs(sources, cfg.noise, cfg.seed)
     with run:

@@ -1,7 +1,8 @@
-"""The skeleton every method shares: the run options (RunConfig) and the start and end of a run (Run).
+"""The skeleton every method shares: the run options (RunConfig, defined without torch in config.py so
+the CLI parses them cheaply) and the start and end of a run (Run).
 
 A method is its own options (a RunConfig subclass), its data, its task and its losses. `Run` does the
-rest: it refuses a taken --out before any work, opens --eval-dataset, stages the run folder (only rank 0
+rest: it refuses a taken --out before any work, opens --eval-data, stages the run folder (only rank 0
 writes under torchrun), sets up the checkpoints in OUT.ckpt, and at the end writes config.json,
 model.safetensors and the card, drops the checkpoints, loads the run back as `zeroshift eval --model
 run:OUT` would and evaluates it, beside its teacher on the same data (summary.py says what it got).
@@ -10,83 +11,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import asdict
+from typing import Any
 
 import torch
 
 from .. import distributed as dist
 from ..data.base import DataSource
-from ..errors import DataError, ZeroshiftError
-from ..models.runtime import RUNTIMES, recording
+from ..errors import DataError
+from ..models.runtime import recording
 from ..models.vlm import VLM
 from ..runfolder import RunWriter, write_card
 from ..train.checkpoint import Checkpoints, run_checkpoints
-from ..train.loop import PRECISIONS, TrainConfig
 from ..version import __version__
 from ..paths import user_path
+from .config import RunConfig
 
 Card = Callable[[dict, "list[dict] | None"], str]  # (config, evaluation records or None) -> README.md
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunConfig:
-    """The options every training command shares; the CLI shows them after the method's own."""
-
-    OPTIONS_GROUP: ClassVar[str] = "run options"
-
-    out: str = field(metadata={"help": "run folder to write (config.json, model.safetensors, README.md, ...)"})
-    epochs: int = field(default=10, metadata={"help": "passes over the training rows"})
-    batch_size: int = field(default=128, metadata={"help": "rows per step (over all ranks)"})
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.05, metadata={
-        "help": "AdamW weight decay (biases, norm weights and logit scales are not decayed)"})
-    warmup: float = field(default=0.05, metadata={"help": "fraction of the steps with a linear warm-up, then cosine"})
-    eval_dataset: str | None = field(default=None, metadata={
-        "help": "held-out data spec: the finished run is evaluated zero-shot on it"})
-    precision: str = field(default="auto", metadata={
-        "help": "mixed precision (auto: bf16 on a GPU that has it, else fp32)", "choices": list(PRECISIONS)})
-    device: str = field(default="auto", metadata={"help": "training device: auto, cpu, cuda, cuda:N"})
-    runtime: str = field(default="auto", metadata={
-        "help": "how frozen image towers run (auto: onnxruntime on the CPU where it matches PyTorch)",
-        "choices": list(RUNTIMES)})
-    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
-    checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: each epoch end)"})
-    resume: bool = field(default=True, metadata={"help": "continue from OUT.ckpt when a kill left one"})
-    keep_checkpoints: bool = field(default=False, metadata={"help": "keep OUT.ckpt after the run finished"})
-    overwrite: bool = field(default=False, metadata={"help": "replace a run already in --out"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bars (for logs); the summary is still printed"})
-
-    def __post_init__(self) -> None:
-        """Checks every option with `choices` (the method's too; a tuple option value by value), turns a
-        lone string given for a tuple option into a tuple, and refuses an empty required one."""
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            values = getattr(self, f.name)
-            if isinstance(values, str) and typing.get_origin(hints[f.name]) is tuple:
-                values = (values,)
-                object.__setattr__(self, f.name, values)
-            if values == () and f.default is MISSING:
-                raise ZeroshiftError(f"--{f.name.replace('_', '-')} needs at least one data spec")
-            allowed = f.metadata.get("choices")
-            for value in values if isinstance(values, tuple) else (values,):
-                if allowed and value not in allowed:
-                    what = f.metadata.get("noun", f.name.replace("_", " "))
-                    raise ZeroshiftError(f"unknown {what} {value!r}; use one of {', '.join(map(str, allowed))}")
-        counts = [x for x in (self.epochs, self.batch_size) if x is not None]
-        if (counts and min(counts) < 1) or (self.lr is not None and self.lr <= 0) or self.checkpoint_every < 0:
-            raise ZeroshiftError("--epochs and --batch-size must be at least 1, --lr above 0 and "
-                                 "--checkpoint-every at least 0")
-        if (self.weight_decay is not None and self.weight_decay < 0) or not 0 <= (self.warmup or 0) < 1:
-            raise ZeroshiftError("--weight-decay must be at least 0 and --warmup in [0, 1)")
-
-    def train_config(self, **options: Any) -> TrainConfig:
-        """The loop's options: these run options and gradient clipping at norm 1, overridden by `options`
-        (a method's own recipe)."""
-        return TrainConfig(**{"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
-                              "warmup": self.warmup, "grad_clip": 1.0, "seed": self.seed,
-                              "precision": self.precision, "device": self.device, **options})
 
 
 class Run:
@@ -109,11 +50,11 @@ class Run:
         self.lead = dist.rank() == 0  # under torchrun only rank 0 writes; every rank trains and evaluates
         # the writer refuses a taken --out here, before any work
         self.writer = RunWriter(self.out, cfg.overwrite, {"kind": kind, **identity}, active=self.lead)
-        self.eval_source: DataSource | None = dataset(cfg.eval_dataset) if cfg.eval_dataset else None
+        self.eval_source: DataSource | None = dataset(cfg.eval_data) if cfg.eval_data else None
         if self.eval_source is not None:
             tasks = tasks_for(self.eval_source)
             if need_labels and "zeroshot_classification" not in tasks:
-                raise DataError(f"--eval-dataset {cfg.eval_dataset!r} has no class labels to score the model against")
+                raise DataError(f"--eval-data {cfg.eval_data!r} has no class labels to score the model against")
         self._checkpoints: Checkpoints | None = None
 
     def __enter__(self) -> Run:
@@ -137,7 +78,7 @@ class Run:
                *, command: str, rows: int, history: list[dict] | None = None, teacher: VLM | None = None) -> VLM:
         """Write the run (config.json gets kind, version, resume step, total seconds, every option and the
         training summary of `command` over `rows` rows with the loop's `history`), then publish it: drop
-        the checkpoints, load it back and, with --eval-dataset, evaluate it as `zeroshift eval --model
+        the checkpoints, load it back and, with --eval-data, evaluate it as `zeroshift eval --model
         run:OUT` would (records in OUT/results, results in the card), and `teacher` on the same data
         through the same feature cache (records in OUT/results/teacher), the two side by side in
         OUT/results/summary.json (see summary.py)."""

@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -32,49 +32,19 @@ from torch import nn
 
 from ..cache import Features, embed
 from ..data.base import DataSource
-from ..errors import CacheMismatch, DataError, ZeroshiftError
+from ..errors import CacheMismatch, DataError
 from ..models.pixels import PixelRows, pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
-from .common import Run, RunConfig
+from .common import Run
+from .config import AUGMENT, DistillConfig  # noqa: F401  (DistillConfig, AUGMENT: re-exported)
+from .config import DISTILL_LOSSES as LOSSES  # noqa: F401  (re-exported)
 from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss
 
-LOSSES = ("l2", "cosine", "kl", "contrastive-text", "contrastive-feature")
-AUGMENT = ("none", "flip", "light")
 PIXEL_SHARD_ROWS = 1024  # a shard of 64 px images is 12 MB as uint8
-
-
-@dataclass(frozen=True, kw_only=True)
-class DistillConfig(RunConfig):
-    """The options of `zeroshift distill` (the run options are RunConfig's)."""
-
-    teacher: str = field(metadata={"help": "the VLM whose image embeddings the student learns, "
-                                           "e.g. conse:effnet-lite2+minilm"})
-    data: tuple[str, ...] = field(metadata={
-        "help": "one or more data specs of training images, e.g. synthetic:classes=fashion-mnist,n=4000 "
-                "(labels are never read; captions only by contrastive-text)"})
-    student: str = field(default="student-cnn", metadata={
-        "help": "student image encoder spec: student-cnn[:...], student-vit[:...], timm:NAME@random, ..."})
-    loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": list(LOSSES)})
-    normalize: bool = field(default=True, metadata={"help": "l2 on unit-normalised embeddings"})
-    tau: float = field(default=100.0, metadata={"help": "logit scale of kl's zero-shot distributions"})
-    temperature: float = field(default=0.07, metadata={"help": "temperature of the contrastive losses"})
-    prompts: str | None = field(default=None, metadata={
-        "help": "kl's prompt file, one prompt per line (default: the 1000 ImageNet names in 'a photo of a {c}.')"})
-    augment: str = field(default="light", metadata={
-        "help": "student-side augmentation: none, flip, light (flip + random crop)", "choices": list(AUGMENT)})
-    eval_rows: int = field(default=2000, metadata={"help": "rows of --eval-dataset scored each epoch (seeded subset)"})
-    lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.eval_rows < 1 or self.batch_size < 2:
-            raise ZeroshiftError("--eval-rows must be at least 1, --batch-size at least 2")
-        if self.tau <= 0 or self.temperature <= 0:
-            raise ZeroshiftError("--tau and --temperature must be above 0")
 
 class DistillTask(nn.Module):
     """One step: finish the cached pixels (scale, normalise), run the student, score it by the loss."""
@@ -267,7 +237,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     loaded as a VLM (student image tower + teacher text tower).
 
     Checkpoints go to OUT.ckpt beside the run; a rerun of the same command after a kill resumes there.
-    With `cfg.eval_dataset`, a seeded subset is scored every epoch and the finished run is evaluated as
+    With `cfg.eval_data`, a seeded subset is scored every epoch and the finished run is evaluated as
     `zeroshift eval --model run:OUT` would, with records in OUT/results.
     """
     from ..compose import STUDENT_EXAMPLES, build_student
@@ -308,7 +278,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
                         None if scorer is None else lambda: scorer(student))
         train_seconds = time.perf_counter() - t1
         plot_history(history, run.path / "loss.png", title=f"distill {cfg.loss}: {cfg.student} <- {cfg.teacher}")
-        plot_eval(history, run.path / "accuracy.png", title=f"held out: {cfg.eval_dataset}")
+        plot_eval(history, run.path / "accuracy.png", title=f"held out: {cfg.eval_data}")
         student = student.cpu().eval()
         config = {
             "teacher": cfg.teacher, "student": cfg.student,
@@ -353,7 +323,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
     if evals:
         last = evals[-1]
         shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in last.items() if k.startswith("eval/"))
-        lines.append(f"| held out, last epoch | `{o['eval_dataset']}` ({o['eval_rows']} rows at most): {shown} |")
+        lines.append(f"| held out, last epoch | `{o['eval_data']}` ({o['eval_rows']} rows at most): {shown} |")
     lines += card_tail(o["out"], records, [f"zeroshift export run:{o['out']} --labels 'cat,dog' --out student.onnx"],
                        "`config.json` (every option), `model.safetensors` (student and head), `metrics.jsonl`, "
                        "`loss.png` and `accuracy.png` (held-out scores per epoch).")

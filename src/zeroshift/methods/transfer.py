@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,80 +22,19 @@ from .. import distributed as dist
 from ..cache import Features, embed
 from ..data.base import DataSource, Subset
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
-from ..models.bridge import KINDS, Bridge, Moments
+from ..models.bridge import Bridge, Moments
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train.batches import Epoch
 from ..train.checkpoint import Checkpoints
-from ..train.loop import PRECISIONS, TrainConfig, plot_history, train
+from ..train.loop import TrainConfig, plot_history, train
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
-from .common import Run, RunConfig
+from .common import Run
+from .config import METHODS, PGKD, TransferConfig  # noqa: F401  (TransferConfig, METHODS, PGKD: re-exported)
+from .config import TRANSFER_LOSSES as LOSSES
 from .losses import CycleLoss, MSELoss, PGKDLoss, Views
 
-METHODS = ("zoomshot", "ttc", "lstsq")
-LOSSES = ("mse", "cycle", "pgkd")
-PGKD = ("lm", "htce")
 STATS_ROWS = 4096  # rows per chunk of the statistics pass
-
-
-@dataclass(frozen=True, kw_only=True)
-class TransferConfig(RunConfig):
-    """The options of `zeroshift transfer` (the run options are RunConfig's)."""
-
-    teacher: str = field(metadata={"help": "the VLM whose joint space the bridge maps into, "
-                                           "e.g. conse:effnet-lite2+minilm"})
-    encoder: str = field(metadata={"help": "the vision encoder to bridge, e.g. effnet-lite0"})
-    data: str = field(metadata={"help": "unlabelled fit images (data spec); their labels and captions are never read"})
-    unpaired_data: str | None = field(default=None, metadata={
-        "help": "the teacher's own fit images: unpaired mode, no image is seen by both encoders"})
-    method: str = field(default="zoomshot", metadata={"help": "how to fit the bridge", "choices": list(METHODS)})
-    bridge: str = field(default="linear", metadata={"help": "bridge kind (zoomshot only: mlp)", "choices": list(KINDS)})
-    hidden: int = field(default=1024, metadata={"help": "hidden width of the mlp bridge"})
-    losses: tuple[str, ...] = field(default=(), metadata={
-        "help": "zoomshot loss terms (default: mse pgkd paired, cycle pgkd unpaired)", "choices": list(LOSSES),
-        "noun": "loss"})
-    mse_weight: float = field(default=1.0, metadata={"help": "weight of the paired MSE term"})
-    cycle_weight: float = field(default=1.0, metadata={"help": "weight of the cycle terms (images and text)"})
-    pgkd_weight: float = field(default=1.0, metadata={"help": "weight of the prompt-guided distillation term"})
-    pgkd: str = field(default="lm", metadata={"help": "pgkd target: lm (KL to the teacher's distribution) or "
-                                                      "htce (cross-entropy to its argmax)", "choices": list(PGKD)})
-    tau: float = field(default=30.0, metadata={"help": "logit scale of the pgkd distributions"})
-    prompts: str | None = field(default=None, metadata={
-        "help": "prompt file, one prompt per line (default: the 1000 ImageNet class names in 'a photo of a {c}.')"})
-    ridge: float = field(default=300.0, metadata={
-        "help": "closed-form ridge penalty, weighing as much as this many fit images"})
-    warm_start: bool = field(default=True, metadata={"help": "start zoomshot from the closed form (paired only)"})
-    data_fraction: float = field(default=1.0, metadata={"help": "use this seeded fraction of the fit images"})
-    epochs: int | None = field(default=None, metadata={"help": "epochs (default: zoomshot 1, ttc 5)"})
-    batch_size: int | None = field(default=None, metadata={"help": "rows per step (default: zoomshot 256, ttc 100)"})
-    lr: float | None = field(default=None, metadata={"help": "learning rate (default: zoomshot 1e-3, ttc 0.01)"})
-    weight_decay: float | None = field(default=None, metadata={
-        "help": "weight decay (default: zoomshot 0, ttc 5e-4 as Text-to-Concept)"})
-    warmup: float | None = field(default=None, metadata={"help": "fraction of the steps with a linear warm-up (default 0)"})
-    precision: str = field(default="fp32", metadata={
-        "help": "mixed precision (a bridge is small: full precision unless asked)", "choices": list(PRECISIONS)})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.data_fraction <= 1:
-            raise ZeroshiftError(f"--data-fraction must be in (0, 1]; got {self.data_fraction}")
-        if min(self.mse_weight, self.cycle_weight, self.pgkd_weight, self.ridge) < 0 or self.tau <= 0:
-            raise ZeroshiftError("loss weights and --ridge must be at least 0, and --tau above 0")
-        if self.hidden < 1:
-            raise ZeroshiftError("--hidden must be at least 1")
-        if self.method != "zoomshot":
-            if self.bridge != "linear" or self.losses:
-                raise ZeroshiftError(f"--method {self.method} is a fixed affine recipe: --bridge mlp and "
-                                     "--losses apply to zoomshot only")
-            if self.unpaired_data is not None:
-                raise ZeroshiftError(f"--method {self.method} fits paired features by MSE; --unpaired-data "
-                                     "needs --method zoomshot")
-        elif self.unpaired_data is not None and "mse" in self.losses:
-            raise ZeroshiftError("the mse term needs paired images; leave it out with --unpaired-data")
-
-    @property
-    def paired(self) -> bool:
-        return self.unpaired_data is None
 
 
 def loss_weights(cfg: TransferConfig) -> dict[str, float]:
@@ -296,7 +235,7 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     """Fit a bridge from `cfg.encoder` into `cfg.teacher`'s joint space and write it as a run folder
     (config.json, model.safetensors, README.md, metrics.jsonl, loss.png); returns it loaded as a VLM.
 
-    With `cfg.eval_dataset`, the finished run is evaluated as `zeroshift eval --model run:OUT` would
+    With `cfg.eval_data`, the finished run is evaluated as `zeroshift eval --model run:OUT` would
     (so later evaluations reuse its feature cache); the records go to OUT/results and the results
     table into the model card.
     """
@@ -380,7 +319,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         lines.append(f"| training | {t['epochs']} epoch(s), {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, "
                      f"final loss {history[-1]['loss']:.4g} |")
     lines.append(f"| fit time | {config['seconds']['fit']} s (features: {config['seconds']['embed']} s) |")
-    lines += card_tail(o["out"], records, [f"zeroshift eval --model run:{o['out']} --dataset fashion-mnist:test"],
+    lines += card_tail(o["out"], records, [f"zeroshift eval --model run:{o['out']} --data fashion-mnist:test"],
                        "`config.json` (every option), `model.safetensors` (the bridge), `metrics.jsonl` and "
                        "`loss.png` (training curve; none for the closed form).")
     return "\n".join(lines)

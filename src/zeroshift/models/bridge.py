@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import BRIDGE_KINDS
 from ..errors import ZeroshiftError
 
-KINDS = ("linear", "mlp")
+KINDS = BRIDGE_KINDS
 VARIANCE = 4.5  # Text-to-Concept's target per-entry variance for both spaces
 HIDDEN = 1024
 

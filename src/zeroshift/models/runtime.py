@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from .. import paths
+from ..choices import RUNTIMES
 from ..errors import SpecError, ZeroshiftError
 from ..io import atomic_path
 from .onnx_export import to_onnx
 from .transforms import probe_batch
 from .vlm import ImageEncoder
 
-RUNTIMES = ("torch", "onnx", "auto")
 TOLERANCE = 1e-4  # max abs difference allowed, relative to max(1, max |torch output|)
 EXPORT_BATCH, CHECK_BATCH = 2, 3  # different sizes, so the check also exercises the dynamic batch axis
 _warned: set[str] = set()

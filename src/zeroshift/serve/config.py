@@ -23,7 +23,8 @@ class ServeConfig:
     runtime: str = field(default="auto", metadata={
         "help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
     templates: str | None = field(default=None, metadata={
-        "help": "template set name or file used when a request gives none (as `zeroshift predict --templates`)"})
+        "help": "template set name or file used when a request gives none (as `zeroshift predict --templates`; "
+                "default: the 'default' set)"})
     max_upload_mb: float = field(default=20.0, metadata={"help": "largest request body in MB (413 beyond)"})
     max_images: int = field(default=32, metadata={"help": "images per request (413 beyond)"})
     max_labels: int = field(default=256, metadata={"help": "labels (or texts to embed) per request (413 beyond)"})

@@ -211,7 +211,7 @@ def _check_moments(optimizer: torch.optim.Optimizer) -> None:
 
 # Options that do not change what a run computes: a checkpoint written under other values still fits.
 RUN_ONLY = ("out", "overwrite", "resume", "keep_checkpoints", "checkpoint_every", "device", "runtime",
-            "eval_dataset", "eval_rows")
+            "eval_data", "eval_rows")
 
 
 def run_checkpoints(out: Path, options: dict[str, Any], every: int, resume: bool, **identity: Any) -> Checkpoints:

@@ -22,11 +22,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import distributed as dist
+from ..choices import PRECISIONS
 from ..errors import CacheMismatch, ZeroshiftError
 from .checkpoint import Checkpoints, rng_state
 
 OPTIMIZERS = ("adamw", "sgd")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 METRICS_FILE = "metrics.jsonl"
 
 
