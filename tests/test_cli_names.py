@@ -80,8 +80,10 @@ print(json.dumps({{"first": first, "codes": codes, "heavy": [m for m in {HEAVY!r
 def _start(argv: list[str], tmp_path: Path) -> subprocess.Popen:
     """`zeroshift ARGV` as the console script runs it, SIGINT at its default (a shell may have it ignored);
     it prints 'started' on stderr once zeroshift's own code runs."""
-    script = ("import sys; from zeroshift.cli.main import main; print('started', file=sys.stderr, flush=True); "
-              "sys.exit(main(sys.argv[1:]))")
+    # 'started' is printed inside main's own try (a SIGINT just before it is outside zeroshift's reach)
+    script = ("import sys; import zeroshift.cli.main as m; inner = m._main; "
+              "m._main = lambda argv: (print('started', file=sys.stderr, flush=True), inner(argv))[1]; "
+              "sys.exit(m.main(sys.argv[1:]))")
     return subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=_env(ZEROSHIFT_HOME=str(tmp_path / "home")),
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import colour_folder, tiny_vlm
 
+from zeroshift.cards import body
 from zeroshift.cli.main import main
 from zeroshift.data.memory import ArraySource
 from zeroshift.errors import ZeroshiftError
@@ -28,7 +29,7 @@ def folder(tmp_path):
 
 
 def eval_args(folder, out, *extra) -> list[str]:
-    return ["eval", "--model", "tiny-clip:seed=0", "--dataset", f"folder:{folder}", "--out", str(out),
+    return ["eval", "--model", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--out", str(out),
             "--runtime", "torch", *extra]
 
 
@@ -71,11 +72,11 @@ def test_eval_of_a_run_updates_its_model_card(home, folder, tmp_path, add_run_ki
         writer.finish({"kind": "toy-eval"}, {"w": torch.zeros(2)},
                       "\n".join(["# toy run", *card_tail(str(run), None, [], "config.json")]))
     assert "Not evaluated yet" in (run / "README.md").read_text()
-    assert main(["eval", "--model", f"run:{run}", "--dataset", f"folder:{folder}", "--out", str(tmp_path / "r"),
+    assert main(["eval", "--model", f"run:{run}", "--data", f"folder:{folder}", "--out", str(tmp_path / "r"),
                  "--runtime", "torch"]) == 0
     card = (run / "README.md").read_text()
     assert "Not evaluated yet" not in card and "| zeroshot_classification | acc1 |" in card
-    assert card.startswith("# toy run") and "## Use" in card and card.count("## Results") == 1
+    assert body(card).startswith("# toy run") and "## Use" in card and card.count("## Results") == 1
     assert len(list((run / "results").glob("*.json"))) == 1  # the run keeps its records beside its card
 
 

@@ -102,9 +102,9 @@ def test_export_refuses_an_existing_file_without_overwrite(home, tmp_path, monke
     out.write_bytes(b"an older export")
     with monkeypatch.context() as patch:
         no_loading(patch)
-        assert main(["export", SPEC, "--labels", "red,green", "--out", str(out)]) == 2
+        assert main(["export", "--model", SPEC, "--labels", "red,green", "--out", str(out)]) == 2
         assert "--overwrite" in one_error_line(capsys) and out.read_bytes() == b"an older export"
-    assert main(["export", SPEC, "--labels", "red,green", "--out", str(out), "--overwrite", "--no-check"]) == 0
+    assert main(["export", "--model", SPEC, "--labels", "red,green", "--out", str(out), "--overwrite", "--no-check"]) == 0
     assert out.read_bytes() != b"an older export"
     assert json.loads(out.with_name("classifier.onnx.json").read_text())["labels"] == ["red", "green"]
 

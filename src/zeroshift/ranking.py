@@ -51,13 +51,13 @@ def predict(
     least two. An image that cannot be read, or whose scores are not finite (a ranking of NaNs ranks
     nothing, and NaN is not JSON), gets `{"image", "error"}` instead of a ranking.
     """
+    require(model, "vlm", "model", command="predict")  # first, before loading: an image encoder ranks no labels
     names = parse_labels(labels, files=True) if isinstance(labels, str) else list(labels)
     names = check_classnames(names, at_least=2)  # before loading: a bad label list fails at once
     prompts = get_templates(templates, None)
     paths = image_files(images)
     if batch_size < 1:
         raise ZeroshiftError(f"batch_size must be at least 1, got {batch_size}")
-    require(model, "vlm", "model", command="predict")  # before loading: an image encoder ranks no labels
     vlm = load(model, runtime=runtime) if isinstance(model, str) else model
     weights = zeroshot_weights(vlm, names, prompts)  # [C, d]
     results: list[dict] = [{"image": p} for p in paths]
