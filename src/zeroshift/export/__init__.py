@@ -1,4 +1,8 @@
-"""Deployment: a VLM with fixed labels written as one file another runtime can run (ONNX for now)."""
+"""Deployment: a VLM written as files another runtime can run (ONNX): one classifier with fixed labels,
+or (towers) an image and a text graph with the tokenizer, for labels chosen at run time.
+
+Graphs take uint8 RGB pixels by default; export/preprocess.py brings an image to them and
+export/run.py runs them, with numpy, Pillow, onnxruntime and tokenizers only."""
 from __future__ import annotations
 
 import os
@@ -10,22 +14,37 @@ from ..errors import ZeroshiftError
 FORMATS = ("onnx",)
 
 
+def _vlm(model, spec_or_model):
+    from ..models.vlm import VLM
+
+    if not isinstance(model, VLM):
+        what = "an image encoder" if hasattr(model, "encode_image") else (
+            "a text encoder" if hasattr(model, "encode_text") else type(model).__name__)
+        raise ZeroshiftError(f"{getattr(model, 'spec', spec_or_model)} is {what}, not a VLM: export needs images "
+                             "and texts in one space (conse:IMAGE+TEXT, run:..., openclip:..., hf-clip:...)")
+    return model
+
+
 def export(model, labels: Sequence[str], out: str | os.PathLike, format: str = "onnx",
-           templates: str | None = None, check: bool = True) -> Path:
-    """Export `model` (a VLM or a spec, loaded with PyTorch towers) as a zero-shot classifier over
-    `labels` to `out`; returns the file written (a sidecar `<out>.json` describes it)."""
+           templates: str | None = None, check: bool = True, input: str = "pixels") -> Path:
+    """Export `model` (a VLM or a spec, loaded with PyTorch towers) to `out`; returns what was written.
+
+    A zero-shot classifier over `labels`, one file `out` with a sidecar `<out>.json`; `input` 'pixels'
+    (uint8 [N, H, W, 3]) or 'float' ([N, 3, H, W] after the model's transform)."""
     if format not in FORMATS:
         raise ZeroshiftError(f"export format must be one of {', '.join(FORMATS)}; got {format!r}")
     from ..zeroshot.classifier import check_classnames
 
     labels = check_classnames(list(labels))  # before loading: a bad label list fails at once
+    spec = model
     if isinstance(model, str):
         from ..specs import load
 
         model = load(model, runtime="torch")
+    model = _vlm(model, spec)
     from .onnx import export_classifier
 
-    return export_classifier(model, labels, out, templates=templates, check=check)
+    return export_classifier(model, labels, out, templates=templates, check=check, input=input)
 
 
 __all__ = ["FORMATS", "export"]
