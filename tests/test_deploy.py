@@ -75,7 +75,7 @@ def test_preprocess_is_torchvision_pixel_for_pixel(transform):
 
 
 def test_preprocess_imports_no_torch():
-    code = ("import sys, zeroshift.export.preprocess; "
+    code = ("import sys, zeroshift.export.preprocess, zeroshift.export.run; "
             "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -185,3 +185,80 @@ def test_pixels_in_conse_gives_pytorch_top1_on_catalogue_photos(tmp_path):
     assert np.array_equal(got.argmax(1), want.argmax(1).numpy())
     assert np.abs(got - want.numpy()).max() < 1e-2
     assert json.loads(out.with_name("conse.onnx.json").read_text())["teacher"] is None
+
+
+# ---------------------------------------------------------------- the runner (export/run.py)
+def predict_json(capsys, model: str, paths, labels=LABELS, templates: str | None = None) -> list[dict]:
+    args = ["predict", "--model", model, "--labels", ",".join(labels), "--json", "--runtime", "torch", *map(str, paths)]
+    assert main(args + (["--templates", templates] if templates else [])) == 0
+    return json.loads(capsys.readouterr().out)["results"]
+
+
+def runner_json(capsys, argv) -> tuple[int, list[dict] | None, str]:
+    from zeroshift.export.run import main as run_main
+
+    code = run_main([*map(str, argv), "--json"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out)["results"] if code != 2 else None), captured.err.strip()
+
+
+def same_rankings(got: list[dict], want: list[dict], tol: float = 1e-4) -> None:
+    """Per image the same labels in the same order (a swap only between labels whose probabilities tie within tol)."""
+    assert [r["image"] for r in got] == [r["image"] for r in want]
+    for g, w in zip(got, want):
+        assert ("error" in g) == ("error" in w)
+        if "error" in g:
+            continue
+        assert [x["label"] for x in g["ranking"]][0] == [x["label"] for x in w["ranking"]][0]
+        probs = {x["label"]: x["prob"] for x in w["ranking"]}
+        for a, b in zip(g["ranking"], w["ranking"]):
+            assert a["label"] == b["label"] or abs(probs[a["label"]] - probs[b["label"]]) <= tol
+            assert abs(a["prob"] - probs[a["label"]]) <= tol
+
+
+@pytest.fixture()
+def tiny_spec(tmp_path, add_run_kind):
+    """tiny_vlm() as a `run:` folder of a test-only kind, so `zeroshift predict` loads the same model."""
+    from zeroshift import runfolder
+
+    add_run_kind("tiny-nobias", lambda folder, config, state, runtime: tiny_vlm())
+    with runfolder.RunWriter(tmp_path / "run") as run:
+        run.finish({"kind": "tiny-nobias"}, {"x": torch.zeros(1)}, "# tiny")
+    return f"run:{tmp_path / 'run'}"
+
+
+@pytest.mark.parametrize("graph_input", ["pixels", "float"])
+def test_runner_gives_predicts_rankings(tmp_path, capsys, tiny_spec, graph_input):
+    out = export(tiny_spec, LABELS, tmp_path / "clf.onnx", input=graph_input)
+    paths = image_files(tmp_path / "images")
+    want = predict_json(capsys, tiny_spec, paths)
+    code, got, _ = runner_json(capsys, [out, *paths])
+    assert code == 0
+    same_rankings(got, want)
+    code, again, _ = runner_json(capsys, [out, *paths, "--labels", ",".join(reversed(LABELS))])  # same labels
+    assert code == 0 and again == got
+
+
+def test_runner_bad_input_is_one_line(tmp_path, capsys):
+    out = export_classifier(tiny_vlm(), LABELS, tmp_path / "clf.onnx")
+    good = image_files(tmp_path / "images")[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    code, results, _ = runner_json(capsys, [out, good, broken])  # one bad image: skipped, said why
+    assert code == 0 and "ranking" in results[0] and "broken.jpg" in results[1]["error"]
+    code, results, err = runner_json(capsys, [out, broken])  # nothing classified: exit 1, one line
+    assert code == 1 and err.startswith("error: none of the 1 image(s)") and "\n" not in err
+
+    code, _, err = runner_json(capsys, [out, good, "--labels", "cat,dog"])
+    assert code == 2 and "fixed labels (red, green, blue, white, black)" in err and "--towers" in err
+    assert "\n" not in err
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(out.read_bytes())  # a graph with no sidecar
+    code, _, err = runner_json(capsys, [foreign, good])
+    assert code == 2 and "has no sidecar foreign.onnx.json" in err and "\n" not in err
+    (tmp_path / "foreign.onnx.json").write_text((tmp_path / "clf.onnx.json").read_text())
+    foreign.write_bytes(out.read_bytes() + b"\0")  # a sidecar beside another graph
+    code, _, err = runner_json(capsys, [foreign, good])
+    assert code == 2 and "sha256 differs" in err
+    code, _, err = runner_json(capsys, [tmp_path / "absent.onnx", good])
+    assert code == 2 and "no graph at" in err
