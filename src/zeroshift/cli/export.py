@@ -1,4 +1,5 @@
-"""`zeroshift export`: a VLM and fixed labels as one ONNX classifier file taking pixels, checked against PyTorch."""
+"""`zeroshift export`: a VLM and fixed labels as one ONNX classifier file taking pixels, checked against
+PyTorch; with --int8 quantised, refused unless it keeps the float graph's answers."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,18 @@ class ExportConfig:
     input: str = field(default="pixels", metadata={
         "help": "graph input: uint8 RGB pixels [N, H, W, 3] (preprocessing in the graph), or float [N, 3, H, W] "
                 "after the model's transform", "choices": ["pixels", "float"]})
+    int8: bool = field(default=False, metadata={
+        "help": "quantise to int8 (static QDQ for CNNs, dynamic for MatMul-heavy graphs), refused below "
+                "--min-agreement with the float graph"})
+    calibrate: str | None = field(default=None, metadata={
+        "help": "int8 calibration images: a data spec, or a .npy of uint8 [N, H, W, 3] at the input size "
+                "(default: a run's own fit data)"})
+    calibration_images: int = field(default=128, metadata={"help": "images to calibrate on"})
+    check_images: int = field(default=256, metadata={
+        "help": "further images of the same data on which int8 agreement with the float graph is measured"})
+    min_agreement: float = field(default=0.98, metadata={"help": "least int8-vs-float top-1 agreement accepted"})
+    keep_float: bool = field(default=False, metadata={
+        "help": "with --int8, also write the float graph as NAME.float.onnx (even when the int8 one is refused)"})
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -33,16 +46,23 @@ def run(cfg: ExportConfig) -> int:
     from zeroshift.zeroshot.labels import parse_labels
 
     labels = parse_labels(cfg.labels, files=True)
+    int8 = None
+    if cfg.int8:
+        from zeroshift.export.quantize import Int8
+
+        int8 = Int8(calibrate=cfg.calibrate, images=cfg.calibration_images, check_images=cfg.check_images,
+                    min_agreement=cfg.min_agreement)
     path = export(cfg.model, labels, cfg.out, format=cfg.format, templates=cfg.templates, check=cfg.check,
-                  input=cfg.input)
+                  input=cfg.input, int8=int8, keep_float=cfg.keep_float)
     graphs = [path]
     rows = []
     for graph in graphs:
         sidecar = json.loads(Path(str(graph) + ".json").read_text(encoding="utf-8"))
-        check = sidecar.get("check") or {}
+        check, quant = sidecar.get("check") or {}, sidecar.get("int8") or {}
         row = [str(graph), round(graph.stat().st_size / 1e6, 2), len(sidecar.get("labels") or []),
                check.get("max_abs_logit_diff", check.get("max_abs_diff", "-")), check.get("top1_agreement", "-")]
-        rows.append(row)
+        rows.append(row + ([quant.get("agreement", "-")] if cfg.int8 else []))
     header = ["file", "size MB", "classes", "max |logit diff|", "top-1 agreement"]
-    print_table(rows, header, title=f"exported {sidecar['model']} ({cfg.format}, {cfg.input} in)")
+    print_table(rows, header + (["int8 agreement"] if cfg.int8 else []),
+                title=f"exported {sidecar['model']} ({cfg.format}, {cfg.input} in{', int8' if cfg.int8 else ''})")
     return 0

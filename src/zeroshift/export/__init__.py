@@ -26,11 +26,13 @@ def _vlm(model, spec_or_model):
 
 
 def export(model, labels: Sequence[str], out: str | os.PathLike, format: str = "onnx",
-           templates: str | None = None, check: bool = True, input: str = "pixels") -> Path:
+           templates: str | None = None, check: bool = True, input: str = "pixels", int8=None,
+           keep_float: bool = False) -> Path:
     """Export `model` (a VLM or a spec, loaded with PyTorch towers) to `out`; returns what was written.
 
     A zero-shot classifier over `labels`, one file `out` with a sidecar `<out>.json`; `input` 'pixels'
-    (uint8 [N, H, W, 3]) or 'float' ([N, 3, H, W] after the model's transform)."""
+    (uint8 [N, H, W, 3]) or 'float' ([N, 3, H, W] after the model's transform); `int8` an
+    export.quantize.Int8 to quantise (`keep_float` also writes the float graph, NAME.float.onnx)."""
     if format not in FORMATS:
         raise ZeroshiftError(f"export format must be one of {', '.join(FORMATS)}; got {format!r}")
     from ..zeroshot.classifier import check_classnames
@@ -44,7 +46,8 @@ def export(model, labels: Sequence[str], out: str | os.PathLike, format: str = "
     model = _vlm(model, spec)
     from .onnx import export_classifier
 
-    return export_classifier(model, labels, out, templates=templates, check=check, input=input)
+    return export_classifier(model, labels, out, templates=templates, check=check, input=input, int8=int8,
+                             keep_float=keep_float)
 
 
 __all__ = ["FORMATS", "export"]

@@ -4,8 +4,11 @@
 
     images uint8 [N, H, W, 3] -> Cast float -> Transpose [N, 3, H, W] -> * a + b -> the old input
 
-with a = scale / std and b = -mean / std per channel, i.e. (x * scale - mean) / std. Its nodes are
-named `preprocess/...`, so quantisation can leave them out.
+with a = scale / std and b = -mean / std per channel, i.e. (x * scale - mean) / std, computed as a 1x1
+convolution with the diagonal weight diag(a) and bias b: onnxruntime runs a convolution in whichever
+layout the graph's own convolutions run (a per-channel Mul and Add broadcast over NHWC, as an int8
+graph's layout pass leaves them, cost ~20x more). Its nodes are named `preprocess/...`, so
+quantisation can leave them out.
 """
 from __future__ import annotations
 
@@ -34,14 +37,16 @@ def pixels_in(model: "onnx.ModelProto", recipe: dict, name: str) -> "onnx.ModelP
     h, w = recipe["size"]
     pixels = recipe["pixels"]
     mean, std = np.asarray(pixels["mean"], np.float64), np.asarray(pixels["std"], np.float64)
-    a = (float(pixels["scale"]) / std).astype(np.float32).reshape(1, 3, 1, 1)
-    b = (-mean / std).astype(np.float32).reshape(1, 3, 1, 1)
-    graph.initializer.extend([numpy_helper.from_array(a, PREFIX + "a"), numpy_helper.from_array(b, PREFIX + "b")])
+    a = (float(pixels["scale"]) / std).astype(np.float32)
+    b = (-mean / std).astype(np.float32)
+    zeros, ones = np.zeros(3, np.float32), np.ones(3, np.float32)
+    graph.initializer.extend(numpy_helper.from_array(v, PREFIX + k) for k, v in
+                             (("a", a), ("b", b), ("zeros", zeros), ("ones", ones)))
     nodes = [
         helper.make_node("Cast", [name], [PREFIX + "float"], to=onnx.TensorProto.FLOAT, name=PREFIX + "cast"),
         helper.make_node("Transpose", [PREFIX + "float"], [PREFIX + "nchw"], perm=[0, 3, 1, 2], name=PREFIX + "nchw"),
-        helper.make_node("Mul", [PREFIX + "nchw", PREFIX + "a"], [PREFIX + "scaled"], name=PREFIX + "scale"),
-        helper.make_node("Add", [PREFIX + "scaled", PREFIX + "b"], [inner], name=PREFIX + "normalize"),
+        helper.make_node("BatchNormalization", [PREFIX + "nchw", PREFIX + "a", PREFIX + "b", PREFIX + "zeros",
+                                                PREFIX + "ones"], [inner], epsilon=0.0, name=PREFIX + "normalize"),
     ]
     for k, node in enumerate(nodes):
         graph.node.insert(k, node)

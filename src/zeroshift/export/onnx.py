@@ -41,6 +41,8 @@ from . import preprocess
 if TYPE_CHECKING:
     import onnx
 
+    from .quantize import Int8
+
 INPUT, OUTPUT = "images", "logits"
 INPUTS = ("pixels", "float")
 LOGIT_TOLERANCE = 1e-2  # max |logit difference| allowed (logits are 100 * cosine)
@@ -207,6 +209,11 @@ def check_out(out: str | os.PathLike, folder: bool = False) -> Path:
     return out
 
 
+def float_path(out: Path) -> Path:
+    """Where --keep-float puts the float graph beside an int8 one: NAME.float.onnx for NAME.onnx."""
+    return out.with_name((out.name[:-5] if out.name.endswith(".onnx") else out.name) + ".float.onnx")
+
+
 def publish(out: Path, data: bytes, sidecar: dict) -> Path:
     """Write the graph `data` to `out`, then its sidecar `<out>.json`. An old sidecar is removed just before
     the new graph takes the name, so a kill anywhere leaves the old pair, or the new graph alone (rerun the
@@ -246,18 +253,20 @@ def _sidecar(model, vlm: VLM, names: list[str], templates: str | None, prompts: 
         "preprocess": recipe and {**recipe, "in_graph": pixels},  # without pixels: the graph wants pixels as recipe['pixels'] says
         "image_transform": repr(vlm.image_transform),
         "opset": [{"domain": o.domain or "ai.onnx", "version": o.version} for o in model.opset_import],
-        "precision": "float32", "check": report,
+        "precision": "float32", "int8": None, "check": report,
     }
 
 
 def export_classifier(
     vlm: VLM, labels: Sequence[str], out: str | os.PathLike, templates: str | None = None, check: bool = True,
-    check_batch: torch.Tensor | None = None, input: str = "pixels",
+    check_batch: torch.Tensor | None = None, input: str = "pixels", int8: "Int8 | None" = None,
+    keep_float: bool = False,
 ) -> Path:
     """Write `out` (one ONNX file: uint8 pixels [N, H, W, 3], or with input='float' images [N, 3, H, W]
     after vlm.image_transform, -> logits [N, C]) and its sidecar `<out>.json`. `templates` is a template
     set name or file (default: the 'default' set); `check_batch` (input='float' only) replaces the probe
-    images used to check the file against PyTorch.
+    images used to check the file against PyTorch. With `int8`, `out` is the int8 graph, refused below
+    its agreement threshold; `keep_float` also writes the float one (NAME.float.onnx), refused or not.
 
     Everything is built and checked in a temporary folder before a file takes its name (publish).
     Temporary files a killed export of `out` left (older than STALE_TEMP_S) are removed first."""
@@ -288,7 +297,21 @@ def export_classifier(
         float_file.write_bytes(data)
         report = _check(float_file, vlm, weights, *checked) if check else None
         sidecar = _sidecar(model, vlm, names, templates, prompts, batch, recipe, pixels, report)
-        return publish(out, data, sidecar)
+        if int8 is None:
+            return publish(out, data, sidecar)
+        from .quantize import Refused, classifier_int8
+
+        try:
+            qdata, quant = classifier_int8(vlm, float_file, Path(work), recipe, pixels, int8)
+        except Refused as e:
+            if keep_float:
+                publish(float_path(out), data, sidecar)
+                raise Refused(f"{e}; the float graph was written to {float_path(out)}") from None
+            raise Refused(f"{e}; nothing was written (--keep-float writes the float graph anyway)") from None
+        if keep_float:
+            publish(float_path(out), data, sidecar)
+        return publish(out, qdata, {**sidecar, "precision": "int8", "int8": quant,
+                                    "float_file": float_path(out).name if keep_float else None})
 
 
 def _describable(transform) -> dict | None:
