@@ -4,7 +4,8 @@ This environment (with torch) exports a small bridge between catalogue encoders 
 features through a seeded linear head into MiniLM's space, as a run folder) and runs `zeroshift predict
 --json` on real Tux Paint photos; a second virtual environment holding only onnxruntime, numpy, Pillow and tokenizers
 (scripts/test.sh builds it and names its python in $ZEROSHIFT_NOTORCH_PYTHON) runs the exports through
-tests/no_torch_check.py, which fails if torch is importable there or gets imported."""
+tests/no_torch_check.py, which fails if torch is importable there or gets imported: an exported classifier,
+and a tower pair over the same labels and over labels chosen at run time."""
 from __future__ import annotations
 
 import json
@@ -74,6 +75,14 @@ def run_without_torch(tmp_path: Path, jobs: list[dict]) -> list[list[dict]]:
 def test_exports_rank_as_predict_without_torch(tmp_path, capsys, bridge):
     paths, classes = photos(24)
     classifier = export(bridge, classes, tmp_path / "bridge.onnx")
+    towers = export(bridge, None, tmp_path / "towers", towers=True)  # labels chosen when it runs
     want = predict_json(capsys, bridge, paths, labels=classes)
-    [got] = run_without_torch(tmp_path, [{"model": str(classifier), "labels": None, "images": paths}])
+    chosen = ["a photo of an animal", "a photo of food", "a vehicle", "a plant", "a person"]
+    want_chosen = predict_json(capsys, bridge, paths, labels=chosen)
+    got, got_towers, got_chosen = run_without_torch(tmp_path, [
+        {"model": str(classifier), "labels": None, "images": paths},
+        {"model": str(towers / "image.onnx"), "labels": classes, "images": paths},
+        {"model": str(towers), "labels": chosen, "images": paths}])
     same_rankings(got, want)
+    same_rankings(got_towers, want)
+    same_rankings(got_chosen, want_chosen)

@@ -25,25 +25,33 @@ def _vlm(model, spec_or_model):
     return model
 
 
-def export(model, labels: Sequence[str], out: str | os.PathLike, format: str = "onnx",
+def export(model, labels: Sequence[str] | None, out: str | os.PathLike, format: str = "onnx",
            templates: str | None = None, check: bool = True, input: str = "pixels", int8=None,
-           keep_float: bool = False) -> Path:
+           keep_float: bool = False, towers: bool = False) -> Path:
     """Export `model` (a VLM or a spec, loaded with PyTorch towers) to `out`; returns what was written.
 
-    A zero-shot classifier over `labels`, one file `out` with a sidecar `<out>.json`; `input` 'pixels'
-    (uint8 [N, H, W, 3]) or 'float' ([N, 3, H, W] after the model's transform); `int8` an
-    export.quantize.Int8 to quantise (`keep_float` also writes the float graph, NAME.float.onnx)."""
+    Without `towers`: a zero-shot classifier over `labels`, one file `out` with a sidecar `<out>.json`.
+    With `towers`: the folder `out` with image.onnx, text.onnx and tokenizer.json (labels optional, kept
+    in the sidecar as the default ones). `input` 'pixels' (uint8 [N, H, W, 3]) or 'float' ([N, 3, H, W]
+    after the model's transform); `int8` an export.quantize.Int8 to quantise (`keep_float` also writes
+    the float graphs)."""
     if format not in FORMATS:
         raise ZeroshiftError(f"export format must be one of {', '.join(FORMATS)}; got {format!r}")
     from ..zeroshot.classifier import check_classnames
 
-    labels = check_classnames(list(labels))  # before loading: a bad label list fails at once
+    if labels is not None or not towers:
+        labels = check_classnames(list(labels or []))  # before loading: a bad label list fails at once
     spec = model
     if isinstance(model, str):
         from ..specs import load
 
         model = load(model, runtime="torch")
     model = _vlm(model, spec)
+    if towers:
+        from .towers import export_towers
+
+        return export_towers(model, out, labels=labels, templates=templates, check=check, input=input,
+                             int8=int8, keep_float=keep_float)
     from .onnx import export_classifier
 
     return export_classifier(model, labels, out, templates=templates, check=check, input=input, int8=int8,

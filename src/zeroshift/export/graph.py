@@ -4,11 +4,11 @@
 
     images uint8 [N, H, W, 3] -> Cast float -> Transpose [N, 3, H, W] -> * a + b -> the old input
 
-with a = scale / std and b = -mean / std per channel, i.e. (x * scale - mean) / std, computed as a 1x1
-convolution with the diagonal weight diag(a) and bias b: onnxruntime runs a convolution in whichever
-layout the graph's own convolutions run (a per-channel Mul and Add broadcast over NHWC, as an int8
-graph's layout pass leaves them, cost ~20x more). Its nodes are named `preprocess/...`, so
-quantisation can leave them out.
+with a = scale / std and b = -mean / std per channel, i.e. (x * scale - mean) / std, as one
+BatchNormalization node (scale a, bias b, mean 0, variance 1, epsilon 0). A per-channel Mul and Add
+would do the same, but in an int8 graph onnxruntime's layout pass moves them past the Transpose, where
+their broadcast over NHWC cost 1.1 ms of a 5 ms EfficientNet-Lite0 run; the normalisation stays at
+0.03 ms in both graphs. Its nodes are named `preprocess/...`, so quantisation leaves them out.
 """
 from __future__ import annotations
 

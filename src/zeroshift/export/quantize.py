@@ -230,14 +230,10 @@ def verdict(spec: str, what: str, agree: float, n: int, images: Images, int8: In
     return {"images": n, "top1_agreement": agree, "min_agreement": int8.min_agreement}
 
 
-def classifier_int8(vlm, float_file: Path, work: Path, recipe: dict | None, pixels: bool,
-                    int8: Int8) -> tuple[bytes, dict]:
-    """The int8 graph of an exported classifier (bytes) and its sidecar record; Refused below the threshold."""
-    import onnx
-
+def _images(vlm, recipe: dict | None, pixels: bool, int8: Int8) -> Images:
+    """Calibration and check inputs for a graph of `vlm` taking pixels (or, not `pixels`, transformed floats)."""
     from ..models.transforms import decode_side
     from . import preprocess
-    from .onnx import INPUT, OUTPUT
 
     def feed(image) -> np.ndarray:
         if pixels:
@@ -245,7 +241,17 @@ def classifier_int8(vlm, float_file: Path, work: Path, recipe: dict | None, pixe
         return vlm.image_transform(image).float().numpy()  # [3, H, W]
 
     side = recipe["decode"]["max_side"] if recipe else decode_side(vlm.image_transform)
-    images = calibration_images(vlm, {**recipe, "in_graph": pixels} if recipe else None, feed, side, int8)
+    return calibration_images(vlm, {**recipe, "in_graph": pixels} if recipe else None, feed, side, int8)
+
+
+def classifier_int8(vlm, float_file: Path, work: Path, recipe: dict | None, pixels: bool,
+                    int8: Int8) -> tuple[bytes, dict]:
+    """The int8 graph of an exported classifier (bytes) and its sidecar record; Refused below the threshold."""
+    import onnx
+
+    from .onnx import INPUT, OUTPUT
+
+    images = _images(vlm, recipe, pixels, int8)
     method = choose(onnx.load(str(float_file)), int8.method)
     out = work / "int8.onnx"
     done = quantize(float_file, out, method, INPUT, images.calibration)
@@ -255,3 +261,48 @@ def classifier_int8(vlm, float_file: Path, work: Path, recipe: dict | None, pixe
               "agreement": agree, "float_bytes": float_file.stat().st_size, "int8_bytes": out.stat().st_size}
     return out.read_bytes(), record
 
+
+def _labels(labels, images: Images) -> list[str]:
+    """The labels agreement is measured over: those given, else the calibration data's classes."""
+    from ..specs import dataset
+
+    if labels:
+        return list(labels)
+    for spec in images.info["data"]:
+        classes = None if spec.endswith(".npy") else dataset(spec).classes
+        if classes:
+            return list(classes)
+    raise ZeroshiftError("--int8 --towers measures agreement over labels: give --labels, or calibration data with "
+                         "classes (a folder of class sub-folders, a labelled catalogue set)")
+
+
+def towers_int8(vlm, files: dict[str, Path], work: Path, recipe: dict | None, pixels: bool, labels, prompts,
+                tokenizer, int8: Int8) -> tuple[dict[str, Path], dict[str, dict]]:
+    """int8 image and text graphs of a tower pair and their sidecar records. Agreement is measured on the
+    zero-shot answers over `labels` (or the calibration data's classes): both int8 graphs against both float
+    ones, refused below the threshold; each graph alone is recorded too."""
+    import onnx
+
+    from .onnx import INPUT
+    from .run import class_weights, session
+
+    images = _images(vlm, recipe, pixels, int8)
+    names = _labels(labels, images)
+    quantized = {"image": work / "image.int8.onnx", "text": work / "text.int8.onnx"}
+    done = {"image": quantize(files["image"], quantized["image"], choose(onnx.load(str(files["image"])), int8.method),
+                              INPUT, images.calibration),
+            "text": quantize(files["text"], quantized["text"], "dynamic", "input_ids", None)}
+    z = {k: run(path, {INPUT: images.check}, "embeddings") for k, path in (("float", files["image"]),
+                                                                            ("int8", quantized["image"]))}
+    w = {k: class_weights(session(path), tokenizer, names, prompts) for k, path in (("float", files["text"]),
+                                                                                     ("int8", quantized["text"]))}
+    want = z["float"] @ w["float"].T  # [N, C]
+    both = agreement(want, z["int8"] @ w["int8"].T)
+    check = verdict(vlm.spec, "tower pair", both, len(images.check), images, int8)
+    check = {**check, "labels": len(names), "image_int8_only": agreement(want, z["int8"] @ w["float"].T),
+             "text_int8_only": agreement(want, z["float"] @ w["int8"].T)}
+    calibration = {**images.info, "images": len(images.calibration)}
+    records = {side: {"method": done[side], "calibration": calibration if side == "image" else None, "check": check,
+                      "agreement": both, "float_bytes": files[side].stat().st_size,
+                      "int8_bytes": quantized[side].stat().st_size} for side in ("image", "text")}
+    return quantized, records

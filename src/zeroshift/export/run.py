@@ -1,11 +1,15 @@
-"""Run what `zeroshift export` wrote, with onnxruntime, numpy and Pillow only (no PyTorch):
+"""Run what `zeroshift export` wrote, with onnxruntime, numpy, Pillow and (for --towers exports)
+tokenizers only (no PyTorch):
 
     python -m zeroshift.export.run classifier.onnx cat.jpg dog.png [--json] [--top 5]
+    python -m zeroshift.export.run towers/image.onnx cat.jpg --labels "a cat,a dog,a car"
 
 The sidecar beside the graph says how to bring each image to the graph's input (export/preprocess.py)
 and which labels its logits are over; the output is the same as `zeroshift predict` gives for the same
 model, labels and templates (`--json`: the same JSON). A classifier's labels are fixed: `--labels`, if
-given, must name the same ones.
+given, must name the same ones. A tower pair takes any labels: each label's prompts (the sidecar's
+templates) go through tokenizer.json and text.onnx, are averaged and normalised into class weights W,
+and logits = 100 * image embeddings @ W.T, as zeroshift.zeroshot.classifier computes them.
 """
 from __future__ import annotations
 
@@ -101,13 +105,83 @@ class Classifier:
         return self.session.run(["logits"], {INPUT: graph_input(pixels, self.info)})[0]  # [N, C]
 
 
-def load(model: str | Path, threads: int | None = None) -> Classifier:
-    """The runner for an exported graph, from its sidecar's kind."""
+def tokenize(tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """`texts` through a tokenizers.Tokenizer (truncation and padding as its tokenizer.json sets them):
+    input_ids and attention_mask, int64 [N, L]."""
+    encoded = tokenizer.encode_batch(list(texts))
+    return {"input_ids": np.array([e.ids for e in encoded], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encoded], dtype=np.int64)}
+
+
+def text_embeddings(sess, tokenizer, texts: Sequence[str], batch: int = 64) -> np.ndarray:
+    """Unit-normalised text embeddings [N, d] from text.onnx."""
+    return np.concatenate([sess.run(["embeddings"], tokenize(tokenizer, texts[i:i + batch]))[0]
+                           for i in range(0, len(texts), batch)])
+
+
+def class_weights(sess, tokenizer, labels: Sequence[str], templates: Sequence[str]) -> np.ndarray:
+    """Per label: its prompts embedded, normalised, averaged, normalised: [C, d] (zeroshot_weights' recipe)."""
+    prompts = [t.format(c=label) for label in labels for t in templates]  # class-major, C * P
+    emb = text_embeddings(sess, tokenizer, prompts).astype(np.float64)
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    mean = emb.reshape(len(labels), len(templates), -1).mean(axis=1)  # [C, d]
+    return (mean / np.linalg.norm(mean, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def load_tokenizer(path: Path):
+    """tokenizer.json through the tokenizers library; one line when it is missing or not installed."""
+    try:
+        from tokenizers import Tokenizer
+    except ModuleNotFoundError:
+        raise ZeroshiftError("a tower pair needs the tokenizers package: pip install tokenizers") from None
+    if not path.is_file():
+        raise ZeroshiftError(f"no tokenizer at {path}: a tower pair is image.onnx, text.onnx and tokenizer.json "
+                             "in one folder, as `zeroshift export --towers` wrote them")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the tokenizers library raises plain Exception
+        raise ZeroshiftError(f"{path} is not a tokenizer.json the tokenizers library reads: {str(e)[:200]}") from None
+
+
+class Towers:
+    """An exported tower pair: pixels -> image embeddings, labels -> class weights, logits = 100 z W^T."""
+
+    def __init__(self, path: Path, info: dict, threads: int | None = None) -> None:
+        self.path, self.info = path, info
+        self.session = session(path, threads)
+        text = path.with_name(info["text"])
+        self.text_info = _verified(text)
+        self.text_session = session(text, threads)
+        self.tokenizer = load_tokenizer(path.with_name(self.text_info["tokenizer"]["file"]))
+        self._weights: dict[tuple[str, ...], np.ndarray] = {}
+
+    def check_labels(self, labels: Sequence[str] | None) -> list[str]:
+        labels = labels if labels is not None else self.info.get("labels")
+        if not labels:
+            raise ZeroshiftError(f"{self.path.name} is a tower pair exported without default labels: give --labels")
+        return list(labels)
+
+    def logits(self, pixels: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+        key = tuple(labels)
+        if key not in self._weights:
+            self._weights[key] = class_weights(self.text_session, self.tokenizer, labels, self.info["prompts"])
+        z = self.session.run(["embeddings"], {INPUT: graph_input(pixels, self.info)})[0]  # [N, d] unit rows
+        return 100.0 * z @ self._weights[key].T  # [N, C]
+
+
+def load(model: str | Path, threads: int | None = None) -> Classifier | Towers:
+    """The runner for an exported graph (or a --towers folder), from its sidecar's kind."""
     path = Path(model)
+    if path.is_dir():
+        path = path / "image.onnx"
     info = _verified(path)
     kind = info.get("kind", "classifier")
     if kind == "classifier":
         return Classifier(path, info, threads)
+    if kind == "image-tower":
+        return Towers(path, info, threads)
+    if kind == "text-tower":
+        raise ZeroshiftError(f"{path} is the text half of a tower pair: give its image.onnx (or the folder)")
     raise ZeroshiftError(f"{path} is a {kind} graph, which this runner cannot run on images")
 
 
@@ -151,7 +225,8 @@ def predict(model: str | Path, images: Sequence[str], labels: Sequence[str] | No
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zeroshift.export.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="a graph `zeroshift export` wrote (its sidecar MODEL.json beside it)")
+    parser.add_argument("model", help="a graph `zeroshift export` wrote (its sidecar MODEL.json beside it), or a "
+                                      "--towers folder")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--labels", help="labels, comma-separated (or a .txt file, one per line)")
     parser.add_argument("--top", type=int, default=5, help="labels shown per image (default: 5)")
