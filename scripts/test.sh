@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The tests on a fresh machine: install, run the default suite, then the group on the real offline assets.
+# The tests on a fresh machine: install, run the default suite, then the group on the real offline assets
+# (with a second environment that has no PyTorch, for the exported graphs' runner).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -m "not assets" "$@"
 .venv/bin/zeroshift data fetch fashion-mnist tuxpaint openclipart >/dev/null
-.venv/bin/python -m pytest -m assets "$@"
+bash scripts/notorch-env.sh build/notorch-venv
+ZEROSHIFT_NOTORCH_PYTHON="$PWD/build/notorch-venv/bin/python" .venv/bin/python -m pytest -m assets "$@"

@@ -68,7 +68,8 @@ def test_torch_tower_exports_one_matching_file(tmp_path, tower):
     tiny = load("tiny-clip:seed=0")
     # a PyTorch tower, the same accelerated by onnxruntime (its PyTorch module is exported), a whole VLM as encoder
     vlm = bridged({"torch": tiny.image, "onnx": accelerate(tiny.image, "onnx"), "vlm": tiny}[tower])
-    path = export_classifier(vlm, LABELS, tmp_path / "out" / "classifier.onnx", templates="cifar10")
+    (tmp_path / "out").mkdir()
+    path = export_classifier(vlm, LABELS, tmp_path / "out" / "classifier.onnx", templates="cifar10", input="float")
     assert path == tmp_path / "out" / "classifier.onnx"
     assert sorted(p.name for p in path.parent.iterdir()) == ["classifier.onnx", "classifier.onnx.json"]
     assert_same_classifier(path, vlm, templates="cifar10")
@@ -82,7 +83,7 @@ def test_torch_tower_exports_one_matching_file(tmp_path, tower):
 @pytest.mark.parametrize("nhwc", [False, True])
 def test_onnx_only_tower_is_merged_with_the_head(tmp_path, nhwc):
     vlm = bridged(onnx_tower(tmp_path, nhwc=nhwc))
-    path = export_classifier(vlm, LABELS, tmp_path / "merged.onnx")
+    path = export_classifier(vlm, LABELS, tmp_path / "merged.onnx", input="float")
     assert_same_classifier(path, vlm)
     import onnx
 
@@ -142,7 +143,8 @@ def test_cli_exports_a_run_end_to_end(tmp_path, run_scheme, capsys):
     labels = tmp_path / "labels.txt"
     labels.write_text("red\ngreen\nblue\n")
     out = tmp_path / "red-green-blue.onnx"
-    args = ["export", "--model", f"run:{tmp_path / 'run'}", "--labels", str(labels), "--format", "onnx", "--out", str(out)]
+    args = ["export", "--model", f"run:{tmp_path / 'run'}", "--labels", str(labels), "--format", "onnx", "--out",
+            str(out), "--input", "float"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "top-1 agreement" in printed and "max |logit diff|" in printed
@@ -171,6 +173,6 @@ def test_open_nsfw_tower_bridged_into_minilm_space(tmp_path):
     vlm = TowersVLM(image, text, spec="test:open-nsfw-bridge", image_head=nn.Linear(image.dim, text.dim)).eval()
     labels = ["a cat", "a dog", "a car", "a tree", "a person"]
     checked = probe_batch(image.image_transform, 4, seed=1)  # [4, 3, 224, 224]: fewer than the default, for time
-    path = export_classifier(vlm, labels, tmp_path / "nsfw.onnx", check_batch=checked)
+    path = export_classifier(vlm, labels, tmp_path / "nsfw.onnx", check_batch=checked, input="float")
     assert_same_classifier(path, vlm, labels=labels, n=3)
     assert json.loads((tmp_path / "nsfw.onnx.json").read_text())["input"]["shape"] == ["batch", 3, 224, 224]

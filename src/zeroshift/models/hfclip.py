@@ -17,7 +17,7 @@ from torch import nn
 from .. import paths
 from ..errors import SpecError, fetch_failed
 from . import hub
-from .vlm import ImageEncoder, TextEncoder, TextSide, TowersVLM
+from .vlm import ImageEncoder, TextEncoder, TextParts, TextSide, TowersVLM
 
 TEXT_BATCH = 256
 
@@ -33,6 +33,34 @@ class ProcessorTransform:
 
     def __repr__(self) -> str:
         return f"ProcessorTransform({self.image_processor!r})"  # the processor's full configuration
+
+    def recipe(self) -> dict:
+        """The processor's steps as models/transforms.recipe parts: resize (shortest edge or both sides, its
+        resample), centre crop, rescale, normalise. Its own resize runs on tensors, which may differ from
+        Pillow's by a grey level; the export's check against PyTorch measures what that changes."""
+        p = self.image_processor
+        size, crop = dict(getattr(p, "size", None) or {}), dict(getattr(p, "crop_size", None) or {})
+        steps = []
+        if getattr(p, "do_resize", False):
+            names = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+            how = names.get(int(getattr(p, "resample", 3)), "bicubic")
+            if size.get("shortest_edge"):
+                steps.append({"op": "resize", "edge": "short", "size": int(size["shortest_edge"]), "max_size": None,
+                              "interpolation": how})
+            elif size.get("height") and size.get("width"):
+                steps.append({"op": "resize", "edge": "both", "size": [int(size["height"]), int(size["width"])],
+                              "max_size": None, "interpolation": how})
+            else:
+                raise ValueError(f"resize {size}")
+        if getattr(p, "do_center_crop", False):
+            steps.append({"op": "center_crop", "size": [int(crop["height"]), int(crop["width"])]})
+        if getattr(p, "do_pad", False):
+            raise ValueError("padding")
+        norm = getattr(p, "do_normalize", False)
+        return {"steps": steps, "pixels": {
+            "scale": float(p.rescale_factor) if getattr(p, "do_rescale", False) else 1.0,
+            "mean": [float(v) for v in p.image_mean] if norm else [0.0] * 3,
+            "std": [float(v) for v in p.image_std] if norm else [1.0] * 3}}
 
 
 class HFClipImage(ImageEncoder):
@@ -68,6 +96,25 @@ class HFClipText(TextEncoder):
         texts = list(texts)
         with torch.inference_mode():
             return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
+
+    def text_parts(self) -> TextParts:
+        """The text model and projection on ids and mask, and the processor's fast tokenizer."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return super().text_parts()
+        return TextParts(_OnIds(self.text_model, self.projection), backend, self.max_length, "longest",
+                         int(self.tokenizer.pad_token_id or 0), self.spec)
+
+
+class _OnIds(nn.Module):
+    """text_model pooled output -> projection, on ids and mask [N, L]: [N, projection_dim]."""
+
+    def __init__(self, text_model: nn.Module, projection: nn.Module) -> None:
+        super().__init__()
+        self.text_model, self.projection = text_model, projection
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.text_model(input_ids=input_ids, attention_mask=attention_mask).pooler_output)
 
 
 def _source(arg: str) -> tuple[str, str]:

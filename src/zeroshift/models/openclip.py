@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import MissingWeights, SpecError
 from . import hub
-from .vlm import ImageEncoder, ImageTransform, TextEncoder, TextSide, TowersVLM
+from .vlm import ImageEncoder, ImageTransform, TextEncoder, TextParts, TextSide, TowersVLM
 from ..paths import user_path
 
 TEXT_BATCH = 256
@@ -47,6 +47,29 @@ class OpenClipText(TextEncoder):
         texts = list(texts)
         with torch.inference_mode():
             return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
+
+    def text_parts(self) -> TextParts:
+        """encode_text on ids padded to the context length, and CLIP's BPE as a tokenizers Tokenizer."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        from .clip_bpe import from_simple_tokenizer
+
+        if not isinstance(self.tokenizer, SimpleTokenizer):
+            return super().text_parts()
+        return TextParts(_EncodeText(self.model), from_simple_tokenizer(self.tokenizer),
+                         int(self.tokenizer.context_length), "max_length", 0, self.spec)
+
+
+class _EncodeText(nn.Module):
+    """open_clip's encode_text on ids [N, context] and their mask (padding ids are 0 already; the mask is
+    applied so that the graph keeps the input other runtimes feed)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(input_ids * attention_mask)  # [N, embed_dim]
 
 
 def resolve(arg: str) -> tuple[str, str | None, str]:

@@ -10,7 +10,7 @@ from torch import nn
 from .. import paths
 from ..errors import SpecError, fetch_failed
 from . import hub
-from .vlm import TextEncoder
+from .vlm import TextEncoder, TextParts
 
 TEXT_BATCH = 256
 
@@ -34,6 +34,26 @@ class STTextEncoder(TextEncoder):
         texts = list(texts)
         with torch.inference_mode():
             return torch.cat([self(texts[i:i + TEXT_BATCH]).float() for i in range(0, max(len(texts), 1), TEXT_BATCH)])
+
+    def text_parts(self) -> TextParts:
+        """The model's modules (transformer, pooling, normalisation) on token ids, and its fast tokenizer."""
+        tokenizer = getattr(self.model, "tokenizer", None)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return super().text_parts()
+        return TextParts(_OnIds(self.model), backend, int(self.model.max_seq_length), "longest",
+                         int(tokenizer.pad_token_id or 0), self.spec)
+
+
+class _OnIds(nn.Module):
+    """A SentenceTransformer on token ids and mask [N, L] -> sentence_embedding [N, dim]."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model({"input_ids": input_ids, "attention_mask": attention_mask})["sentence_embedding"]
 
 
 def load(source: str, spec: str) -> STTextEncoder:

@@ -120,3 +120,99 @@ def split_batchable(transform: Callable) -> tuple[Callable, Callable | None]:
     if k == len(steps) or k == 0 or not isinstance(steps[k - 1], T.PILToTensor):
         return transform, None
     return T.Compose(steps[:k]), T.Compose(steps[k:])
+
+
+# ---------------------------------------------------------------- transforms as data (export's pixels-in graphs)
+RECIPE_VERSION = 1
+_RGB_STEPS = ("MaybeConvertMode", "_convert_to_rgb", "PILToTensor", "ToImage", "MaybePILToTensor")
+_UNIT_STEPS = ("ToTensor", "MaybeToTensor")  # PIL -> float in [0, 1]
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def _interpolation(mode) -> str:
+    name = str(getattr(mode, "value", mode)).lower()
+    if name == "nearest-exact":
+        name = "nearest"
+    if name not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation {mode!r}")
+    return name
+
+
+def _hw(size) -> list[int]:
+    size = [int(s) for s in (size if isinstance(size, (list, tuple)) else [size])]
+    return size * 2 if len(size) == 1 else size
+
+
+def _step(step, steps: list[dict], pixels: dict) -> None:
+    """Append what one transform step does to `steps` (geometry) or `pixels` (scale, mean, std)."""
+    name = getattr(step, "__name__", None) or type(step).__name__  # a function's name, else its class's
+    if type(step).__name__ == "Compose":  # torchvision's v1 or v2
+        for inner in step.transforms:
+            _step(inner, steps, pixels)
+    elif callable(getattr(step, "recipe", None)):  # a backend's transform that describes itself
+        own = step.recipe()
+        steps.extend(own["steps"])
+        pixels.update(own["pixels"])
+    elif type(step).__name__ == "Resize" and hasattr(step, "size"):
+        size = step.size if isinstance(step.size, (list, tuple)) else [step.size]
+        if len(size) == 1:
+            steps.append({"op": "resize", "edge": "short", "size": int(size[0]),
+                          "max_size": step.max_size, "interpolation": _interpolation(step.interpolation)})
+        else:
+            steps.append({"op": "resize", "edge": "both", "size": _hw(size), "max_size": None,
+                          "interpolation": _interpolation(step.interpolation)})
+    elif type(step).__name__ == "CenterCrop":
+        steps.append({"op": "center_crop", "size": _hw(step.size)})
+    elif name in _RGB_STEPS:
+        if name in ("PILToTensor", "ToImage", "MaybePILToTensor") and pixels["scale"] is None:
+            pixels["scale"] = 1.0  # uint8 values as they are, unless a later ToDtype scales them
+    elif name in _UNIT_STEPS or type(step).__name__ == "ConvertImageDtype":
+        pixels["scale"] = 1.0 / 255.0
+    elif type(step).__name__ == "ToDtype":
+        pixels["scale"] = 1.0 / 255.0 if step.scale else 1.0
+    elif type(step).__name__ == "Normalize":
+        for key in ("mean", "std"):
+            value = getattr(step, key)
+            pixels[key] = [float(v) for v in (value.flatten().tolist() if torch.is_tensor(value) else value)]
+    else:
+        raise ValueError(f"step {step!r}")
+
+
+def recipe(transform: Callable) -> dict:
+    """What `transform` (RGB PIL -> [3, H, W]) does, as data a runtime without PyTorch can follow:
+    `decode` is how images are decoded (data/images.decode_image, to a shorter side of `max_side`, as
+    predict and embed do); `steps` (resize, center_crop: Pillow operations, in order) bring one to `size`
+    [H, W] as uint8,
+    and `pixels` says how a graph makes its float input of those: (x * scale - mean) / std per channel.
+    ZeroshiftError when a step cannot be described (a backend's own function, an unknown class)."""
+    from ..errors import ZeroshiftError
+
+    steps: list[dict] = []
+    pixels: dict = {"scale": None, "mean": [0.0] * 3, "std": [1.0] * 3}
+    try:
+        _step(transform, steps, pixels)
+    except ValueError as e:
+        raise ZeroshiftError(f"the image transform {transform!r} cannot be written as a preprocessing recipe "
+                             f"(its {e} has no Pillow equivalent); export with --input float") from None
+    if pixels["scale"] is None:
+        raise ZeroshiftError(f"the image transform {transform!r} never turns the image into a tensor; "
+                             "export with --input float")
+    size = None
+    for s in steps:
+        if s["op"] == "center_crop" or s["edge"] == "both":
+            size = list(s["size"])
+        else:
+            size = None  # a short-side resize after the last crop leaves the size to the image's shape
+    if size is None:
+        raise ZeroshiftError(f"the image transform {transform!r} gives no fixed image size (no crop after its "
+                             "resize); export with --input float")
+    probe = probe_images(1, size=(64, 48))[0]
+    out = transform(probe)
+    if tuple(out.shape) != (3, *size):
+        raise ZeroshiftError(f"the image transform {transform!r} gives {tuple(out.shape)}, not the [3, {size[0]}, "
+                             f"{size[1]}] its steps describe; export with --input float")
+    for key in ("mean", "std"):
+        if len(pixels[key]) == 1:
+            pixels[key] = pixels[key] * 3
+    decode = {"max_side": 2 * max(size), "orientation": "exif", "transparency": "on white"}  # as decode_side
+    return {"version": RECIPE_VERSION, "decode": decode, "steps": steps, "size": size, "pixels": pixels}

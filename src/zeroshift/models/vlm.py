@@ -6,8 +6,9 @@ normalised); consumers normalise where the method says so.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -52,6 +53,32 @@ class ModuleEncoder(ImageEncoder):
         return self.model(images)  # [N, dim]
 
 
+@dataclass(frozen=True)
+class TextParts:
+    """What an exporter needs of a text tower: `module` maps token ids and their mask (int64 [N, L] each)
+    to the tower's features [N, dim], and `tokenizer` (a `tokenizers.Tokenizer`, what a tokenizer.json
+    holds) makes those ids from texts, truncated to `max_length` tokens (special ones included) and
+    padded with `pad_id` to the longest text of a batch (`padding` 'longest') or to max_length."""
+
+    module: nn.Module
+    tokenizer: Any
+    max_length: int
+    padding: str
+    pad_id: int
+    spec: str
+
+
+class HeadedText(nn.Module):
+    """A text module (ids, mask) -> features followed by a head: what a TowersVLM's text side computes."""
+
+    def __init__(self, inner: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.head = inner, head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.inner(input_ids, attention_mask).float())  # [N, dim]
+
+
 class TextEncoder(nn.Module):
     """texts -> features [M, dim]."""
 
@@ -65,6 +92,12 @@ class TextEncoder(nn.Module):
         """Inference: features [M, dim] as float32, no gradients."""
         with torch.inference_mode():
             return self(list(texts)).float()
+
+    def text_parts(self) -> TextParts:
+        """The module on token ids and the tokenizer an exporter writes (see TextParts); ZeroshiftError for a
+        tower that tokenises its own way."""
+        raise ZeroshiftError(f"the text tower {self.spec} ({type(self).__name__}) cannot be exported: it turns texts "
+                             "into features in its own Python code, which no tokenizer.json and graph can describe")
 
 
 class VLM(nn.Module):
@@ -99,6 +132,10 @@ class VLM(nn.Module):
         except ZeroshiftError:
             return {"image": {"parameters": None}, "text": {"parameters": None}}
         return {"image": {"parameters": sum(image.values())}, "text": {"parameters": _rest(weights(self), image)}}
+
+    def text_parts(self) -> TextParts:
+        """The text side into the joint space as TextParts: what an exporter of both towers needs."""
+        raise ZeroshiftError(f"{self.spec} has no separate text tower to export")
 
 
 class TowersVLM(VLM):
@@ -149,6 +186,14 @@ class TowersVLM(VLM):
         return {"image": {"parameters": sum(image.values())}, "text": {"parameters": _rest(text, image)}}
 
 
+    def text_parts(self) -> TextParts:
+        """The text encoder's parts with the text head after them."""
+        parts = self.text.text_parts()
+        if isinstance(self.text_head, nn.Identity):
+            return parts
+        return replace(parts, module=HeadedText(parts.module, self.text_head))
+
+
 class TextSide(TextEncoder):
     """A VLM's text side alone: its text tower and the head after it, computing exactly what that VLM's
     encode_text computes. A bridged or distilled VLM holds its teacher's TextSide, never the teacher's
@@ -166,6 +211,11 @@ class TextSide(TextEncoder):
         """The same operations as TowersVLM.encode_text, so embeddings are bit-identical to the VLM's."""
         with torch.inference_mode():
             return self.head(self.text.encode_text(texts)).float()  # [M, dim]
+
+    def text_parts(self) -> TextParts:
+        """The text tower's parts with the head after them, as TowersVLM gives them."""
+        parts = self.text.text_parts()
+        return parts if isinstance(self.head, nn.Identity) else replace(parts, module=HeadedText(parts.module, self.head))
 
 
 def weights(*modules: nn.Module) -> dict[object, int]:
@@ -197,3 +247,6 @@ class VLMTextTower(TextEncoder):
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         return self.vlm.encode_text(texts)  # [M, dim]
+
+    def text_parts(self) -> TextParts:
+        return self.vlm.text_parts()
