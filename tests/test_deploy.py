@@ -140,9 +140,9 @@ def test_a_transform_without_a_recipe_is_one_line_and_float_still_works(tmp_path
 def test_a_spec_that_is_not_a_vlm_is_one_line(tmp_path, capsys):
     with pytest.raises(ZeroshiftError) as e:
         export("student-cnn:width=8,size=32", LABELS, tmp_path / "x.onnx")
-    assert "is an image encoder, not a VLM" in one_line(e)
+    assert "is an image encoder; export needs a VLM" in one_line(e)
     assert main(["export", "--model", "student-cnn:width=8,size=32", "--labels", "a,b", "--out", str(tmp_path / "x.onnx")]) == 2
-    assert "not a VLM" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
+    assert "export needs a VLM" in capsys.readouterr().err and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("where", ["missing", "file", "folder"])

@@ -13,7 +13,7 @@ from PIL import Image
 from test_models_hub import tiny_hf_clip  # noqa: F401 - a fixture
 from torch import nn
 
-import zeroshift.predict
+import zeroshift.ranking
 from zeroshift import load, runfolder
 from zeroshift.cli.main import main
 from zeroshift.errors import ZeroshiftError
@@ -114,7 +114,7 @@ def test_every_vlm_kind_exports_both_towers(tmp_path, kind, runs, st, tiny_openc
         assert image["teacher"].startswith(runs["aligned"]) and text["text_model"].startswith(st)  # the teacher's text
     paths = colour_images(tmp_path / "images")
     labels = ["a red thing", "a green thing", "a blue thing", "a small dog"]  # chosen now, not at export
-    same_ranking(predict(out, paths, labels), zeroshift.predict.predict(vlm, paths, labels, runtime="torch"))
+    same_ranking(predict(out, paths, labels), zeroshift.ranking.predict(vlm, paths, labels, runtime="torch"))
 
 
 def test_openclip_tokenizer_json_gives_open_clips_ids(tiny_openclip):
@@ -153,7 +153,7 @@ def test_cli_towers_and_the_runner_with_default_and_chosen_labels(tmp_path, runs
     assert str(out / "image.onnx") in printed and str(out / "text.onnx") in printed
     paths = colour_images(tmp_path / "images")
     vlm = load(runs["aligned"])
-    want = zeroshift.predict.predict(vlm, paths, LABELS, templates="cifar10")
+    want = zeroshift.ranking.predict(vlm, paths, LABELS, templates="cifar10")
     assert run_main([str(out), *paths, "--json"]) == 0  # the folder, its default labels and templates
     same_ranking(json.loads(capsys.readouterr().out)["results"], want)
     assert run_main([str(out / "image.onnx"), paths[0], "--labels", "a dog,a cat", "--json"]) == 0
@@ -201,4 +201,4 @@ def test_a_bridge_holding_an_st_text_tower_in_the_teachers_space(tmp_path, st):
     out = export(vlm, LABELS, tmp_path / "towers", towers=True)
     assert json.loads((out / "text.onnx.json").read_text())["output"]["shape"] == ["batch", 8]
     paths = colour_images(tmp_path / "images")
-    same_ranking(predict(out, paths), zeroshift.predict.predict(vlm, paths, LABELS, runtime="torch"))
+    same_ranking(predict(out, paths), zeroshift.ranking.predict(vlm, paths, LABELS, runtime="torch"))

@@ -48,7 +48,8 @@ def export(model, labels: Sequence[str] | None, out: str | os.PathLike, format: 
     path = user_path(out)
     if path.is_dir() and not towers:
         raise ZeroshiftError(f"out {path} is a folder; give a file name such as {path / 'classifier.onnx'}")
-    if path.exists() and not overwrite and not (towers and path.is_dir() and not any(path.iterdir())):
+    taken = path.is_dir() and any(path.iterdir()) if towers else path.exists()  # a file for --towers: check_out says
+    if taken and not overwrite:
         raise ZeroshiftError(f"out {path} already exists; pass overwrite (--overwrite) to replace it, "
                              "or choose another out")
     spec = model

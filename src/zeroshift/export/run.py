@@ -194,7 +194,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def predict(model: str | Path, images: Sequence[str], labels: Sequence[str] | None = None,
             threads: int | None = None, batch_size: int = 32) -> list[dict]:
     """For each image `{"image", "ranking": [{"label", "prob"}, ...]}` best first, or `{"image", "error"}`
-    when it cannot be decoded or its scores are not finite: what zeroshift.predict.predict gives."""
+    when it cannot be decoded or its scores are not finite: what zeroshift.predict gives."""
     if not images:
         raise ZeroshiftError("no images given")
     runner = load(model, threads)
