@@ -22,8 +22,24 @@ class EmbedConfig:
     workers: int | None = field(default=None, metadata={"help": "decoding worker processes (default: automatic)"})
     shard_rows: int | None = field(default=None, metadata={
         "help": "source rows per shard, the unit of resume and of the split across torchrun ranks (default 4096)"})
+    views: int | None = field(default=None, metadata={
+        "help": "cache K seeded augmented views of every image instead of the images (view 0 is the image itself; "
+                "see docs/teaching.md)"})
+    augment: str | None = field(default=None, metadata={
+        "help": "the views' recipe, name=value,...: crop (area range), flip, jitter, bg (random|white), size, seed "
+                "(default: crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,seed=0; none: every view plain)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a cache made by another model or data"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs); the table is still printed"})
+
+    def __post_init__(self) -> None:
+        from zeroshift.data.augment import parse_augment
+        from zeroshift.errors import ZeroshiftError
+
+        if self.views is not None and self.views < 1:
+            raise ZeroshiftError(f"--views must be at least 1; got {self.views}")
+        if self.augment is not None and self.views is None:
+            raise ZeroshiftError("--augment draws views: give --views K with it")
+        parse_augment(self.augment)  # a bad recipe fails before any model or data is opened
 
 
 def configure(parser: argparse.ArgumentParser, name: str) -> None:
@@ -32,11 +48,12 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 def run(cfg: EmbedConfig) -> int:
     from zeroshift import distributed as dist
-    from zeroshift.cache import embed
+    from zeroshift.cache.views import embed_views
 
-    feats = embed(cfg.model, cfg.data, cfg.out, batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows,
-                  runtime=cfg.runtime, workers=cfg.workers, overwrite=cfg.overwrite, progress=not cfg.quiet,
-                  device=None if cfg.device == "auto" else cfg.device)
+    feats = embed_views(cfg.model, cfg.data, cfg.out, views=cfg.views or 1, augment=cfg.augment,
+                        batch_size=cfg.batch_size, dtype=cfg.dtype, shard_rows=cfg.shard_rows, runtime=cfg.runtime,
+                        workers=cfg.workers, overwrite=cfg.overwrite, progress=not cfg.quiet,
+                        device=None if cfg.device == "auto" else cfg.device)
     if dist.rank() == 0:
         used = {"runtime": (feats.summary or {}).get("runtime", cfg.runtime),  # what ran, not 'auto'
                 "shard_rows": feats.manifest["shard_rows"], "runtime_requested": cfg.runtime}

@@ -156,18 +156,20 @@ def _shrink(im: Image.Image, max_side: int) -> Image.Image:
     return im.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)  # RGBA is resampled premultiplied
 
 
-def decode_image(src: ImageSource, max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(src: ImageSource, max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 alpha: bool = False) -> Image.Image:
     """Decode a file path or encoded bytes to an RGB image; raises BadImage, never anything else.
 
     `max_side` bounds the shorter side of the result (the size a resize-then-crop transform needs);
     JPEGs are decoded directly at a reduced DCT scale. Non-JPEG images above `max_pixels` pixels are
     refused before their pixels are read (they cannot be decoded at a reduced size). EXIF
-    orientation is applied.
+    orientation is applied. With `alpha`, an image with transparency comes back RGBA instead of
+    composited on white (augmented views put cut-outs on varied backgrounds, data/augment.py).
     """
     try:
         with _reader(src) as fp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb, corrupt-EXIF and palette warnings: bounded here, not spam
-            return _decode(_open(fp), max_side, max_pixels)
+            return _decode(_open(fp), max_side, max_pixels, alpha)
     except BadImage as e:
         raise type(e)(f"{_describe(src)}: {e}") from None
     except Image.DecompressionBombError as e:
@@ -181,7 +183,7 @@ def decode_image(src: ImageSource, max_side: int | None = None, max_pixels: int 
         raise BadImage(f"{_describe(src)}: {type(e).__name__}: {e}") from e
 
 
-def _decode(im: Image.Image, max_side: int | None, max_pixels: int) -> Image.Image:
+def _decode(im: Image.Image, max_side: int | None, max_pixels: int, alpha: bool = False) -> Image.Image:
     w, h = im.size
     if w <= 0 or h <= 0:
         raise BadImage(f"invalid size {w}x{h}")
@@ -202,7 +204,8 @@ def _decode(im: Image.Image, max_side: int | None, max_pixels: int) -> Image.Ima
     orientation = im.getexif().get(_ORIENTATION, 1)
     if max_side is not None:
         im = _shrink(im, max_side)  # before compositing: less memory for huge RGBA images
-    im = to_rgb(im)
+    transparent = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    im = im.convert("RGBA") if alpha and transparent and not im.mode.startswith("I") else to_rgb(im)
     if orientation in _TRANSPOSE:
         im = im.transpose(_TRANSPOSE[orientation])
     return im
