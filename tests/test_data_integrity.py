@@ -138,8 +138,8 @@ def test_embed_and_predict_decode_reduced_and_agree(home, big_jpeg, tmp_path, mo
     sizes = []
     real = images_module._decode
 
-    def spy(im, max_side, max_pixels):
-        out = real(im, max_side, max_pixels)
+    def spy(im, max_side, max_pixels, *rest):
+        out = real(im, max_side, max_pixels, *rest)
         sizes.append((max_side, out.size))
         return out
 
@@ -183,7 +183,7 @@ def test_serve_decodes_uploads_like_predict(home, big_jpeg, monkeypatch):
 
     sides = []
     real = images_module._decode
-    monkeypatch.setattr(images_module, "_decode", lambda im, s, p: sides.append(s) or real(im, s, p))
+    monkeypatch.setattr(images_module, "_decode", lambda im, s, p, *r: sides.append(s) or real(im, s, p, *r))
     vlm = specs.load("tiny-clip:seed=0,size=32")
     app = create_app(ServeConfig(models=("tiny",), runtime="torch"), models={"tiny": vlm})
     with TestClient(app) as client:
