@@ -152,6 +152,8 @@ def test_cli_exports_a_run_end_to_end(tmp_path, run_scheme, capsys):
     info = json.loads((tmp_path / "red-green-blue.onnx.json").read_text())
     assert info["model"] == vlm.spec and info["model"].startswith(f"run:{tmp_path / 'run'}@")
     assert info["labels"] == ["red", "green", "blue"]
+    card = (tmp_path / "red-green-blue.onnx.README.md").read_text()  # the run's card ships beside the graph
+    assert card == (tmp_path / "run" / "README.md").read_text() and card.startswith("---\nlibrary_name: zeroshift")
     images = torch.stack([vlm.image_transform(Image.open(p).convert("RGB")) for p in colour_images(tmp_path)])
     want = classify(vlm.encode_image(images), zeroshot_weights(vlm, info["labels"], info["prompts"]))  # [3, 3]
     assert np.array_equal(run_file(out, images).argmax(-1), want.argmax(-1).numpy())

@@ -61,12 +61,26 @@ def export(model, labels: Sequence[str] | None, out: str | os.PathLike, format: 
     if towers:
         from .towers import export_towers
 
-        return export_towers(model, out, labels=labels, templates=templates, check=check, input=input,
-                             int8=int8, keep_float=keep_float)
+        written = export_towers(model, out, labels=labels, templates=templates, check=check, input=input,
+                                int8=int8, keep_float=keep_float)
+        _copy_card(model, written / "README.md")
+        return written
     from .onnx import export_classifier
 
-    return export_classifier(model, labels, out, templates=templates, check=check, input=input, int8=int8,
-                             keep_float=keep_float)
+    written = export_classifier(model, labels, out, templates=templates, check=check, input=input, int8=int8,
+                                keep_float=keep_float)
+    _copy_card(model, written.with_name(written.name + ".README.md"))
+    return written
+
+
+def _copy_card(model, to: Path) -> None:
+    """A run's model card (with its hub front matter) beside the exported graph, so it ships with it."""
+    folder = getattr(model, "run_folder", None)
+    card = None if folder is None else Path(folder) / "README.md"
+    if card is not None and card.is_file():
+        from ..io import write_bytes
+
+        write_bytes(to, card.read_bytes())
 
 
 __all__ = ["FORMATS", "export"]
