@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import onnx
 
 PREFIX = "preprocess/"
+INPUT, LOGITS, EMBEDDINGS = "images", "logits", "embeddings"  # the names exported graphs use
 
 
 def pixels_in(model: "onnx.ModelProto", recipe: dict, name: str) -> "onnx.ModelProto":

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
     from .quantize import Int8
 
-INPUT, OUTPUT = "images", "logits"
+INPUT, OUTPUT = graphs.INPUT, graphs.LOGITS
 INPUTS = ("pixels", "float")
 LOGIT_TOLERANCE = 1e-2  # max |logit difference| allowed (logits are 100 * cosine)
 EXPORT_BATCH, CHECK_BATCH = 2, 8  # different sizes, so the check also exercises the dynamic batch axis

@@ -230,7 +230,7 @@ def verdict(spec: str, what: str, agree: float, n: int, images: Images, int8: In
     return {"images": n, "top1_agreement": agree, "min_agreement": int8.min_agreement}
 
 
-def _images(vlm, recipe: dict | None, pixels: bool, int8: Int8) -> Images:
+def calibration_inputs(vlm, recipe: dict | None, pixels: bool, int8: Int8) -> Images:
     """Calibration and check inputs for a graph of `vlm` taking pixels (or, not `pixels`, transformed floats)."""
     from ..models.transforms import decode_side
     from . import preprocess
@@ -249,9 +249,8 @@ def classifier_int8(vlm, float_file: Path, work: Path, recipe: dict | None, pixe
     """The int8 graph of an exported classifier (bytes) and its sidecar record; Refused below the threshold."""
     import onnx
 
-    from .onnx import INPUT, OUTPUT
-
-    images = _images(vlm, recipe, pixels, int8)
+    INPUT, OUTPUT = graphs.INPUT, graphs.LOGITS
+    images = calibration_inputs(vlm, recipe, pixels, int8)
     method = choose(onnx.load(str(float_file)), int8.method)
     out = work / "int8.onnx"
     done = quantize(float_file, out, method, INPUT, images.calibration)
@@ -283,16 +282,16 @@ def towers_int8(vlm, files: dict[str, Path], work: Path, recipe: dict | None, pi
     ones, refused below the threshold; each graph alone is recorded too."""
     import onnx
 
-    from .onnx import INPUT
     from .run import class_weights, session
 
-    images = _images(vlm, recipe, pixels, int8)
+    INPUT = graphs.INPUT
+    images = calibration_inputs(vlm, recipe, pixels, int8)
     names = _labels(labels, images)
     quantized = {"image": work / "image.int8.onnx", "text": work / "text.int8.onnx"}
     done = {"image": quantize(files["image"], quantized["image"], choose(onnx.load(str(files["image"])), int8.method),
                               INPUT, images.calibration),
             "text": quantize(files["text"], quantized["text"], "dynamic", "input_ids", None)}
-    z = {k: run(path, {INPUT: images.check}, "embeddings") for k, path in (("float", files["image"]),
+    z = {k: run(path, {INPUT: images.check}, graphs.EMBEDDINGS) for k, path in (("float", files["image"]),
                                                                             ("int8", quantized["image"]))}
     w = {k: class_weights(session(path), tokenizer, names, prompts) for k, path in (("float", files["text"]),
                                                                                      ("int8", quantized["text"]))}

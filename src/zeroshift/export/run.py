@@ -34,9 +34,15 @@ def parse_labels(text: str) -> list[str]:
     if text.endswith(".txt") and Path(text).is_file():
         text = Path(text).read_text(encoding="utf-8")
     sep = "\n" if "\n" in text else ","
-    labels = [s.strip() for s in text.split(sep) if s.strip()]
-    if not labels:
-        raise ZeroshiftError("--labels names no label: give them comma-separated, or a .txt file, one per line")
+    return check_labels([s.strip() for s in text.split(sep) if s.strip()])
+
+
+def check_labels(labels: Sequence[str]) -> list[str]:
+    """The labels, stripped; one-line ZeroshiftError for none, a blank one or a repeated one."""
+    labels = [str(label).strip() for label in labels]
+    if not labels or not all(labels):
+        raise ZeroshiftError("--labels names no label, or a blank one: give them comma-separated, or a .txt file, "
+                             "one per line")
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):
         if label.casefold() in seen:
@@ -198,7 +204,7 @@ def predict(model: str | Path, images: Sequence[str], labels: Sequence[str] | No
     if not images:
         raise ZeroshiftError("no images given")
     runner = load(model, threads)
-    names = runner.check_labels(labels)
+    names = runner.check_labels(check_labels(labels) if labels is not None else None)
     rule = runner.info.get("preprocess")
     if not rule:
         raise ZeroshiftError(f"{runner.path.name}'s sidecar has no preprocessing recipe (its image transform "

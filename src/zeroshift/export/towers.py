@@ -30,6 +30,7 @@ from ..io import clean_temp, write_text
 from ..models.onnx_export import OPSET, to_onnx
 from ..models.transforms import recipe as transform_recipe
 from ..models.vlm import VLM, TextParts
+from . import graph as graphs
 from . import onnx as exporter
 from . import run as runner
 
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .quantize import Int8
 
 IMAGE, TEXT, TOKENIZER = "image.onnx", "text.onnx", "tokenizer.json"
-OUTPUT = "embeddings"
+OUTPUT = graphs.EMBEDDINGS
 TEXT_INPUTS = ("input_ids", "attention_mask")
 EMBED_TOLERANCE = 1e-4  # max |difference| of a unit embedding's entries (logits, 100 * cosine, to ~1e-2)
 CHECK_TEXTS = ("a photo of a cat.", "A DOG, running fast!", "", "naïve café, l'été; 42 😀",
@@ -96,7 +97,8 @@ def _compare(what: str, spec: str, want: torch.Tensor, got: np.ndarray) -> dict:
     if not diff <= EMBED_TOLERANCE:  # `not <=` also catches NaN
         raise ZeroshiftError(f"the ONNX {what} tower of {spec} disagrees with PyTorch on {len(want)} check "
                              f"{'images' if what == 'image' else 'texts'} (max |embedding difference| {diff:.3g}); "
-                             "nothing was written")
+                             "nothing was written" + (" (--input float starts after the model's own preprocessing)"
+                                                      if what == "image" else ""))
     return {"count": len(want), "max_abs_diff": diff}
 
 
