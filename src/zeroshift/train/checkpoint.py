@@ -138,6 +138,18 @@ class Checkpoints:
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
             raise self._refused(f"has an unusable RNG state ({type(e).__name__})") from None
 
+    def restore_part(self, state: dict, name: str, target: Any) -> None:
+        """Load the optional part `name` of a checkpoint from `load` into `target` (load_state_dict);
+        refused in one line when the part is missing or does not fit."""
+        part = state.get(name)
+        if not isinstance(part, dict):
+            raise self._refused(f"has no {name} state", CacheMismatch)
+        try:
+            target.load_state_dict(part)
+        except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise self._refused(f"does not fit this run's {name} ({cause})", CacheMismatch) from None
+
     def save(self, state: dict[str, Any]) -> Path:
         """Write `state` (plus identity, format and the digest over them) as the new last checkpoint,
         atomically."""

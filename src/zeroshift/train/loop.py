@@ -25,6 +25,7 @@ from .. import distributed as dist
 from ..choices import PRECISIONS
 from ..errors import CacheMismatch, ZeroshiftError
 from .checkpoint import Checkpoints, rng_state
+from .keep import Keeper
 
 OPTIMIZERS = ("adamw", "sgd")
 METRICS_FILE = "metrics.jsonl"
@@ -59,6 +60,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics lines (the first and last step are always logged)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto (bf16 on a GPU that has it, else fp32)
     device: str = "auto"  # auto (this rank's GPU, else the CPU) | cpu | cuda | cuda:N
+    ema: float = 0.0  # decay of an EMA of the trained weights, scored and kept (0: off); see keep.py
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -69,6 +71,8 @@ class TrainConfig:
             raise ZeroshiftError(f"unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if not 0 <= self.warmup < 1 or self.weight_decay < 0 or self.grad_clip < 0:
             raise ZeroshiftError("warmup must be a fraction in [0, 1); weight decay and grad clip at least 0")
+        if not 0 <= self.ema < 1:
+            raise ZeroshiftError(f"the EMA decay must be in [0, 1); got {self.ema:g}")
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -167,6 +171,7 @@ def train(
     progress: bool = True,
     checkpoints: Checkpoints | None = None,
     evaluate: Callable[[], dict[str, float]] | None = None,
+    keep_best: str | None = None,
 ) -> list[dict]:
     """Train `task` on `batches(epoch)` (an iterable with len(): this rank's batches) for cfg.epochs.
 
@@ -177,7 +182,10 @@ def train(
     resumes from it, giving the same weights as an uninterrupted run, and says so on stderr ("resumed
     from step N of M (OUT.ckpt)"). Batches must depend on the
     epoch (and seed) only. A non-finite loss stops training with a ZeroshiftError naming the step and
-    the batch; the last checkpoint saved before it is kept. Under torchrun the gradients are averaged
+    the batch; the last checkpoint saved before it is kept. With `cfg.ema` the weights are averaged
+    (keep.py) and the average is what `evaluate` scores and the task holds at the end; with `keep_best`
+    (a key of `evaluate`'s dict) the task ends with the weights of the epoch that maximised it, and
+    a last row {kept_epoch, kept_by, kept_score} says which. Under torchrun the gradients are averaged
     over the ranks by DistributedDataParallel; on GPUs BatchNorm layers become SyncBatchNorm (it has no
     CPU kernel, so on CPUs each rank normalises by its own share of the batch).
     """
@@ -210,6 +218,9 @@ def train(
         history = json.loads(saved["history"])
         if dist.rank() == 0:  # said even with the bars off: the run did not start over
             print(f"resumed from step {step} of {total} ({checkpoints.folder})", file=sys.stderr, flush=True)
+    keeper = Keeper(task, cfg.ema, keep_best if evaluate is not None else None)
+    if saved is not None and keeper.active:
+        checkpoints.restore_part(saved, "keeper", keeper)
     log = _Log(run_dir, history)
     model = task
     if dist.is_distributed():
@@ -225,6 +236,7 @@ def train(
         if checkpoints is not None and dist.rank() == 0:
             checkpoints.save({"task": task.state_dict(), "optimizer": optimizer.state_dict(),
                               "schedule": schedule.state_dict(), "scaler": scaler.state_dict(),
+                              **({"keeper": keeper.state_dict()} if keeper.active else {}),
                               "rng": rng_state(), "epoch": epoch, "index": index, "step": step, "total": total,
                               "history": json.dumps(history)})
         dist.barrier()
@@ -256,6 +268,7 @@ def train(
                 schedule.step()
                 if hasattr(task, "after_step"):  # e.g. an EMA teacher following the trained weights
                     task.after_step()
+                keeper.after_step()
                 step += 1
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -270,7 +283,9 @@ def train(
                     save(epoch, index + 1)
             if evaluate is not None:
                 task.train(False)
-                metrics = evaluate() if dist.rank() == 0 else {}
+                with keeper.applied():  # the EMA weights are the ones scored and kept
+                    metrics = evaluate() if dist.rank() == 0 else {}
+                    keeper.epoch_end(epoch, metrics)
                 task.train()
                 if metrics:
                     row = {"step": step, "epoch": epoch, **{f"eval/{k}": float(v) for k, v in metrics.items()}}
@@ -278,6 +293,10 @@ def train(
                     log.write(row)
                     bar.write("epoch " + str(epoch) + ": " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             save(epoch + 1, 0)
+        kept = keeper.finish()
+        if kept is not None:
+            history.append({"step": step, **kept})
+            log.write(history[-1])
     finally:
         bar.close()
         task.train(False)
