@@ -39,7 +39,7 @@ def test_distill_trains_in_each_precision(tmp_path, precision):
     out = tmp_path / precision
     distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=str(out),
                           student="student-vit:dim=32,depth=1,heads=2,patch=8,size=16", epochs=3, batch_size=16,
-                          augment="none", runtime="torch", device="cuda", precision=precision), progress=False)
+                          views=1, holdout=0.0, runtime="torch", device="cuda", precision=precision), progress=False)
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
               if "loss" in json.loads(line)]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses

@@ -30,7 +30,7 @@ def _cfg(tmp_path: Path, **kw) -> DistillConfig:
         _folder(data)
     return DistillConfig(**{"teacher": TEACHER, "student": STUDENT, "data": (f"folder:{data}",),
                             "out": str(tmp_path / "run"), "epochs": 2, "batch_size": 8, "runtime": "torch",
-                            "device": "cpu", "precision": "fp32", **kw})
+                            "device": "cpu", "precision": "fp32", "views": 1, "holdout": 0.0, **kw})
 
 
 # ---------------------------------------------------------------- pieces

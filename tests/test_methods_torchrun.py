@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
                       device="cpu"), progress=False)
     distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=f"{out}/student",
                           student="student-vit:dim=32,depth=1,heads=2,patch=8,size=16", epochs=2, batch_size=8,
-                          augment="none", runtime="torch", device="cpu", precision="fp32"), progress=False)
+                          views=1, holdout=0.0, runtime="torch", device="cpu", precision="fp32"), progress=False)
     torch.distributed.destroy_process_group()
     """
 )
@@ -68,7 +68,7 @@ def test_two_ranks_write_the_run_one_process_writes(tmp_path):
                       runtime="torch", device="cpu"), progress=False)
     distill(DistillConfig(teacher="tiny-clip:seed=0", data=(f"folder:{data}",), out=str(tmp_path / "one" / "student"),
                           student="student-vit:dim=32,depth=1,heads=2,patch=8,size=16", epochs=2, batch_size=8,
-                          augment="none", runtime="torch", device="cpu", precision="fp32"), progress=False)
+                          views=1, holdout=0.0, runtime="torch", device="cpu", precision="fp32"), progress=False)
     a = load_file(str(tmp_path / "dist" / "aligned" / "model.safetensors"))
     b = load_file(str(tmp_path / "one" / "aligned" / "model.safetensors"))
     assert a.keys() == b.keys()

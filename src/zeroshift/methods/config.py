@@ -156,6 +156,7 @@ class TransferConfig(RunConfig):
         return self.unpaired_data is None
 
 
+MAX_VIEWS = 256
 DISTILL_LOSSES = ("l2", "cosine", "kl", "contrastive-text", "contrastive-feature")
 AUGMENT = ("none", "flip", "light")
 
@@ -177,17 +178,37 @@ class DistillConfig(RunConfig):
     temperature: float = field(default=0.07, metadata={"help": "temperature of the contrastive losses"})
     prompts: str | None = field(default=None, metadata={
         "help": "kl's prompt file, one prompt per line (default: the 1000 ImageNet names in 'a photo of a {c}.')"})
-    augment: str = field(default="light", metadata={
-        "help": "student-side augmentation: none, flip, light (flip + random crop)", "choices": list(AUGMENT)})
+    views: int = field(default=4, metadata={
+        "help": "augmented views per image whose teacher embeddings are cached once (a view cache); the "
+                "student learns each view's own target (1: the plain images)"})
+    augment: str = field(default="default", metadata={
+        "help": "view recipe, e.g. crop=0.35-1,flip=0.5,jitter=0.4,bg=random (default), or none"})
+    student_augment: str = field(default="none", metadata={
+        "help": "extra student-side augmentation after the views: none; flip or light (flip + random crop) "
+                "give the student pixels its target was not computed on (inconsistent; for comparison only)",
+        "choices": list(AUGMENT)})
+    holdout: float = field(default=0.1, metadata={
+        "help": "share of the training images (never single views) held out and scored each epoch by top-1 "
+                "agreement with the teacher over the prompt vocabulary; the best epoch is kept (0: the last)"})
+    ema: float = field(default=0.0, metadata={"help": "decay of an EMA of the student's weights, scored and kept "
+                                                      "(0: off; e.g. 0.999 for long schedules)"})
     eval_rows: int = field(default=2000, metadata={"help": "rows of --eval-data scored each epoch (seeded subset)"})
     lr: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        from ..data.augment import parse_augment  # PIL and numpy only: still no torch
+
         if self.eval_rows < 1 or self.batch_size < 2:
             raise ZeroshiftError("--eval-rows must be at least 1, --batch-size at least 2")
         if self.tau <= 0 or self.temperature <= 0:
             raise ZeroshiftError("--tau and --temperature must be above 0")
+        if not 1 <= self.views <= MAX_VIEWS:
+            raise ZeroshiftError(f"--views is the number of views per image, from 1 to {MAX_VIEWS}; got {self.views}")
+        if not 0 <= self.holdout < 1 or not 0 <= self.ema < 1:
+            raise ZeroshiftError(f"--holdout is a share of the images in [0, 1) and --ema a decay in [0, 1); got "
+                                 f"{self.holdout:g} and {self.ema:g}")
+        parse_augment(self.augment)
 
 
 ALIGN_LOSSES = ("infonce", "ls", "kd", "ot")

@@ -23,7 +23,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cache import Features, embed
+from ..data.augment import Augment, parse_augment, views_of
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError
 from ..models.pixels import PixelRows, pixel_pipeline
@@ -40,6 +41,7 @@ from ..train import plot_eval, plot_history, train
 from ..train.batches import Epoch
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .common import Run
+from .holdout import Agreement, split_images
 from .config import AUGMENT, DistillConfig  # noqa: F401  (DistillConfig, AUGMENT: re-exported)
 from .config import DISTILL_LOSSES as LOSSES  # noqa: F401  (re-exported)
 from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss
@@ -123,56 +125,89 @@ def _texts(source: DataSource, rows: np.ndarray) -> list[str]:
     return out
 
 
+@dataclass
+class Prepared:
+    """What build_rows made of the training sources: the fit rows, the held-out images' pixels and teacher
+    embeddings (plain views, [n, 3, H, W] and [n, d]), the unique caption texts (contrastive-text) and a
+    data entry per source for config.json."""
+
+    rows: Rows
+    held_images: torch.Tensor | None
+    held_targets: torch.Tensor | None
+    texts: list[str]
+    entries: list[dict]
+
+
 def build_rows(teacher: VLM, pixel_encoder, sources: list[DataSource], want_texts: bool, runtime: str,
-               progress: bool) -> tuple[Rows, list[str], list[dict]]:
-    """Embed every source with the teacher and cache its student pixels; align the valid rows of both.
-    Returns (rows, unique texts for contrastive-text, a data entry per source for config.json)."""
-    pixels, positions, targets, text_rows, entries = [], [], [], [], []
+               progress: bool, views: int = 1, recipe: Augment | None = None, holdout: float = 0.0,
+               seed: int = 0) -> Prepared:
+    """Embed the `views` views of every source's images with the teacher and cache the student's pixels of
+    the very same views (one view: the images as they are); split each source's images into fit and
+    held out (`holdout`, seeded, by image: every view of a fit image trains, the plain view of a held-out
+    image scores); align the rows valid in both caches."""
+    pixels, positions, targets, text_rows, entries, held_pix, held_tch = [], [], [], [], [], [], []
     for source in sources:
-        tch = embed(teacher, source, runtime=runtime, progress=progress, role="teacher")
+        split = split_images(len(source), holdout, seed, what=repr(source.spec))
+        viewed = views_of(source, views, recipe)
+        tch = embed(teacher, viewed, runtime=runtime, progress=progress, role="teacher")
         if tch.dim != teacher.dim:
             raise CacheMismatch(f"feature cache {tch.path} holds {tch.dim}-d features but the teacher "
                                 f"{teacher.spec} gives {teacher.dim}-d: re-embed with overwrite")
-        pix = embed(pixel_encoder, source, runtime="torch", dtype=pixel_encoder.dtype,
+        pix = embed(pixel_encoder, viewed, runtime="torch", dtype=pixel_encoder.dtype,
                     shard_rows=PIXEL_SHARD_ROWS, progress=progress, role="student pixels")
-        common = np.intersect1d(tch.index, pix.index)  # source rows decoded by both
+        valid = np.intersect1d(tch.index, pix.index)  # view rows decoded by both
+        fit_rows, held_rows = split.view_rows(views)
+        common, held = np.intersect1d(valid, fit_rows), np.intersect1d(valid, held_rows)
         if len(common) < 2:
-            raise DataError(f"{source.spec!r} has {len(common)} usable image(s); distillation needs at least 2")
+            raise DataError(f"{source.spec!r} has {len(common)} usable fit image view(s); distillation needs at least 2")
         targets.append(torch.from_numpy(tch.gather(np.searchsorted(tch.index, common))))  # [n, d]
         pixels.append(pix)
         positions.append(np.searchsorted(pix.index, common))
+        if len(held):
+            held_tch.append(torch.from_numpy(tch.gather(np.searchsorted(tch.index, held))))  # [h, d]
+            held_pix.append(torch.from_numpy(pix.gather(np.searchsorted(pix.index, held), dtype=None)))  # [h, 3HW]
         if want_texts:
-            text_rows.extend(_texts(source, common))
+            text_rows.extend(_texts(viewed, common))
         entries.append({"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source),
-                        "rows_used": len(common)})
+                        "views": views, "images_fit": len(split.fit), "images_held_out": len(split.held),
+                        "rows_used": len(common), "held_out_used": len(held)})
     unique = list(dict.fromkeys(text_rows))
     ids = None
     if want_texts:
         lookup = {t: i for i, t in enumerate(unique)}
         ids = np.array([lookup[t] for t in text_rows], dtype=np.int64)
-    return Rows(pixels, positions, torch.cat(targets), ids, pixel_encoder.shape), unique, entries
+    rows = Rows(pixels, positions, torch.cat(targets), ids, pixel_encoder.shape)
+    if holdout > 0 and not held_pix:
+        raise DataError(f"--holdout {holdout:g} holds out no usable image of {', '.join(e['spec'] for e in entries)}")
+    held_images = None
+    if held_pix:
+        held_images = torch.cat(held_pix).view(-1, *pixel_encoder.shape)  # [h, 3, H, W]
+        held_images = held_images if pixel_encoder.dtype == "uint8" else held_images.float()
+    return Prepared(rows, held_images, torch.cat(held_tch) if held_tch else None, unique, entries)
 
 
 # ---------------------------------------------------------------- held-out scoring
+def embed_images(student: nn.Module, finish: Callable, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """The student's embeddings of cached pixels [n, 3, H, W] -> [n, d] (float, on the CPU)."""
+    device = next(student.parameters()).device
+    with torch.inference_mode():
+        return torch.cat([student(finish(images[i:i + batch_size].to(device))).float().cpu()
+                          for i in range(0, len(images), batch_size)])
+
+
 class HeldOut:
-    """A labelled real set scored each epoch: student zero-shot acc1, top-1 agreement with the
-    teacher's zero-shot prediction, and mean cosine between student and teacher embeddings."""
+    """A labelled real set (--eval-data) scored each epoch: student zero-shot acc1, top-1 agreement with the
+    teacher's zero-shot prediction, and mean cosine between student and teacher embeddings. Reported only:
+    nothing is chosen on it."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor,
                  finish: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        self.images, self.labels, self.teacher, self.weights = images, labels, teacher, weights  # [n, ...], [n], [n, d], [C, d]
-        self.teacher_pred = (F.normalize(teacher, dim=-1) @ weights.T).argmax(-1)  # [n]
-        self.finish = finish
+        self.images, self.labels, self.finish = images, labels, finish  # [n, ...], [n]
+        self.agreement = Agreement(teacher, weights)  # over the data's own classes
 
     def __call__(self, student: nn.Module, batch_size: int = 256) -> dict[str, float]:
-        device = next(student.parameters()).device
-        with torch.inference_mode():
-            emb = torch.cat([student(self.finish(self.images[i:i + batch_size].to(device))).float().cpu()
-                             for i in range(0, len(self.images), batch_size)])  # [n, d]
-        pred = (F.normalize(emb, dim=-1) @ self.weights.T).argmax(-1)  # [n]
-        return {"acc1": (pred == self.labels).float().mean().item(),
-                "agreement": (pred == self.teacher_pred).float().mean().item(),
-                "cosine": F.cosine_similarity(emb, self.teacher, dim=-1).mean().item()}
+        emb = embed_images(student, self.finish, self.images, batch_size)  # [n, d]
+        return {"acc1": (self.agreement.top1(emb) == self.labels).float().mean().item(), **self.agreement(emb)}
 
 
 def held_out(teacher: VLM, pixel_encoder, finish, source: DataSource, rows: int, seed: int, runtime: str,
@@ -211,8 +246,8 @@ def check_image_sizes(source: DataSource, side: int, sample: int = 16) -> int | 
 
 
 # ---------------------------------------------------------------- the command
-def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], progress: bool) -> tuple[nn.Module, dict]:
-    """The loss module and what config.json records of it."""
+def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], prompts: Callable[[], Prompts]) -> tuple[nn.Module, dict]:
+    """The loss module and what config.json records of it (`prompts`: the vocabulary, encoded when asked)."""
     record: dict = {"name": cfg.loss}
     if cfg.loss == "l2":
         record["normalize"] = cfg.normalize
@@ -222,13 +257,12 @@ def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], progress: bool
     if cfg.loss == "contrastive-feature":
         return ContrastiveFeatureLoss(cfg.temperature), {**record, "temperature": cfg.temperature}
     if cfg.loss == "contrastive-text":
-        emb = encode_prompts(teacher, texts, len(texts), progress).embeddings  # [U, d]
+        emb = encode_prompts(teacher, texts, len(texts), not cfg.quiet).embeddings  # [U, d]
         return ContrastiveTextLoss(emb, cfg.temperature), {**record, "temperature": cfg.temperature,
                                                            "texts": len(texts)}
-    words, groups = vocabulary(cfg.prompts)
-    prompts: Prompts = encode_prompts(teacher, words, groups, progress)
-    return KLLoss(prompts.class_weights(), cfg.tau), {**record, "tau": cfg.tau, "prompts": cfg.prompts,
-                                                       "classes": groups}
+    vocab = prompts()
+    return KLLoss(vocab.class_weights(), cfg.tau), {**record, "tau": cfg.tau, "prompts": cfg.prompts,
+                                                     "classes": vocab.groups}
 
 
 def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
@@ -236,9 +270,13 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     folder (config.json, model.safetensors, README.md, metrics.jsonl, loss.png, accuracy.png); returns it
     loaded as a VLM (student image tower + teacher text tower).
 
+    The teacher's embeddings of `cfg.views` augmented views per image and the student's pixels of the same
+    views are cached once, so every epoch costs student passes only and the student always regresses
+    the embedding of the very pixels it sees. A `cfg.holdout` share of the images is held out and scored
+    each epoch by top-1 agreement with the teacher over the prompt vocabulary; the best epoch is kept.
     Checkpoints go to OUT.ckpt beside the run; a rerun of the same command after a kill resumes there.
-    With `cfg.eval_data`, a seeded subset is scored every epoch and the finished run is evaluated as
-    `zeroshift eval --model run:OUT` would, with records in OUT/results.
+    With `cfg.eval_data`, a seeded subset is scored every epoch (reported, never chosen on) and the
+    finished run is evaluated as `zeroshift eval --model run:OUT` would, with records in OUT/results.
     """
     from ..compose import STUDENT_EXAMPLES, build_student
     from ..models.student import param_count
@@ -247,9 +285,12 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     progress = progress and not cfg.quiet
     require(cfg.teacher, "vlm", "teacher", "--teacher")  # by the specs' kinds, before any data or model is opened
     require(cfg.student, "image", "student", "--student", examples=STUDENT_EXAMPLES)
+    recipe = parse_augment(cfg.augment)
     identity = {"teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
     run = Run(cfg, "student", identity, need_labels=True)
     sources = [dataset(spec) for spec in cfg.data]
+    for source in sources:  # a share that holds out nothing or leaves no fit image fails before any model loads
+        split_images(len(source), cfg.holdout, cfg.seed, what=repr(source.spec))
     with run:
         teacher = load(cfg.teacher, runtime=cfg.runtime)
         with torch.random.fork_rng():
@@ -259,34 +300,60 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         side = min(pixel_encoder.shape[1:])
         for source in sources:
             small = check_image_sizes(source, side)
-            if small is not None:
+            if small is not None and cfg.views == 1:
                 warnings.warn(f"{source.spec}: images as small as {small} px are upscaled to the student's {side} px "
                               "input (the teacher upscales them too)", stacklevel=2)
         t0 = time.perf_counter()
-        rows, texts, entries = build_rows(teacher, pixel_encoder, sources, cfg.loss == "contrastive-text",
-                                          cfg.runtime, progress)
-        loss, loss_record = make_loss(cfg, teacher, texts, progress)
+        prep = build_rows(teacher, pixel_encoder, sources, cfg.loss == "contrastive-text", cfg.runtime, progress,
+                          cfg.views, recipe, cfg.holdout, cfg.seed)
+        rows = prep.rows
+        vocab: list[Prompts] = []
+
+        def prompts() -> Prompts:  # the vocabulary, encoded once for the kl loss and the held-out agreement
+            if not vocab:
+                words, groups = vocabulary(cfg.prompts)
+                vocab.append(encode_prompts(teacher, words, groups, progress))
+            return vocab[0]
+
+        loss, loss_record = make_loss(cfg, teacher, prep.texts, prompts)
+        agreement = None if prep.held_images is None else Agreement(prep.held_targets, prompts().class_weights())
         scorer = None if run.eval_source is None else held_out(
             teacher, pixel_encoder, finish, run.eval_source, cfg.eval_rows, cfg.seed, cfg.runtime, progress)
         prepare_seconds = time.perf_counter() - t0
+
+        def evaluate() -> dict[str, float]:
+            out = {}
+            if agreement is not None:
+                scores = agreement(embed_images(student, finish, prep.held_images))
+                out.update({f"holdout_{k}": v for k, v in scores.items()})
+            return {**out, **({} if scorer is None else scorer(student))}
+
         task = DistillTask(student, finish, loss)
-        tcfg = cfg.train_config()
-        checkpoints = run.checkpoints(data=[e["fingerprint"] for e in entries], dims=[teacher.dim, pixel_encoder.dim])
+        tcfg = cfg.train_config(ema=cfg.ema)
+        checkpoints = run.checkpoints(data=[e["fingerprint"] for e in prep.entries],
+                                      dims=[teacher.dim, pixel_encoder.dim])
         t1 = time.perf_counter()
-        batches = rows.batches(cfg.batch_size, cfg.seed, cfg.augment)
+        batches = rows.batches(cfg.batch_size, cfg.seed, cfg.student_augment)
         history = train(task, batches, tcfg, run.path, progress, checkpoints,
-                        None if scorer is None else lambda: scorer(student))
+                        None if agreement is None and scorer is None else evaluate,
+                        keep_best="holdout_agreement" if agreement is not None else None)
         train_seconds = time.perf_counter() - t1
         plot_history(history, run.path / "loss.png", title=f"distill {cfg.loss}: {cfg.student} <- {cfg.teacher}")
-        plot_eval(history, run.path / "accuracy.png", title=f"held out: {cfg.eval_data}")
+        plot_eval(history, run.path / "accuracy.png", title="held out: " + ", ".join(
+            ([f"{cfg.holdout:g} of the fit images (no labels)"] if agreement else []) + (
+                [cfg.eval_data] if cfg.eval_data else [])))
         student = student.cpu().eval()
+        kept = next((r for r in reversed(history) if "kept_by" in r), None)
         config = {
             "teacher": cfg.teacher, "student": cfg.student,
             "dims": {"teacher": teacher.dim, "student": int(student.encoder.dim)},
             "input": list(pixel_encoder.shape), "params": param_count(student),
-            "loss": loss_record, "augment": cfg.augment,
+            "loss": loss_record, "views": {"count": cfg.views, "recipe": recipe.canonical()},
+            "student_augment": cfg.student_augment,
+            "holdout": {"share": cfg.holdout, "images": sum(e["held_out_used"] for e in prep.entries),
+                        "vocabulary": cfg.prompts or "imagenet", "kept": kept},
             "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(batches(0)) * cfg.epochs},
-            "data": entries, "rows": len(rows),
+            "data": prep.entries, "rows": len(rows),
             "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
         }
         state = {f"student.{k}": v for k, v in student.state_dict().items()}
@@ -300,7 +367,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
     o, t = config["options"], config["train"]
     loss = ", ".join(f"{k} {v}" for k, v in config["loss"].items() if k != "name")
     data = "; ".join(f"`{d['spec']}` ({d['rows_used']} images)" for d in config["data"])
-    evals = [r for r in history if any(k.startswith("eval/") for k in r)]
+    evals = [r for r in history if any(k.startswith("eval/") and "holdout" not in k for k in r)]
     lines = [
         f"# zeroshift student: {config['student']} <- {config['teacher']}", "",
         (f"A {config['params'] / 1e6:.2f}M-parameter student image encoder (`{config['student']}`, "
@@ -312,19 +379,36 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         (f"| student | `{config['student']}` + linear head ({config['dims']['student']} -> {config['dims']['teacher']}), "
         f"{config['params']:,} parameters |"),
         f"| loss | {config['loss']['name']}{' (' + loss + ')' if loss else ''} |",
-        f"| training images | {data}; augmentation {config['augment']} |",
+        f"| training images | {data}; {_views(config)} |",
         (f"| training | {t['epochs']} epochs, {t['steps']} steps, AdamW lr {t['lr']:g}, weight decay {t['weight_decay']:g}, "
         f"batch {t['batch_size']}, warm-up {t['warmup']:g} then cosine, precision {t['precision']} |"),
         (f"| time | {config['seconds']['train']} s training, {config['seconds']['prepare']} s caching teacher "
         f"targets and pixels |"),
     ]
+    held = config.get("holdout") or {}
+    if held.get("share"):
+        kept = held.get("kept") or {}
+        chosen = (f"kept epoch {kept['kept_epoch']} (agreement {kept['kept_score']:.3f})"
+                  if kept.get("kept_epoch") is not None else "kept the last epoch")
+        lines.append(f"| model selection | {held['share']:g} of the images held out ({held['images']} images, no labels), "
+                     f"scored each epoch by top-1 agreement with the teacher over the {held['vocabulary']} "
+                     f"vocabulary; {chosen}{', EMA ' + format(t['ema'], 'g') if t.get('ema') else ''} |")
     if config.get("resumed_from_step"):
         lines.append(f"| resumed | from the checkpoint of step {config['resumed_from_step']} |")
     if evals:
         last = evals[-1]
-        shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in last.items() if k.startswith("eval/"))
+        shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in last.items() if k.startswith("eval/") and "holdout" not in k)
         lines.append(f"| held out, last epoch | `{o['eval_data']}` ({o['eval_rows']} rows at most): {shown} |")
     lines += card_tail(o["out"], records, [f"zeroshift export run:{o['out']} --labels 'cat,dog' --out student.onnx"],
                        "`config.json` (every option), `model.safetensors` (student and head), `metrics.jsonl`, "
                        "`loss.png` and `accuracy.png` (held-out scores per epoch).")
     return "\n".join(lines)
+
+
+def _views(config: dict) -> str:
+    """How the student saw the training images, for the card."""
+    views = config.get("views") or {"count": 1}
+    what = ("the images as they are" if views["count"] == 1 else
+            f"{views['count']} cached views per image ({views['recipe']}), each with the teacher's embedding of that view")
+    extra = config.get("student_augment", config.get("augment", "none"))
+    return what + ("" if extra == "none" else f"; student-side augmentation {extra} (inconsistent with the targets)")

@@ -43,16 +43,13 @@ def check_share(share: float, option: str = "--holdout") -> None:
 
 def split_images(n: int, share: float, seed: int, what: str = "the fit data", option: str = "--holdout",
                  min_fit: int = 2) -> Split:
-    """A seeded split of `n` images: round(share * n) held out (none for share 0), the rest fit.
-    One-line DataError when the share leaves no held-out image or fewer than `min_fit` fit images."""
+    """A seeded split of `n` images: round(share * n) held out (at least one; none for share 0), the rest
+    fit. One-line DataError when fewer than `min_fit` fit images are left."""
     check_share(share, option)
-    held_n = int(round(share * n))
-    if share > 0 and held_n == 0:
-        raise DataError(f"{option} {share:g} of {what}'s {n} images holds out none; give a larger share or "
-                        f"more images (at least {int(np.ceil(0.5 / share))}), or {option} 0")
+    held_n = max(1, int(round(share * n))) if share > 0 else 0  # a small folder still holds one image out
     if n - held_n < min_fit:
-        raise DataError(f"{option} {share:g} of {what}'s {n} images leaves {n - held_n} fit image(s); "
-                        f"at least {min_fit} are needed")
+        raise DataError(f"{option} {share:g} of {what}'s {n} usable images leaves {max(0, n - held_n)} fit image(s); "
+                        f"at least {min_fit} are needed (more images, or {option} 0)")
     order = np.random.default_rng([seed, n]).permutation(n)  # [n]
     return Split(fit=np.sort(order[held_n:]), held=np.sort(order[:held_n]))
 

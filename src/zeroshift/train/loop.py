@@ -295,7 +295,7 @@ def train(
             save(epoch + 1, 0)
         kept = keeper.finish()
         if kept is not None:
-            history.append({"step": step, **kept})
+            history.append({"step": step, "epoch": cfg.epochs - 1, **kept})
             log.write(history[-1])
     finally:
         bar.close()
