@@ -98,3 +98,33 @@ def test_other_view_settings_never_mix_into_a_cache(tmp_path):
                    parse_augment(RECIPE.replace("seed", "x") + ",seed=5"), 0.25, 0)
     assert {p.path for p in a.rows.pixels.caches}.isdisjoint({p.path for p in b.rows.pixels.caches})
     assert not torch.allclose(a.rows.targets, b.rows.targets)
+
+
+def test_online_teacher_on_its_cached_pixels_gives_the_cached_targets(tmp_path):
+    from zeroshift.methods.distill import online_teacher
+
+    cfg = _cfg(tmp_path)
+    teacher, source = load(TEACHER, runtime="torch"), dataset(cfg.data[0])
+    pixel_encoder, _ = pixel_pipeline(load(STUDENT, runtime="torch").image_transform)
+    teacher_pixels, teacher_finish = pixel_pipeline(teacher.image_transform)
+    prep = build_rows(teacher, pixel_encoder, [source], False, "torch", False, 3, parse_augment(RECIPE), 0.25, 0,
+                      teacher_pixels)
+    rows = prep.rows
+    first = np.arange(5)
+    online = online_teacher(teacher, teacher_finish)(rows.teacher_pixels(rows.teacher_index[first]))  # [5, d]
+    assert torch.allclose(online, rows.targets[first], atol=1e-4)
+    batch = next(iter(rows.batches(4, 0, "none", mixup=0.4)(0)))
+    assert batch["teacher_pixels"].dtype == torch.uint8 and batch["teacher_pixels"].shape[0] == 4
+    plain = next(iter(rows.batches(4, 0, "none")(0)))
+    assert not torch.equal(batch["pixels"], plain["pixels"])  # mixed with a permutation of the batch
+
+
+def test_distill_with_mixup_trains_on_online_targets(tmp_path):
+    distill(_cfg(tmp_path, views=2, mixup=0.4, epochs=1, holdout=0.0), progress=False)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["mixup"] == 0.4 and config["rows"] == 24
+
+
+def test_mixup_refuses_captions(tmp_path):
+    with pytest.raises(ZeroshiftError, match="--mixup mixes two images"):
+        _cfg(tmp_path, mixup=0.2, loss="contrastive-text")

@@ -95,7 +95,7 @@ def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
     for student in cfg.students:
         dcfg = DistillConfig(teacher=cfg.teacher, student=student, data=(cfg.distill_data,),
                              out=str(out / "students" / paths.slug(student, 200)), epochs=cfg.distill_epochs,
-                             overwrite=True, runtime=cfg.runtime)
+                             views=1, overwrite=True, runtime=cfg.runtime)  # the plain images: views cost teacher passes
         models.append((f"distill {student}", f"{student} (distilled)", lambda dcfg=dcfg: distill(dcfg, progress=progress)))
     if cfg.align_towers:
         if len(cfg.align_towers) != 2:

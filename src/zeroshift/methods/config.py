@@ -190,6 +190,10 @@ class DistillConfig(RunConfig):
     holdout: float = field(default=0.1, metadata={
         "help": "share of the training images (never single views) held out and scored each epoch by top-1 "
                 "agreement with the teacher over the prompt vocabulary; the best epoch is kept (0: the last)"})
+    mixup: float = field(default=0.0, metadata={
+        "help": "mixup alpha: each batch is mixed with itself at a Beta(alpha, alpha) weight and the teacher, run "
+                "online on the mixed pixels, gives the target (function matching); a teacher pass per step, so "
+                "for GPUs (0: off, cached targets only)"})
     ema: float = field(default=0.0, metadata={"help": "decay of an EMA of the student's weights, scored and kept "
                                                       "(0: off; e.g. 0.999 for long schedules)"})
     eval_rows: int = field(default=2000, metadata={"help": "rows of --eval-data scored each epoch (seeded subset)"})
@@ -205,6 +209,11 @@ class DistillConfig(RunConfig):
             raise ZeroshiftError("--tau and --temperature must be above 0")
         if not 1 <= self.views <= MAX_VIEWS:
             raise ZeroshiftError(f"--views is the number of views per image, from 1 to {MAX_VIEWS}; got {self.views}")
+        if not 0 <= self.mixup <= 10:
+            raise ZeroshiftError(f"--mixup is a Beta alpha from 0 (off) to 10; got {self.mixup:g}")
+        if self.mixup > 0 and self.loss == "contrastive-text":
+            raise ZeroshiftError("--mixup mixes two images, whose captions do not mix: use it with l2, cosine, kl "
+                                 "or contrastive-feature")
         if not 0 <= self.holdout < 1 or not 0 <= self.ema < 1:
             raise ZeroshiftError(f"--holdout is a share of the images in [0, 1) and --ema a decay in [0, 1); got "
                                  f"{self.holdout:g} and {self.ema:g}")

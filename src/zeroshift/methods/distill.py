@@ -19,171 +19,63 @@ depend on (seed, epoch, batch) only, which makes a resumed run equal an uninterr
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..cache import Features, embed
-from ..data.augment import Augment, parse_augment, views_of
+from ..cache import embed
+from ..data.augment import parse_augment
 from ..data.base import DataSource
-from ..errors import CacheMismatch, DataError
-from ..models.pixels import PixelRows, pixel_pipeline
+from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import plot_eval, plot_history, train
-from ..train.batches import Epoch
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .common import Run
+from .distill_rows import PIXEL_SHARD_ROWS, Prepared, Rows, augment_batch, build_rows, mix  # noqa: F401  (re-exported)
 from .holdout import Agreement, split_images
 from .config import AUGMENT, DistillConfig  # noqa: F401  (DistillConfig, AUGMENT: re-exported)
 from .config import DISTILL_LOSSES as LOSSES  # noqa: F401  (re-exported)
 from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss
 
-PIXEL_SHARD_ROWS = 1024  # a shard of 64 px images is 12 MB as uint8
 
 class DistillTask(nn.Module):
-    """One step: finish the cached pixels (scale, normalise), run the student, score it by the loss."""
+    """One step: finish the cached pixels (scale, normalise), run the student, score it by the loss. With
+    `online` (mixup), the target is the frozen teacher's embedding of the batch's mixed teacher pixels,
+    computed in the step; the teacher is kept out of the module tree, so nothing of it is trained."""
 
-    def __init__(self, student: nn.Module, finish: Callable[[torch.Tensor], torch.Tensor], loss: nn.Module) -> None:
+    def __init__(self, student: nn.Module, finish: Callable[[torch.Tensor], torch.Tensor], loss: nn.Module,
+                 online: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.student, self.loss = student, loss
         self.finish = finish
+        self._online = (online,)  # a tuple: not registered as a submodule
 
     def step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        if "teacher_pixels" in batch:
+            with torch.no_grad():
+                batch = {**batch, "target": self._online[0](batch["teacher_pixels"]).float()}  # [B, d]
         s = self.student(self.finish(batch["pixels"])).float()  # [B, d]
         return self.loss(s, batch), {}
 
 
-# ---------------------------------------------------------------- data
-class Rows:
-    """Training rows over one or more sources: cached student pixels beside teacher targets [N, d]."""
+def online_teacher(teacher: VLM, finish: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The teacher's image embedding of cached teacher pixels [B, 3, H, W] on whatever device the batch is,
+    the teacher moved there on first use (a PyTorch teacher; an ONNX one runs on the CPU)."""
+    image = getattr(teacher, "image", teacher)
 
-    def __init__(self, pixels: list[Features], positions: list[np.ndarray], targets: torch.Tensor,
-                 texts: np.ndarray | None, shape: tuple[int, ...]) -> None:
-        self.pixels, self.targets, self.texts = PixelRows(pixels, shape), targets, texts
-        starts = self.pixels.bounds[:-1]  # [K] first global row of each cache
-        self.index = np.concatenate([starts[k] + p for k, p in enumerate(positions)])  # [N] global pixel row
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        if isinstance(image, nn.Module) and not getattr(image, "runs_onnx", False):
+            image.to(pixels.device)
+            return teacher.encode_image(finish(pixels))  # [B, d]
+        return teacher.encode_image(finish(pixels.cpu())).to(pixels.device)  # [B, d]
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def images(self, rows: np.ndarray) -> torch.Tensor:
-        """Cached pixels of `rows` as [B, 3, H, W] (uint8 where the cache is)."""
-        return self.pixels(self.index[rows])
-
-    def batches(self, batch_size: int, seed: int, augment: str) -> Callable[[int], Epoch]:
-        """Epochs of batches {pixels [B, 3, H, W], target [B, d], text [B]?}, augmented per (seed, epoch, batch)."""
-
-        def make(rows: np.ndarray, g: torch.Generator) -> dict:
-            batch = {"pixels": augment_batch(self.images(rows), augment, g), "target": self.targets[rows]}
-            if self.texts is not None:
-                batch["text"] = torch.from_numpy(self.texts[rows])
-            return batch
-
-        return lambda epoch: Epoch(len(self), batch_size, seed, epoch, make, min_batch=2)
-
-
-def augment_batch(images: torch.Tensor, mode: str, g: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips ('flip'), plus one random crop of 75-100% of the side per batch at a
-    random place per image, resized back ('light'). [B, 3, H, W] in, same shape and dtype out."""
-    if mode == "none":
-        return images
-    flip = torch.rand(len(images), generator=g) < 0.5  # [B]
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    if mode == "flip":
-        return images
-    h, w = images.shape[-2:]
-    side = int(torch.randint(math.ceil(0.75 * min(h, w)), min(h, w) + 1, (1,), generator=g))
-    ys = torch.randint(0, h - side + 1, (len(images),), generator=g).tolist()
-    xs = torch.randint(0, w - side + 1, (len(images),), generator=g).tolist()
-    crops = torch.stack([im[:, y:y + side, x:x + side] for im, y, x in zip(images, ys, xs)])  # [B, 3, side, side]
-    if side == h == w:
-        return crops
-    resized = F.interpolate(crops.float(), size=(h, w), mode="bilinear", align_corners=False, antialias=False)
-    return resized.round().clamp(0, 255).to(images.dtype) if images.dtype == torch.uint8 else resized
-
-
-def _texts(source: DataSource, rows: np.ndarray) -> list[str]:
-    """The text of each row for contrastive-text: its caption, else 'a photo of a {class}.'."""
-    out = []
-    for r in rows:
-        caption = source.captions[r].strip() if source.captions is not None and source.captions[r] else ""
-        label = int(source.labels[r]) if source.labels is not None else -1
-        if not caption and label >= 0 and source.classes:
-            caption = f"a photo of a {source.classes[label]}."
-        if not caption:
-            raise DataError(f"contrastive-text needs a caption or a class label for every image; row {r} of "
-                            f"{source.spec!r} has neither")
-        out.append(caption)
-    return out
-
-
-@dataclass
-class Prepared:
-    """What build_rows made of the training sources: the fit rows, the held-out images' pixels and teacher
-    embeddings (plain views, [n, 3, H, W] and [n, d]), the unique caption texts (contrastive-text) and a
-    data entry per source for config.json."""
-
-    rows: Rows
-    held_images: torch.Tensor | None
-    held_targets: torch.Tensor | None
-    texts: list[str]
-    entries: list[dict]
-
-
-def build_rows(teacher: VLM, pixel_encoder, sources: list[DataSource], want_texts: bool, runtime: str,
-               progress: bool, views: int = 1, recipe: Augment | None = None, holdout: float = 0.0,
-               seed: int = 0) -> Prepared:
-    """Embed the `views` views of every source's images with the teacher and cache the student's pixels of
-    the very same views (one view: the images as they are); split each source's images into fit and
-    held out (`holdout`, seeded, by image: every view of a fit image trains, the plain view of a held-out
-    image scores); align the rows valid in both caches."""
-    pixels, positions, targets, text_rows, entries, held_pix, held_tch = [], [], [], [], [], [], []
-    for source in sources:
-        split = split_images(len(source), holdout, seed, what=repr(source.spec))
-        viewed = views_of(source, views, recipe)
-        tch = embed(teacher, viewed, runtime=runtime, progress=progress, role="teacher")
-        if tch.dim != teacher.dim:
-            raise CacheMismatch(f"feature cache {tch.path} holds {tch.dim}-d features but the teacher "
-                                f"{teacher.spec} gives {teacher.dim}-d: re-embed with overwrite")
-        pix = embed(pixel_encoder, viewed, runtime="torch", dtype=pixel_encoder.dtype,
-                    shard_rows=PIXEL_SHARD_ROWS, progress=progress, role="student pixels")
-        valid = np.intersect1d(tch.index, pix.index)  # view rows decoded by both
-        fit_rows, held_rows = split.view_rows(views)
-        common, held = np.intersect1d(valid, fit_rows), np.intersect1d(valid, held_rows)
-        if len(common) < 2:
-            raise DataError(f"{source.spec!r} has {len(common)} usable fit image view(s); distillation needs at least 2")
-        targets.append(torch.from_numpy(tch.gather(np.searchsorted(tch.index, common))))  # [n, d]
-        pixels.append(pix)
-        positions.append(np.searchsorted(pix.index, common))
-        if len(held):
-            held_tch.append(torch.from_numpy(tch.gather(np.searchsorted(tch.index, held))))  # [h, d]
-            held_pix.append(torch.from_numpy(pix.gather(np.searchsorted(pix.index, held), dtype=None)))  # [h, 3HW]
-        if want_texts:
-            text_rows.extend(_texts(viewed, common))
-        entries.append({"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source),
-                        "views": views, "images_fit": len(split.fit), "images_held_out": len(split.held),
-                        "rows_used": len(common), "held_out_used": len(held)})
-    unique = list(dict.fromkeys(text_rows))
-    ids = None
-    if want_texts:
-        lookup = {t: i for i, t in enumerate(unique)}
-        ids = np.array([lookup[t] for t in text_rows], dtype=np.int64)
-    rows = Rows(pixels, positions, torch.cat(targets), ids, pixel_encoder.shape)
-    if holdout > 0 and not held_pix:
-        raise DataError(f"--holdout {holdout:g} holds out no usable image of {', '.join(e['spec'] for e in entries)}")
-    held_images = None
-    if held_pix:
-        held_images = torch.cat(held_pix).view(-1, *pixel_encoder.shape)  # [h, 3, H, W]
-        held_images = held_images if pixel_encoder.dtype == "uint8" else held_images.float()
-    return Prepared(rows, held_images, torch.cat(held_tch) if held_tch else None, unique, entries)
+    return encode
 
 
 # ---------------------------------------------------------------- held-out scoring
@@ -304,8 +196,12 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
                 warnings.warn(f"{source.spec}: images as small as {small} px are upscaled to the student's {side} px "
                               "input (the teacher upscales them too)", stacklevel=2)
         t0 = time.perf_counter()
+        online, teacher_pixels = None, None
+        if cfg.mixup > 0:  # the teacher runs in the loop on mixed views: cache its own pixels of each view
+            teacher_pixels, teacher_finish = pixel_pipeline(teacher.image_transform)
+            online = online_teacher(teacher, teacher_finish)
         prep = build_rows(teacher, pixel_encoder, sources, cfg.loss == "contrastive-text", cfg.runtime, progress,
-                          cfg.views, recipe, cfg.holdout, cfg.seed)
+                          cfg.views, recipe, cfg.holdout, cfg.seed, teacher_pixels)
         rows = prep.rows
         vocab: list[Prompts] = []
 
@@ -328,12 +224,12 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
                 out.update({f"holdout_{k}": v for k, v in scores.items()})
             return {**out, **({} if scorer is None else scorer(student))}
 
-        task = DistillTask(student, finish, loss)
+        task = DistillTask(student, finish, loss, online)
         tcfg = cfg.train_config(ema=cfg.ema)
         checkpoints = run.checkpoints(data=[e["fingerprint"] for e in prep.entries],
                                       dims=[teacher.dim, pixel_encoder.dim])
         t1 = time.perf_counter()
-        batches = rows.batches(cfg.batch_size, cfg.seed, cfg.student_augment)
+        batches = rows.batches(cfg.batch_size, cfg.seed, cfg.student_augment, cfg.mixup)
         history = train(task, batches, tcfg, run.path, progress, checkpoints,
                         None if agreement is None and scorer is None else evaluate,
                         keep_best="holdout_agreement" if agreement is not None else None)
@@ -349,7 +245,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             "dims": {"teacher": teacher.dim, "student": int(student.encoder.dim)},
             "input": list(pixel_encoder.shape), "params": param_count(student),
             "loss": loss_record, "views": {"count": cfg.views, "recipe": recipe.canonical()},
-            "student_augment": cfg.student_augment,
+            "student_augment": cfg.student_augment, "mixup": cfg.mixup,
             "holdout": {"share": cfg.holdout, "images": sum(e["held_out_used"] for e in prep.entries),
                         "vocabulary": cfg.prompts or "imagenet", "kept": kept},
             "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(batches(0)) * cfg.epochs},
