@@ -67,6 +67,7 @@ def test_attention_is_counted():
 
 def test_speed_is_measured_quickly_and_leaves_the_model_as_it_was():
     student = build_student("student-cnn:s", 32).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
     threads = torch.get_num_threads()
     start = time.perf_counter()
     cost = image_cost(student, seconds=0.2)
@@ -74,6 +75,7 @@ def test_speed_is_measured_quickly_and_leaves_the_model_as_it_was():
     assert cost["images_per_second"] > 0 and cost["batch"] == 32 and cost["threads"] == threads
     assert student.training and torch.get_num_threads() == threads
     assert all(p.grad is None for p in student.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())  # BatchNorm statistics too
 
 
 def test_a_vlm_is_measured_on_its_image_path():

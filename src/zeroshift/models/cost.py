@@ -112,7 +112,8 @@ def images_per_second(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.
 
 def image_cost(model: Any, measure_speed: bool = True, batch: int = BATCH, seconds: float = SECONDS) -> dict:
     """The cost of one image through `model` (an ImageEncoder, or a VLM's image path); see the module
-    docstring for the fields. The model's train/eval mode and the thread count are left as they were."""
+    docstring for the fields. It runs in eval mode; the model's train/eval modes, weights, statistics and
+    the thread count are left as they were."""
     fn, holders, modules = _path(model)
     one = probe_batch(model.image_transform, 1)  # [1, 3, H, W]
     device = next((p.device for m in holders for p in m.parameters()), torch.device("cpu"))
@@ -120,7 +121,14 @@ def image_cost(model: Any, measure_speed: bool = True, batch: int = BATCH, secon
     macs, used = (None, stored) if any(m is None for m in modules) else count(modules, one.to(device))
     speed = None
     if measure_speed:
-        speed = images_per_second(fn, one.expand(batch, -1, -1, -1).contiguous().to(device), seconds)
+        modes = [(m, m.training) for h in holders for m in h.modules()]
+        try:
+            for h in holders:
+                h.eval()  # a student in training mode would otherwise move its BatchNorm statistics
+            speed = images_per_second(fn, one.expand(batch, -1, -1, -1).contiguous().to(device), seconds)
+        finally:
+            for m, training in modes:
+                m.training = training
     onnx = any(getattr(m, "runs_onnx", False) for h in holders for m in h.modules())
     return {"spec": getattr(model, "spec", type(model).__name__), "input": list(one.shape[1:]),
             "parameters": used, "stored_parameters": stored, "macs": macs,
