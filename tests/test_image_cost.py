@@ -133,6 +133,7 @@ def test_cost_rows_format_the_card_table():
     unmeasured = cost_rows(student, {**teacher, "images_per_second": None, "macs": None})
     assert unmeasured[-1] == "| images per second (batch 32, 2 threads) | 1,500 (torch) | - | - |"
     assert unmeasured[-2] == "| multiply-adds per image | 19.06M | - | - |"
+    assert "(batch 32, 1 thread)" in cost_rows({**student, "threads": 1}, teacher)[-1]
 
 
 @pytest.mark.parametrize("n, shown", [(None, "-"), (999, "999"), (67_520, "67.5K"), (1_477_120, "1.48M"),

@@ -157,12 +157,13 @@ def cost_rows(student: dict, teacher: dict) -> list[str]:
     speed = lambda c: "-" if c.get("images_per_second") is None else \
         f"{c['images_per_second']:,.0f} ({c.get('runtime', 'torch')})"  # noqa: E731
     threads = student.get("threads") or teacher.get("threads")
+    timed = f"batch {student.get('batch', BATCH)}, {threads} thread{'s' * (threads != 1)}"
     rows = [("input (channels x height x width)", shape(student), shape(teacher), ""),
             ("parameters (read per image)", human(student.get("parameters")), human(teacher.get("parameters")),
              _ratio(student.get("parameters"), teacher.get("parameters"))),
             ("multiply-adds per image", human(student.get("macs")), human(teacher.get("macs")),
              _ratio(student.get("macs"), teacher.get("macs"))),
-            (f"images per second (batch {student.get('batch', BATCH)}, {threads} threads)", speed(student),
+            (f"images per second ({timed})", speed(student),
              speed(teacher), _ratio(student.get("images_per_second"), teacher.get("images_per_second")))]
     return ["| | student | teacher image tower | student / teacher |", "|---|---|---|---|",
             *(f"| {' | '.join(row)} |" for row in rows)]
