@@ -171,7 +171,8 @@ class DistillConfig(RunConfig):
         "help": "one or more data specs of training images, e.g. synthetic:classes=fashion-mnist,n=4000 "
                 "(labels are never read; captions only by contrastive-text)"})
     student: str = field(default="student-cnn", metadata={
-        "help": "student image encoder spec: student-cnn[:...], student-vit[:...], timm:NAME@random, ..."})
+        "help": "student image encoder spec: student-cnn[:s|m|l,...], student-vit[:s|m|l,...], timm:NAME@random, "
+                "effnet-lite0 (pretrained init), ..."})
     loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": list(DISTILL_LOSSES)})
     normalize: bool = field(default=True, metadata={"help": "l2 on unit-normalised embeddings"})
     tau: float = field(default=TAU, metadata={"help": "kl: " + TAU_HELP})

@@ -3,9 +3,23 @@
     student-cnn:width=32,size=64,seed=0,depth=2   inverted-residual CNN, pooled [N, 12*width]
     student-vit:dim=128,depth=4,heads=4,mlp=1,patch=8,size=64,seed=0   pre-norm ViT, cls token [N, dim]
 
-Both are randomly initialised from the seed and preprocess like timm models trained at `size`
-(resize to size/0.875, bicubic, centre crop, ImageNet normalisation). Any other trainable image spec
-(`timm:NAME@random`, `effnet-lite0`, ...) can be a student too: `compose.build_student` checks that it is.
+Size presets name a width and depth, and combine with explicit options, which win:
+`student-cnn:l,size=96`. Parameters of the backbone (the head adds (features + 1) x the teacher's
+dim) and multiply-adds per 64 px image (models/cost.py; attention included):
+
+    student-cnn:s   width=20, depth=2                  0.10M    7.8M MACs   240-d
+    student-cnn:m   width=32, depth=2 (the default)    0.25M   18.9M MACs   384-d
+    student-cnn:l   width=64, depth=3                  1.48M    103M MACs   768-d
+    student-vit:s   dim=64, depth=3, heads=2, mlp=2    0.12M    8.8M MACs    64-d
+    student-vit:m   dim=128, depth=4, heads=4 (default) 0.43M   31.5M MACs   128-d
+    student-vit:l   dim=192, depth=6, heads=3          1.39M    98.4M MACs   192-d
+
+A built encoder's spec lists every option explicitly (`student-cnn:l` builds as
+`student-cnn:width=64,size=64,seed=0,depth=3`), so a run that records it reloads identically even if
+the presets change. Both are randomly initialised from the seed and preprocess like timm models trained
+at `size` (resize to size/0.875, bicubic, centre crop, ImageNet normalisation). Any other trainable image
+spec can be a student too (`timm:NAME@random`, `timm:NAME@random?size=96`, a pretrained catalogue encoder
+such as `effnet-lite0`, which then trains all its weights): `compose.build_student` checks that it is.
 """
 from __future__ import annotations
 
@@ -18,17 +32,32 @@ from .vlm import ImageEncoder, ModuleEncoder
 
 CNN_DEFAULTS = {"width": 32, "size": 64, "seed": 0, "depth": 2}
 VIT_DEFAULTS = {"dim": 128, "depth": 4, "heads": 4, "mlp": 1, "patch": 8, "size": 64, "seed": 0}
+# size presets: options over the defaults (see the module docstring for what each costs)
+CNN_PRESETS = {"s": {"width": 20, "depth": 2}, "m": {"width": 32, "depth": 2}, "l": {"width": 64, "depth": 3}}
+VIT_PRESETS = {"s": {"dim": 64, "depth": 3, "heads": 2, "mlp": 2}, "m": {"dim": 128, "depth": 4, "heads": 4, "mlp": 1},
+               "l": {"dim": 192, "depth": 6, "heads": 3, "mlp": 1}}
 EXPAND = 2  # hidden width of an inverted-residual block, as a multiple of its input width
 
 
 HIGH = {"width": 1024, "size": 1024, "depth": 64, "dim": 4096, "heads": 64, "mlp": 16, "patch": 256}
 
 
-def _options(scheme: str, arg: str, defaults: dict[str, int]) -> dict[str, int]:
-    """Parse `key=value,...` integer options over `defaults`; every value but the seed must be positive,
+def _options(scheme: str, arg: str, defaults: dict[str, int], presets: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Parse `[PRESET,]key=value,...` over `defaults`: a preset name (at most one, anywhere in the list)
+    sets its options first, explicit integer options then win. Every value but the seed must be positive,
     and bounded (HIGH) so that a typo cannot ask for gigabytes."""
     opts = dict(defaults)
-    for item in filter(None, (s.strip() for s in arg.split(","))):
+    items = [s.strip() for s in arg.split(",") if s.strip()]
+    named = [item for item in items if "=" not in item]
+    for item in named:
+        if item not in presets or len(named) > 1:
+            why = f"has no preset {item!r}" if item not in presets else f"takes one preset, got {', '.join(named)}"
+            raise SpecError(f"{scheme} {why}: presets are {', '.join(presets)}, combined with options "
+                            f"{', '.join(f'{k}=' for k in defaults)} (e.g. {scheme}:m,size=96)")
+        opts.update(presets[item])
+    for item in items:
+        if "=" not in item:
+            continue
         key, _, value = item.partition("=")
         if key not in opts or not value.isdigit() or (key != "seed" and int(value) < 1):
             raise SpecError(f"{scheme} options are {', '.join(f'{k}=' for k in defaults)} (positive integers); "
@@ -86,8 +115,8 @@ class StudentCNN(nn.Sequential):
 
 
 def create_cnn(arg: str = "") -> ModuleEncoder:
-    """student-cnn from its option string (width, size, seed, depth); random weights from the seed."""
-    opts = _options("student-cnn", arg, CNN_DEFAULTS)
+    """student-cnn from its option string (a preset s/m/l, width, size, seed, depth); random weights from the seed."""
+    opts = _options("student-cnn", arg, CNN_DEFAULTS, CNN_PRESETS)
     if opts["size"] < 16:
         raise SpecError(f"student-cnn size must be at least 16 (the network downsamples 16x); got {opts['size']}")
     with torch.random.fork_rng():
@@ -124,8 +153,9 @@ class StudentViT(nn.Module):
 
 
 def create_vit(arg: str = "") -> ModuleEncoder:
-    """student-vit from its option string (dim, depth, heads, mlp, patch, size, seed); random weights from the seed."""
-    opts = _options("student-vit", arg, VIT_DEFAULTS)
+    """student-vit from its option string (a preset s/m/l, dim, depth, heads, mlp, patch, size, seed); random
+    weights from the seed."""
+    opts = _options("student-vit", arg, VIT_DEFAULTS, VIT_PRESETS)
     if opts["size"] % opts["patch"]:
         raise SpecError(f"student-vit size {opts['size']} is not a multiple of patch {opts['patch']}; "
                         "choose size = k x patch")
@@ -213,13 +243,15 @@ def min_input(student: ImageEncoder) -> int:
 
 def architecture_spec(spec: str) -> str:
     """The spec that rebuilds `spec`'s architecture without fetching pretrained weights: hub backbones
-    (timm:, torchvision:) become @random; built-in students and local catalogue weights stay as they are."""
-    from .timm_encoder import split_output
+    (timm:, torchvision:) become @random, keeping a timm `?size=`; built-in students and local catalogue
+    weights (effnet-lite0, packaged: nothing to fetch) stay as they are."""
+    from .timm_encoder import split_output, split_size
 
     spec = spec.strip()
     scheme, _, arg = spec.partition(":")
     if scheme not in ("timm", "torchvision"):
         return spec
+    arg, size = split_size(arg) if scheme == "timm" else (arg, None)
     body, output = split_output(arg, None)
     name = body.partition("@")[0]
-    return f"{scheme}:{name}@random" + ("#logits" if output == "logits" else "")
+    return f"{scheme}:{name}@random" + ("#logits" if output == "logits" else "") + (f"?size={size}" if size else "")

@@ -1,8 +1,10 @@
-"""timm:NAME[@random|@/path/weights][#logits]: a timm model's pooled features (or its logits).
+"""timm:NAME[@random|@/path/weights][#logits][?size=N]: a timm model's pooled features (or its logits).
 
 NAME is any timm architecture, optionally with a pretrained tag (`resnet50.a1_in1k`). Without @ the
 pretrained weights are fetched from the hub; `@random` keeps random weights; `@/path` loads a local
-file through timm's own loader. Preprocessing is timm's data config for the model.
+file through timm's own loader. Preprocessing is timm's data config for the model; `?size=N` crops
+N x N instead of the model's own input size (a student at random init trained on small images:
+`timm:mobilenetv3_small_100@random?size=96`; a convolutional network takes any size).
 """
 from __future__ import annotations
 
@@ -13,6 +15,19 @@ from .vlm import ModuleEncoder
 from ..paths import user_path
 
 OUTPUTS = ("features", "logits")
+SIZES = (16, 1024)  # the ?size= a spec may ask for, inclusive
+
+
+def split_size(arg: str) -> tuple[str, int | None]:
+    """Strip a trailing `?size=N` from `arg`: (the rest, N or None); SpecError for any other option."""
+    head, sep, query = arg.partition("?")
+    if not sep:
+        return arg, None
+    key, _, value = query.partition("=")
+    if key != "size" or not value.isdigit() or not SIZES[0] <= int(value) <= SIZES[1]:
+        raise SpecError(f"timm: the one option is ?size=N (input side, {SIZES[0]} to {SIZES[1]}), "
+                        f"e.g. timm:resnet18@random?size=96; got ?{query}")
+    return head, int(value)
 
 
 def split_output(arg: str, output: str | None) -> tuple[str, str]:
@@ -29,11 +44,12 @@ def split_output(arg: str, output: str | None) -> tuple[str, str]:
 
 
 def create(arg: str, output: str | None = None) -> ModuleEncoder:
-    """Build a timm image encoder from `NAME[@random|@/path][#logits]`."""
+    """Build a timm image encoder from `NAME[@random|@/path][#logits][?size=N]`."""
     import timm
     from timm.data import create_transform, resolve_data_config
     from timm.models import get_pretrained_cfg
 
+    arg, size = split_size(arg)
     arg, output = split_output(arg, output)
     name, sep, tag = arg.partition("@")
     if not name or not timm.is_model(name):
@@ -66,10 +82,13 @@ def create(arg: str, output: str | None = None) -> ModuleEncoder:
             except (OSError, RuntimeError) as e:
                 raise fetch_failed(f"timm:{name}", "a local file: " + instead, e) from e
     model.eval()
-    transform = create_transform(**resolve_data_config(model=model), is_training=False)
+    data_config = resolve_data_config(model=model)
+    if size is not None:
+        data_config["input_size"] = (3, size, size)
+    transform = create_transform(**data_config, is_training=False)
     if output == "logits":
         dim = int(model.num_classes)
     else:
         dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
-    spec = f"timm:{name}{suffix}" + ("#logits" if output == "logits" else "")
+    spec = f"timm:{name}{suffix}" + ("#logits" if output == "logits" else "") + (f"?size={size}" if size else "")
     return ModuleEncoder(model, dim, transform, spec).eval()
