@@ -111,7 +111,7 @@ def _distill(tmp_path: Path, student: str, batch: int = 6, side: int = 40, **kw)
     data = colour_folder(tmp_path / "data", batch // 3, side)
     out = tmp_path / "run"
     cfg = DistillConfig(teacher=TEACHER, student=student, data=(f"folder:{data}",), out=str(out), epochs=1,
-                        batch_size=batch, runtime="torch", device="cpu", precision="fp32", augment="none", **kw)
+                        batch_size=batch, runtime="torch", device="cpu", precision="fp32", views=1, holdout=0.0, **kw)
     return distill(cfg, progress=False), out
 
 

@@ -57,6 +57,7 @@ def test_transfer_summary_counts_steps_and_rows_and_sets_the_teacher_beside_it(f
 def test_distill_summary_and_align_without_a_teacher(folder, tmp_path, capsys):
     assert main(["distill", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--student",
                  "student-cnn:width=8,size=32", "--epochs", "2", "--batch-size", "4", "--out", str(tmp_path / "st"),
+                 "--views", "1", "--holdout", "0",
                  "--runtime", "torch", "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "distill: 2 epochs, 6 steps over 12 rows in " in out and "final loss " in out and "eval" not in out

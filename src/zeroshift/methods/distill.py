@@ -31,6 +31,7 @@ from torch import nn
 from ..cache import embed
 from ..data.augment import parse_augment
 from ..data.base import DataSource
+from ..models.cost import cost_rows, image_cost
 from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
@@ -241,7 +242,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         student = student.cpu().eval()
         kept = next((r for r in reversed(history) if "kept_by" in r), None)
         config = {
-            "teacher": cfg.teacher, "student": cfg.student,
+            "teacher": cfg.teacher, "student": student.encoder.spec,  # canonical: presets spelled out
             "dims": {"teacher": teacher.dim, "student": int(student.encoder.dim)},
             "input": list(pixel_encoder.shape), "params": param_count(student),
             "loss": loss_record, "views": {"count": cfg.views, "recipe": recipe.canonical()},
@@ -251,6 +252,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(batches(0)) * cfg.epochs},
             "data": prep.entries, "rows": len(rows),
             "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
+            "cost": {"student": image_cost(student), "teacher": image_cost(teacher)},  # a few seconds of timing
         }
         state = {f"student.{k}": v for k, v in student.state_dict().items()}
         return run.finish(config, state, lambda config, records: model_card(config, history, records), progress,
@@ -295,6 +297,8 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         last = evals[-1]
         shown = ", ".join(f"{k[5:]} {v:.3f}" for k, v in last.items() if k.startswith("eval/") and "holdout" not in k)
         lines.append(f"| held out, last epoch | `{o['eval_data']}` ({o['eval_rows']} rows at most): {shown} |")
+    if config.get("cost"):
+        lines += ["", "## Student and teacher image tower", "", *cost_rows(config["cost"]["student"], config["cost"]["teacher"])]
     lines += card_tail(o["out"], records, [f"zeroshift export run:{o['out']} --labels 'cat,dog' --out student.onnx"],
                        "`config.json` (every option), `model.safetensors` (student and head), `metrics.jsonl`, "
                        "`loss.png` and `accuracy.png` (held-out scores per epoch).")

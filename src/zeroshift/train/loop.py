@@ -242,7 +242,7 @@ def train(
         dist.barrier()
 
     task.train()
-    t0 = time.perf_counter() - (history[-1]["seconds"] if history and "seconds" in history[-1] else 0.0)
+    t0 = time.perf_counter() - next((r["seconds"] for r in reversed(history) if "seconds" in r), 0.0)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress or dist.rank() != 0,
                dynamic_ncols=True)
     try:
@@ -291,7 +291,8 @@ def train(
                     row = {"step": step, "epoch": epoch, **{f"eval/{k}": float(v) for k, v in metrics.items()}}
                     history.append(row)
                     log.write(row)
-                    bar.write("epoch " + str(epoch) + ": " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                    if progress:  # --quiet: the summary says what was kept
+                        bar.write("epoch " + str(epoch) + ": " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             save(epoch + 1, 0)
         kept = keeper.finish()
         if kept is not None:
