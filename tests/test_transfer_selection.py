@@ -15,7 +15,7 @@ from zeroshift.cache import embed
 from zeroshift.cli.main import main
 from zeroshift.data.augment import views_of
 from zeroshift.data.memory import ArraySource
-from zeroshift.errors import DataError, SpecError, ZeroshiftError
+from zeroshift.errors import CacheMismatch, DataError, SpecError, ZeroshiftError
 from zeroshift.methods.selection import BestEpoch, verdict
 from zeroshift.methods.transfer import FitRows, encode_prompts, fit, transfer
 from zeroshift.models.bridge import Bridge
@@ -44,6 +44,8 @@ def test_view_rows_of_an_image_stay_together_and_held_images_score_on_their_plai
     assert np.bincount(fit_rows // 3)[np.unique(fit_rows // 3)].tolist() == [3] * 15  # every view of a fit image
     assert (tch.index[rows.held[1]] == held_rows).all()  # the teacher's rows of the same views
     assert FitRows(src, tch, paired=True, views=3).held is None and len(FitRows(src, tch, True, 3).ps) == 60
+    with pytest.raises(CacheMismatch, match="holds 3 view"):
+        fit(_cfg(method="lstsq", views=2, augment="flip=0"), src, tch, progress=False)
 
 
 def test_ridge_is_chosen_on_the_held_out_images_or_fixed(case):

@@ -20,7 +20,7 @@ from torch import nn
 
 from .. import distributed as dist
 from ..cache import Features
-from ..cache.views import embed_views
+from ..cache.views import embed_views, views_in
 from ..data.augment import parse_augment
 from ..data.base import DataSource, Subset
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
@@ -230,6 +230,12 @@ def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Promp
     if prompts is not None and prompts.embeddings.shape[1] != teacher.dim:
         raise CacheMismatch(f"the prompt embeddings are {prompts.embeddings.shape[1]}-d but the teacher "
                             f"features in {teacher.path} are {teacher.dim}-d")
+    for feats in (source, teacher):  # K adjacent rows per image is what the split and the ridge assume
+        spec = getattr(feats, "manifest", {}).get("data_spec")
+        theirs = 1 if views_in(spec) is None else views_in(spec)[1]
+        if spec and theirs != cfg.views:
+            raise CacheMismatch(f"feature cache {feats.path} holds {theirs} view(s) per image, not the {cfg.views} "
+                                "asked for (--views)")
     rows = FitRows(source, teacher, cfg.paired, cfg.views, cfg.holdout if selects(cfg) else 0.0, cfg.seed)
     if rows.held is not None and vocabulary is None:
         if prompts is None:
