@@ -313,7 +313,7 @@ def test_transfer_writes_a_run_that_loads_and_classifies(tmp_path):
     assert config["holdout"]["images"] == {"fit": 108, "held": 12} and len(config["holdout"]["ridge"]["grid"]) == 5
     assert config["ridge"] == config["holdout"]["ridge"]["chosen"] and len(config["holdout"]["epochs"]) == 1
     card = (out / "README.md").read_text()
-    assert "| held-out selection | 0.1 of the images" in card and "| ridge |" in card
+    assert "| held-out selection | 12 images (0.1)" in card and "| ridge |" in card
     assert "| folder:" in card and "zeroshot_classification" in card and f"run:{out}" in card
     assert vlm.spec.startswith(f"run:{out.resolve()}@")
     images = torch.stack([vlm.image_transform(Image.open(data / "red" / f"{i}.png").convert("RGB")) for i in range(4)])

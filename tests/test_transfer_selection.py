@@ -140,3 +140,15 @@ def test_transfer_command_takes_views_holdout_and_a_fixed_ridge(tmp_path, capsys
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["ridge_grid"] == [1.0] and config["holdout"]["images"] == {"fit": 9, "held": 3}
     assert main([*base, "--views", "0", "--overwrite"]) == 2 and "--views must be at least 1" in capsys.readouterr().err
+
+
+def test_mlp_verdict_tells_a_gain_from_the_split_noise():
+    def selection(n: int, start: float, kept: float) -> dict:
+        return {"images": {"held": n}, "ridge": None, "closed_form": {"agreement": start, "cosine": 0.5},
+                "epochs": [{"epoch": 1, "agreement": kept, "cosine": 0.4}],
+                "kept": {"epoch": 1 if kept > start else 0, "agreement": max(kept, start), "cosine": 0.4}}
+
+    assert "within the split's noise (+1 of 39 images" in verdict(selection(39, 11 / 39, 12 / 39), "mlp")
+    assert verdict(selection(1000, 0.3, 0.4), "mlp").startswith("the mlp bridge earned its place: epoch 1")
+    assert "did not beat its affine warm start on the 39 held-out images" in verdict(selection(39, 0.3, 0.2), "mlp")
+    assert verdict(selection(39, 0.3, 0.4), "linear") == "kept epoch 1 of 1: held-out agreement 0.400; warm start 0.300"

@@ -120,13 +120,20 @@ def verdict(selection: dict, kind: str) -> str:
         return f"held-out agreement {start['agreement']:.3f} for the closed form{chosen}"
     best_trained = max(epochs, key=key) if epochs else None
     if kind == "mlp" and start is not None and best_trained is not None:
+        n = selection["images"]["held"]
         if kept["epoch"] == 0:
-            return (f"the mlp bridge did not beat its affine warm start on the held-out images (best epoch "
+            return (f"the mlp bridge did not beat its affine warm start on the {n} held-out images (best epoch "
                     f"{best_trained['epoch']}: agreement {best_trained['agreement']:.3f} against "
                     f"{start['agreement']:.3f}); the warm start was kept, so it works as a linear bridge: "
                     "prefer --bridge linear")
-        return (f"the mlp bridge earned its place: epoch {kept['epoch']} agrees {kept['agreement']:.3f} with the "
-                f"teacher on the held-out images against {start['agreement']:.3f} for its affine warm start")
+        gain = round((kept["agreement"] - start["agreement"]) * n)  # held-out images won
+        p = start["agreement"]
+        noise = 2 * math.sqrt(n * p * (1 - p))  # about two binomial standard deviations, in images
+        said = ("the mlp bridge earned its place" if gain > noise else
+                "the mlp bridge scored above its affine warm start, within the split's noise "
+                f"(+{gain} of {n} images; hold out more images to tell)")
+        return (f"{said}: epoch {kept['epoch']} agrees {kept['agreement']:.3f} with the teacher on the held-out "
+                f"images against {start['agreement']:.3f} for its affine warm start")
     what = "the warm start (closed form)" if kept["epoch"] == 0 else f"epoch {kept['epoch']} of {len(epochs)}"
     extra = "" if start is None or kept["epoch"] == 0 else f"; warm start {start['agreement']:.3f}"
     return f"kept {what}: held-out agreement {kept['agreement']:.3f}{extra}"
@@ -137,8 +144,8 @@ def card_lines(config: dict) -> list[str]:
     held = config.get("holdout")
     if not held:
         return []
-    lines = [f"| held-out selection | {held['share']:g} of the images, scored by top-1 agreement with the teacher "
-             f"over {held['vocabulary']} classes (no labels): {verdict(held, config['bridge']['kind'])} |"]
+    lines = [f"| held-out selection | {held['images']['held']} images ({held['share']:g}), scored by top-1 agreement "
+             f"with the teacher over {held['vocabulary']} classes (no labels): {verdict(held, config['bridge']['kind'])} |"]
     if held["ridge"]:
         grid = ", ".join(f"{g['ridge']:g}: {g['agreement']:.3f}" for g in held["ridge"]["grid"])
         lines.append(f"| ridge | {held['ridge']['chosen']:g}, chosen by held-out agreement ({grid}) |")
