@@ -107,7 +107,8 @@ def child(mode: str, folder: Path) -> dict:
     fitted = timed(lambda: fit(cfg, src, tch, prompts, progress=False))
     result = fitted.result
     return {**out, "peak_gb": peak_gb(), "fit_s": fitted.best, "rows": result.rows[0],
-            "steps": result.history[-1].get("step") if result.history else 0, "final_loss": result.history[-1]["loss"] if result.history else None}
+            "steps": result.history[-1].get("step") if result.history else 0,
+            "final_loss": next((r["loss"] for r in reversed(result.history) if "loss" in r), None)}
 
 
 def run(args) -> dict:

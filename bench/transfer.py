@@ -61,7 +61,7 @@ def run(args) -> dict:
                     fit_opts = {k: v for k, v in opts.items() if k != "data_fraction"}
                     cfg = TransferConfig(teacher=TEACHER, encoder=enc_spec, data=specs[0], out="-", **fit_opts)
                     fitted = timed(lambda cfg=cfg, s=s_feats, t=t_feats: fit(
-                        cfg, s, t, prompts if cfg.method == "zoomshot" else None, progress=False))
+                        cfg, s, t, prompts if cfg.method == "zoomshot" else None, progress=False, vocabulary=vocab))
                     with torch.no_grad():
                         scores = {e.spec: e.score(fitted.result.bridge(src_eval[e.spec])) for e in evals}
                     rows.append({"encoder": enc_spec, "fit": fit_name, "row": name, "fit_s": fitted.best, **scores})
@@ -151,7 +151,7 @@ def timing(rows: int, prompts) -> list[dict]:
     for name, opts in (("ttc", dict(method="ttc")), ("lstsq", dict(method="lstsq")), ("zoomshot linear", {})):
         cfg = TransferConfig(teacher=TEACHER, encoder="synthetic", data="synthetic", out="-", **opts)
         seconds = timed(lambda cfg=cfg: fit(cfg, _Array(src), _Array(tch), prompts if cfg.method == "zoomshot" else None,
-                                            progress=False)).best
+                                            progress=False, vocabulary=prompts.class_weights())).best
         out.append({"row": name, "rows": rows, "fit_s": seconds})
         print(f"timing {name}: {out[-1]['fit_s']:.1f} s", flush=True)
     return out

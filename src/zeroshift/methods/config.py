@@ -94,6 +94,9 @@ class RunConfig:
 METHODS = ("zoomshot", "ttc", "lstsq")
 TRANSFER_LOSSES = ("mse", "cycle", "pgkd")
 PGKD = ("lm", "htce")
+# Factors of --ridge tried on the held-out split: around the default 300 they span 30 .. 3000, the range
+# measured by hand (docs/transfer.md), half a decade apart, so five cheap solves of one moments pass.
+RIDGE_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,10 +124,24 @@ class TransferConfig(RunConfig):
     prompts: str | None = field(default=None, metadata={
         "help": "prompt file, one prompt per line (default: the 1000 ImageNet class names in 'a photo of a {c}.')"})
     ridge: float = field(default=300.0, metadata={
-        "help": "closed-form ridge penalty, weighing as much as this many fit images"})
+        "help": "closed-form ridge penalty, weighing as much as this many fit images (with --holdout, the centre "
+                "of --ridge-grid)"})
+    ridge_grid: tuple[float, ...] = field(default=RIDGE_GRID, metadata={
+        "help": "factors of --ridge the closed form tries, keeping the one the held-out images agree with most "
+                "(--ridge-grid 1 fixes --ridge; ignored with --holdout 0)"})
+    views: int = field(default=1, metadata={
+        "help": "fit on K seeded augmented views of every fit image (view 0 is the image itself; 1: the images, "
+                "sharing the plain caches); the encoder's and the teacher's view caches hold the same views"})
+    augment: str = field(default="default", metadata={
+        "help": "the views' recipe, name=value,...: crop, flip, jitter, bg, size, seed (default: "
+                "crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,seed=0; none: every view plain)"})
+    holdout: float = field(default=0.1, metadata={
+        "help": "share of the fit images held out (paired only; labels are never read): it chooses the ridge "
+                "and the epoch kept by agreement with the teacher on them; 0 turns selection off"})
     warm_start: bool = field(default=True, metadata={"help": "start zoomshot from the closed form (paired only)"})
     data_fraction: float = field(default=1.0, metadata={"help": "use this seeded fraction of the fit images"})
-    epochs: int | None = field(default=None, metadata={"help": "epochs (default: zoomshot 1, ttc 5)"})
+    epochs: int | None = field(default=None, metadata={
+        "help": "epochs (default: zoomshot 1, ttc 5; zoomshot --bridge mlp 10 with --holdout, keeping the best)"})
     batch_size: int | None = field(default=None, metadata={"help": "rows per step (default: zoomshot 256, ttc 100)"})
     lr: float | None = field(default=None, metadata={"help": "learning rate (default: zoomshot 1e-3, ttc 0.01)"})
     weight_decay: float | None = field(default=None, metadata={
@@ -141,6 +158,17 @@ class TransferConfig(RunConfig):
             raise ZeroshiftError("loss weights and --ridge must be at least 0, and --tau above 0")
         if self.hidden < 1:
             raise ZeroshiftError("--hidden must be at least 1")
+        if self.views < 1:
+            raise ZeroshiftError(f"--views must be at least 1; got {self.views}")
+        if self.augment != "default" and self.views == 1:
+            raise ZeroshiftError("--augment draws views: give --views K (K > 1) with it")
+        from ..data.augment import parse_augment  # PIL and numpy only: a bad recipe fails before any work
+
+        parse_augment(self.augment)
+        if not 0 <= self.holdout < 1:
+            raise ZeroshiftError(f"--holdout is the share of images held out, in [0, 1); got {self.holdout:g}")
+        if not self.ridge_grid or min(self.ridge_grid) < 0:
+            raise ZeroshiftError("--ridge-grid needs at least one factor, each at least 0")
         if self.method != "zoomshot":
             if self.bridge != "linear" or self.losses:
                 raise ZeroshiftError(f"--method {self.method} is a fixed affine recipe: --bridge mlp and "

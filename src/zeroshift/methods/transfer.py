@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from .. import distributed as dist
-from ..cache import Features, embed
+from ..cache import Features
+from ..cache.views import embed_views, views_in
+from ..data.augment import parse_augment
 from ..data.base import DataSource, Subset
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
 from ..models.bridge import Bridge, Moments
@@ -32,7 +34,9 @@ from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocab
 from .common import Run
 from .config import METHODS, PGKD, TransferConfig  # noqa: F401  (TransferConfig, METHODS, PGKD: re-exported)
 from .config import TRANSFER_LOSSES as LOSSES
+from .holdout import Split, split_images
 from .losses import CycleLoss, MSELoss, PGKDLoss, Views
+from .selection import BestEpoch, HeldOut, card_lines, choose_ridge, record
 
 STATS_ROWS = 4096  # rows per chunk of the statistics pass
 
@@ -57,7 +61,8 @@ def train_config(cfg: TransferConfig) -> tuple[TrainConfig, int] | None:
         return cfg.train_config(epochs=_given(cfg.epochs, 5), lr=_given(cfg.lr, 0.01),
                                 weight_decay=_given(cfg.weight_decay, 5e-4), warmup=_given(cfg.warmup, 0.0),
                                 grad_clip=0.0, optimizer="sgd", momentum=0.9, cosine=False), _given(cfg.batch_size, 100)
-    return cfg.train_config(epochs=_given(cfg.epochs, 1), lr=_given(cfg.lr, 1e-3),
+    epochs = 10 if cfg.bridge == "mlp" and selects(cfg) else 1  # the held-out split stops the mlp: give it room
+    return cfg.train_config(epochs=_given(cfg.epochs, epochs), lr=_given(cfg.lr, 1e-3),
                             weight_decay=_given(cfg.weight_decay, 0.0), warmup=_given(cfg.warmup, 0.0),
                             grad_clip=0.0, optimizer="adamw", cosine=True), _given(cfg.batch_size, 256)
 
@@ -66,14 +71,22 @@ def _given(value: float | None, default: float) -> float:
     return default if value is None else value
 
 
+def selects(cfg: TransferConfig) -> bool:
+    """Whether a held-out split chooses the ridge and the epoch: paired fits with --holdout above 0 (an
+    unpaired fit has no image both encoders saw, so nothing to score the bridge on)."""
+    return cfg.paired and cfg.holdout > 0
+
+
 class BridgeTask(nn.Module):
     """The zoomshot and ttc task for train/loop.py: a bridge, its loss terms and the frozen prompts.
     Each batch names its own prompt minibatch ("text"), drawn from the batch's seeded generator, so
     every rank and a resumed run draw the same one."""
 
-    def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool) -> None:
+    def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool,
+                 keeper: BestEpoch | None = None) -> None:
         super().__init__()
         self.bridge, self.losses, self.paired = bridge, nn.ModuleList(losses), paired
+        self.keeper = keeper  # the best epoch's weights, in the task's state so checkpoints hold them
         text = prompts.embeddings if prompts is not None else torch.zeros(0, bridge.teacher_dim)
         self.register_buffer("text", text.float())  # [P, d] raw teacher text embeddings
 
@@ -103,10 +116,16 @@ def make_losses(cfg: TransferConfig, prompts: Prompts | None) -> list[nn.Module]
 # ---------------------------------------------------------------- fit rows
 class FitRows:
     """Which cached rows the fit uses: paired, the source rows valid in both caches (by Features.index);
-    unpaired, every valid row of each cache, on its own."""
+    unpaired, every valid row of each cache, on its own. With `holdout` (paired), a seeded share of the
+    images valid in both is held out (holdout.py; with `views` adjacent view rows per image, all of an
+    image's views go together): `held` holds the plain-view positions (source, teacher) of those, and
+    the fit rows are every view of the others."""
 
-    def __init__(self, source: Features, teacher: Features, paired: bool) -> None:
+    def __init__(self, source: Features, teacher: Features, paired: bool, views: int = 1, holdout: float = 0.0,
+                 seed: int = 0) -> None:
         self.source, self.teacher, self.paired = source, teacher, paired
+        self.held: tuple[np.ndarray, np.ndarray] | None = None
+        self.images: int | None = None  # fit images, with a held-out split
         prints = [getattr(f, "manifest", {}).get("fingerprint") for f in (source, teacher)]
         if paired and None not in prints and prints[0] != prints[1]:
             raise DataError(f"paired fitting needs both encoders' features of the same images, but {source.path} "
@@ -115,6 +134,14 @@ class FitRows:
             _, self.ps, self.pc = np.intersect1d(source.index, teacher.index, return_indices=True)
         else:
             self.ps, self.pc = np.arange(len(source)), np.arange(len(teacher))
+        if paired and holdout > 0:
+            common = source.index[self.ps]  # [N] source rows valid in both caches
+            images = np.unique(common // views)  # [n] images with at least one such row
+            split = split_images(len(images), holdout, seed)
+            fit_rows, held_rows = Split(images[split.fit], images[split.held]).view_rows(views)
+            keep, held = np.isin(common, fit_rows), np.isin(common, held_rows)  # [N] masks
+            self.held = (self.ps[held], self.pc[held])
+            self.ps, self.pc, self.images = self.ps[keep], self.pc[keep], len(split.fit)
         for what, rows in (("source", self.ps), ("teacher", self.pc)):
             if len(rows) < 2:
                 pair = " valid in both caches" if paired else ""
@@ -127,6 +154,13 @@ class FitRows:
             raise CacheError(f"feature cache {feats.path} holds NaN or inf (source row {int(feats.index[bad])}): "
                              "re-embed it with overwrite")
         return x
+
+    def held_out(self, weights: torch.Tensor) -> HeldOut | None:
+        """The held-out images' scorer over the vocabulary's class vectors `weights` [C, d]."""
+        if self.held is None:
+            return None
+        hs, hc = self.held
+        return HeldOut(self._read(self.source, hs), self._read(self.teacher, hc), weights)
 
     def moments(self, scatter: bool) -> tuple[Moments, Moments, int, int]:
         """One pass over the fit rows: (source moments, teacher moments, their sides). Paired, one
@@ -177,36 +211,66 @@ class Fit:
     history: list[dict]
     rows: tuple[int, int]  # source and teacher rows used
     seconds: float
+    ridge: float | None = None  # the ridge the closed form used (None: no closed form)
+    selection: dict | None = None  # what the held-out split said (selection.record)
 
 
 def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Prompts | None = None,
-        run_dir: Path | None = None, progress: bool = True, checkpoints: Checkpoints | None = None) -> Fit:
-    """Fit a bridge from cached features (paired rows of one data set, or two unpaired sets) by
-    `cfg.method`. `prompts` is needed when a zoomshot cycle or pgkd term is on; with `checkpoints`
-    the training steps resume from the last one."""
+        run_dir: Path | None = None, progress: bool = True, checkpoints: Checkpoints | None = None,
+        vocabulary: torch.Tensor | None = None) -> Fit:
+    """Fit a bridge from cached features (paired rows of one data set, or two unpaired sets; with
+    `cfg.views` > 1, rows of view caches, K adjacent rows per image) by `cfg.method`. `prompts` is
+    needed when a zoomshot cycle or pgkd term is on; with `checkpoints` the training steps resume from
+    the last one. With a held-out split (`cfg.holdout`, paired), the images held out choose the ridge
+    from `cfg.ridge_grid` and the epoch kept (the warm start counting as epoch 0), scored over the
+    class vectors `vocabulary` [C, d] (default: the prompts')."""
     t0 = time.perf_counter()
     if cfg.method == "zoomshot" and prompts is None and {"cycle", "pgkd"} & set(loss_weights(cfg)):
         raise ZeroshiftError("the cycle and pgkd terms need the prompt vocabulary's embeddings")
     if prompts is not None and prompts.embeddings.shape[1] != teacher.dim:
         raise CacheMismatch(f"the prompt embeddings are {prompts.embeddings.shape[1]}-d but the teacher "
                             f"features in {teacher.path} are {teacher.dim}-d")
-    rows = FitRows(source, teacher, cfg.paired)
+    for feats in (source, teacher):  # K adjacent rows per image is what the split and the ridge assume
+        spec = getattr(feats, "manifest", {}).get("data_spec")
+        theirs = 1 if views_in(spec) is None else views_in(spec)[1]
+        if spec and theirs != cfg.views:
+            raise CacheMismatch(f"feature cache {feats.path} holds {theirs} view(s) per image, not the {cfg.views} "
+                                "asked for (--views)")
+    rows = FitRows(source, teacher, cfg.paired, cfg.views, cfg.holdout if selects(cfg) else 0.0, cfg.seed)
+    if rows.held is not None and vocabulary is None:
+        if prompts is None:
+            raise ZeroshiftError("held-out selection scores over a vocabulary: give its class vectors or the prompts")
+        vocabulary = prompts.class_weights()
+    held = None if rows.held is None else rows.held_out(vocabulary)
     torch.manual_seed(cfg.seed)
     bridge = Bridge(source.dim, teacher.dim, cfg.bridge, cfg.hidden, center=cfg.method != "ttc")
     closed_form = cfg.method == "lstsq" or (cfg.method == "zoomshot" and cfg.paired and cfg.warm_start)
     ms, mc, ks, kc = rows.moments(scatter=closed_form)
     bridge.set_alignment(ms, mc, ks, kc)
-    if closed_form:
-        bridge.fit_ridge(ms, cfg.ridge)
+    ridge, grid, start = (cfg.ridge if closed_form else None), None, None
+    if closed_form and held is not None and len(cfg.ridge_grid) > 1:
+        ridge, grid = choose_ridge(bridge, ms, cfg.ridge, cfg.ridge_grid, cfg.views, held)
+    elif closed_form:  # the ridge counts images: K views of one weigh as much as the image
+        bridge.fit_ridge(ms, cfg.ridge * cfg.views)
     history: list[dict] = []
-    options = train_config(cfg)
+    options, keeper, kept = train_config(cfg), None, None
     if options is not None:
         tcfg, batch_size = options
         bridge.g.requires_grad_("cycle" in loss_weights(cfg))  # g is trained by the cycle terms alone
-        task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired)
+        if held is not None:  # until train/loop.py's keep_best lands: keep the best epoch here
+            keeper = BestEpoch(bridge)
+            if closed_form:  # the warm start is a candidate too (epoch 0)
+                start = held.score(bridge)
+                keeper.offer(bridge, start, 0)
+        task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired, keeper)
         batches = rows.batches(batch_size, cfg.seed, len(task.text))
-        history = train(task, batches, tcfg, run_dir, progress, checkpoints)
-    return Fit(bridge.cpu().eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0)
+        evaluate = None if keeper is None else (lambda: keeper.evaluate(bridge, held))
+        history = train(task, batches, tcfg, run_dir, progress, checkpoints, evaluate=evaluate)
+        kept = None if keeper is None else keeper.restore(bridge)
+    elif held is not None:
+        start = held.score(bridge)
+    selection = None if held is None else record(held, cfg.holdout, rows.images, grid, ridge, start, history, kept)
+    return Fit(bridge.cpu().eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0, ridge, selection)
 
 
 # ---------------------------------------------------------------- the command
@@ -227,8 +291,10 @@ def fit_source(spec: str, fraction: float, seed: int, what: str) -> DataSource:
     return source
 
 
-def _data_entry(source: DataSource, rows: int) -> dict:
-    return {"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source), "rows_used": rows}
+def _data_entry(source: DataSource, rows: int, views: int = 1) -> dict:
+    """The fit data in config.json: its images (`rows`, as before views) and the cached rows fitted."""
+    return {"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source), "views": views,
+            "rows_used": rows}
 
 
 def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
@@ -250,21 +316,29 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
         cfg.unpaired_data, cfg.data_fraction, cfg.seed, "--unpaired-data")
     weights = loss_weights(cfg)
     needs_prompts = cfg.method == "zoomshot" and bool({"cycle", "pgkd"} & set(weights))
-    texts, groups = vocabulary(cfg.prompts) if needs_prompts else ([], 0)
+    texts, groups = vocabulary(cfg.prompts) if needs_prompts or selects(cfg) else ([], 0)
+    if selects(cfg):  # a split that leaves too few fit images fails before any model loads
+        split_images(len(source_data), cfg.holdout, cfg.seed)
+    recipe = parse_augment(cfg.augment)
     with run:
         encoder, teacher = load(cfg.encoder, runtime=cfg.runtime), load(cfg.teacher, runtime=cfg.runtime)
         t0 = time.perf_counter()
-        src = embed(encoder, source_data, runtime=cfg.runtime, progress=progress, role="encoder")
-        tch = embed(teacher, teacher_data, runtime=cfg.runtime, progress=progress, role="teacher")
+        # the caches are always of the whole --data (its views): a held-out split only picks rows of them
+        src = embed_views(encoder, source_data, views=cfg.views, augment=recipe, runtime=cfg.runtime,
+                          progress=progress, role="encoder")
+        tch = embed_views(teacher, teacher_data, views=cfg.views, augment=recipe, runtime=cfg.runtime,
+                          progress=progress, role="teacher")
         for name, feats, model in (("encoder", src, encoder), ("teacher", tch, teacher)):
             if feats.dim != model.dim:
                 raise CacheMismatch(f"feature cache {feats.path} holds {feats.dim}-d features but the {name} "
                                     f"{model.spec} gives {model.dim}-d: re-embed with overwrite")
-        prompts = encode_prompts(teacher, texts, groups, progress) if needs_prompts else None
+        prompts = encode_prompts(teacher, texts, groups, progress) if texts else None
+        vocab = prompts.class_weights() if prompts is not None else None  # held-out scoring's classes [C, d]
+        prompts = prompts if needs_prompts else None
         embed_seconds = time.perf_counter() - t0
         checkpoints = run.checkpoints(dims=[src.dim, tch.dim],
                                       data=[src.manifest["fingerprint"], tch.manifest["fingerprint"]])
-        result = fit(cfg, src, tch, prompts, run.path, progress, checkpoints)
+        result = fit(cfg, src, tch, prompts, run.path, progress, checkpoints, vocabulary=vocab)
         if result.history:
             plot_history(result.history, run.path / "loss.png", title=f"{cfg.method}: {cfg.encoder} -> {cfg.teacher}")
         options = train_config(cfg)
@@ -274,9 +348,11 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
             "method": cfg.method, "losses": weights,
             "pgkd": cfg.pgkd if "pgkd" in weights else None, "tau": cfg.tau if "pgkd" in weights else None,
             "train": None if options is None else {**asdict(options[0]), "batch_size": options[1]},
-            "ridge": cfg.ridge, "paired": cfg.paired,
-            "data": _data_entry(source_data, result.rows[0]),
-            "unpaired_data": None if cfg.paired else _data_entry(teacher_data, result.rows[1]),
+            "ridge": cfg.ridge if result.ridge is None else result.ridge, "paired": cfg.paired,
+            "views": {"count": cfg.views, "recipe": None if cfg.views == 1 else recipe.canonical()},
+            "holdout": result.selection,
+            "data": _data_entry(source_data, result.rows[0], cfg.views),
+            "unpaired_data": None if cfg.paired else _data_entry(teacher_data, result.rows[1], cfg.views),
             "prompts": None if not needs_prompts else {
                 "file": cfg.prompts, "templates": None if cfg.prompts else list(DEFAULT_TEMPLATES),
                 "count": len(texts), "classes": groups,
@@ -290,6 +366,18 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
 
 
 # ---------------------------------------------------------------- model card
+def _fit_images(config: dict) -> str:
+    data, held = config["data"], config.get("holdout")
+    views = data.get("views", 1)
+    used = held["images"]["fit"] if held else (data["rows_used"] // views if views > 1 else data["rows_used"])
+    text = f"{used} of {data['rows']} images"
+    if views > 1:
+        text += f" x {views} views ({data['rows_used']} rows; `{config['views']['recipe']}`)"
+    if held:
+        text += f", {held['images']['held']} more held out to choose by"
+    return text
+
+
 def model_card(config: dict, history: list[dict], records: list[dict] | None = None) -> str:
     """README.md of a bridge run: what it is, how it was made, its results and how to use it."""
     o = config["options"]
@@ -305,8 +393,9 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         f"| teacher | `{config['teacher']}` |", f"| encoder | `{config['encoder']}` |",
         f"| method | {config['method']}{'' if config['paired'] else ' (unpaired)'} |",
         f"| loss terms | {losses} |",
-        f"| fit images | `{data['spec']}`: {data['rows_used']} of {data['rows']} rows, no labels or captions |",
+        f"| fit images | `{data['spec']}`: {_fit_images(config)}, no labels or captions |",
     ]
+    lines += card_lines(config)
     if config["unpaired_data"]:
         u = config["unpaired_data"]
         lines.append(f"| teacher's images | `{u['spec']}`: {u['rows_used']} of {u['rows']} rows |")
@@ -317,7 +406,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
     if config["train"] and history:
         t = config["train"]
         lines.append(f"| training | {t['epochs']} epoch(s), {t['optimizer']} lr {t['lr']:g}, batch {t['batch_size']}, "
-                     f"final loss {history[-1]['loss']:.4g} |")
+                     f"final loss {[r for r in history if 'loss' in r][-1]['loss']:.4g} |")
     lines.append(f"| fit time | {config['seconds']['fit']} s (features: {config['seconds']['embed']} s) |")
     lines += card_tail(o["out"], records, [f"zeroshift eval --model run:{o['out']} --data fashion-mnist:test"],
                        "`config.json` (every option), `model.safetensors` (the bridge), `metrics.jsonl` and "
