@@ -16,7 +16,8 @@ from zeroshift.cli.main import main
 from zeroshift.data.augment import views_of
 from zeroshift.data.memory import ArraySource
 from zeroshift.errors import CacheMismatch, DataError, SpecError, ZeroshiftError
-from zeroshift.methods.selection import BestEpoch, verdict
+from zeroshift.methods.selection import verdict
+from zeroshift.train.keep import Keeper
 from zeroshift.methods.transfer import FitRows, encode_prompts, fit, transfer
 from zeroshift.models.bridge import Bridge
 
@@ -80,15 +81,18 @@ def test_mlp_bridge_keeps_its_best_epoch_and_says_when_linear_wins(case):
 
 def test_best_epoch_keeps_the_first_of_equal_scores_and_restores_it():
     bridge = Bridge(4, 3)
-    keeper = BestEpoch(bridge)
-    assert keeper.restore(bridge) is None
-    for epoch, (agreement, cosine) in enumerate([(0.5, 0.1), (0.7, 0.2), (0.7, 0.2), (0.6, 0.9)], start=1):
+    keeper = Keeper(bridge, metric=("agreement", "cosine"), start={"agreement": 0.5, "cosine": 0.1})  # epoch -1
+    for epoch, (agreement, cosine) in enumerate([(0.7, 0.2), (0.7, 0.2), (0.6, 0.9)]):
         with torch.no_grad():
-            bridge.h.bias.fill_(epoch)
-        keeper.offer(bridge, {"agreement": agreement, "cosine": cosine}, epoch)
-    assert keeper.restore(bridge) == 2 and bridge.h.bias.eq(2).all()
-    keeper.load_state_dict(BestEpoch(Bridge(4, 3)).state_dict())  # the kept state is module state (checkpoints)
-    assert keeper.restore(bridge) is None
+            bridge.h.bias.fill_(epoch + 1)
+        keeper.epoch_end(epoch, {"agreement": agreement, "cosine": cosine})
+    state = keeper.state_dict()
+    assert keeper.finish()["kept_epoch"] == 0 and bridge.h.bias.eq(1).all()  # ties keep the earlier epoch
+    again = Keeper(bridge, metric=("agreement", "cosine"))
+    again.load_state_dict(state)  # the kept state travels in checkpoints
+    with torch.no_grad():
+        bridge.h.bias.fill_(9)
+    assert again.finish()["kept_epoch"] == 0 and bridge.h.bias.eq(1).all()
 
 
 def test_transfer_on_views_shares_the_caches_of_every_split(tmp_path, home):
@@ -116,10 +120,11 @@ def test_bad_views_holdout_and_augment_fail_in_one_line_before_any_work(tmp_path
     out = tmp_path / "out"
     with pytest.raises(DataError) as e:
         transfer(_cfg(data=f"folder:{three}", out=str(out), holdout=0.5), progress=False)
-    assert "--holdout 0.5 of the fit data's 3 images leaves 1 fit image(s); at least 2" in one_line(e)
-    with pytest.raises(DataError) as e:
-        transfer(_cfg(data=f"folder:{three}", out=str(out), holdout=0.1), progress=False)
-    assert "holds out none" in one_line(e) and not out.exists()
+    assert "--holdout 0.5 of the fit data's 3 usable images leaves 1 fit image(s); at least 2" in one_line(e)
+    two = _folder(tmp_path / "two", {"cat": 2})
+    with pytest.raises(DataError) as e:  # a small share still holds one image out: none is left to fit two
+        transfer(_cfg(data=f"folder:{two}", out=str(out), holdout=0.1), progress=False)
+    assert "2 usable images leaves 1 fit image(s)" in one_line(e) and not out.exists()
     for kw, words in [({"views": 0}, "--views must be at least 1; got 0"), ({"holdout": 1.0}, "--holdout"),
                       ({"holdout": -0.1}, "--holdout"), ({"augment": "flip=0"}, "give --views K"),
                       ({"ridge_grid": ()}, "--ridge-grid"), ({"ridge_grid": (-1.0,)}, "--ridge-grid")]:

@@ -2,17 +2,14 @@
 bridge, both chosen by label-free agreement with the teacher on held-out images (holdout.py's split and
 scorer), and the record of what the split said for config.json and the model card.
 
-`BestEpoch` keeps the best weights inside the task's state, so checkpoints carry them and a resumed
-run keeps the same epoch as an uninterrupted one. It stands in until train/loop.py keeps the best
-epoch itself (`keep_best`); the scores it compares are the loop's `eval/agreement` and `eval/cosine`.
+The best epoch itself is kept by the shared loop (train/keep.py, `keep_best`), which saves it in
+checkpoints, so a resumed run keeps the same epoch as an uninterrupted one.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
-from torch import nn
 
 from ..models.bridge import Bridge, Moments
 from .config import RIDGE_GRID
@@ -61,39 +58,6 @@ def choose_ridge(bridge: Bridge, moments: Moments, ridge: float, factors: tuple[
     chosen = best[1]
     bridge.fit_ridge(moments, chosen * views)
     return chosen, grid
-
-
-class BestEpoch(nn.Module):
-    """A frozen copy of the bridge at its best held-out score so far, as module state (so checkpoints
-    hold it): `offer` after each epoch (epoch 0: the warm start, before training), `restore` at the end."""
-
-    def __init__(self, bridge: Bridge) -> None:
-        super().__init__()
-        self.copy = copy.deepcopy(bridge).requires_grad_(False)
-        self.register_buffer("best", torch.full((2,), -math.inf, dtype=torch.float64))  # [agreement, cosine]
-        self.register_buffer("epoch", torch.tensor(-1))  # epoch of the kept weights; -1: none yet
-        self.register_buffer("seen", torch.tensor(0))  # epochs scored so far
-
-    def offer(self, bridge: Bridge, scores: dict[str, float], epoch: int) -> None:
-        """Keep `bridge`'s weights when `scores` beat the best so far (ties keep the earlier epoch)."""
-        if key(scores) > tuple(self.best.tolist()):
-            self.copy.load_state_dict(bridge.state_dict())
-            self.best.copy_(torch.tensor(key(scores), dtype=torch.float64))
-            self.epoch.fill_(epoch)
-
-    def evaluate(self, bridge: Bridge, held: HeldOut) -> dict[str, float]:
-        """The training loop's `evaluate` callback: score the epoch just finished and offer it."""
-        self.seen += 1
-        scores = held.score(bridge)
-        self.offer(bridge, scores, int(self.seen))
-        return scores
-
-    def restore(self, bridge: Bridge) -> int | None:
-        """Load the kept weights into `bridge`; their epoch (0: the warm start), None when nothing was kept."""
-        if int(self.epoch) < 0:
-            return None
-        bridge.load_state_dict(self.copy.state_dict())
-        return int(self.epoch)
 
 
 def record(held: HeldOut, share: float, fit_images: int, grid: list[dict] | None, chosen: float | None,
@@ -157,4 +121,4 @@ def card_lines(config: dict) -> list[str]:
     return lines
 
 
-__all__ = ["BestEpoch", "HeldOut", "RIDGE_GRID", "card_lines", "choose_ridge", "record", "verdict"]
+__all__ = ["HeldOut", "RIDGE_GRID", "card_lines", "choose_ridge", "record", "verdict"]

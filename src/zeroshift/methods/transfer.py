@@ -36,7 +36,7 @@ from .config import METHODS, PGKD, TransferConfig  # noqa: F401  (TransferConfig
 from .config import TRANSFER_LOSSES as LOSSES
 from .holdout import Split, split_images
 from .losses import CycleLoss, MSELoss, PGKDLoss, Views
-from .selection import BestEpoch, HeldOut, card_lines, choose_ridge, record
+from .selection import HeldOut, card_lines, choose_ridge, record
 
 STATS_ROWS = 4096  # rows per chunk of the statistics pass
 
@@ -82,11 +82,9 @@ class BridgeTask(nn.Module):
     Each batch names its own prompt minibatch ("text"), drawn from the batch's seeded generator, so
     every rank and a resumed run draw the same one."""
 
-    def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool,
-                 keeper: BestEpoch | None = None) -> None:
+    def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool) -> None:
         super().__init__()
         self.bridge, self.losses, self.paired = bridge, nn.ModuleList(losses), paired
-        self.keeper = keeper  # the best epoch's weights, in the task's state so checkpoints hold them
         text = prompts.embeddings if prompts is not None else torch.zeros(0, bridge.teacher_dim)
         self.register_buffer("text", text.float())  # [P, d] raw teacher text embeddings
 
@@ -253,20 +251,19 @@ def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Promp
     elif closed_form:  # the ridge counts images: K views of one weigh as much as the image
         bridge.fit_ridge(ms, cfg.ridge * cfg.views)
     history: list[dict] = []
-    options, keeper, kept = train_config(cfg), None, None
+    options, kept = train_config(cfg), None
     if options is not None:
         tcfg, batch_size = options
         bridge.g.requires_grad_("cycle" in loss_weights(cfg))  # g is trained by the cycle terms alone
-        if held is not None:  # until train/loop.py's keep_best lands: keep the best epoch here
-            keeper = BestEpoch(bridge)
-            if closed_form:  # the warm start is a candidate too (epoch 0)
-                start = held.score(bridge)
-                keeper.offer(bridge, start, 0)
-        task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired, keeper)
+        if held is not None and closed_form:  # the warm start is a candidate too (kept as epoch 0)
+            start = held.score(bridge)
+        task = BridgeTask(bridge, make_losses(cfg, prompts), prompts, cfg.paired)
         batches = rows.batches(batch_size, cfg.seed, len(task.text))
-        evaluate = None if keeper is None else (lambda: keeper.evaluate(bridge, held))
-        history = train(task, batches, tcfg, run_dir, progress, checkpoints, evaluate=evaluate)
-        kept = None if keeper is None else keeper.restore(bridge)
+        evaluate = None if held is None else (lambda: held.score(bridge))
+        history = train(task, batches, tcfg, run_dir, progress, checkpoints, evaluate=evaluate,
+                        keep_best=("agreement", "cosine"), start_scores=start)  # the loop restores the best
+        row = next((r for r in reversed(history) if "kept_by" in r), None)
+        kept = None if row is None or row["kept_epoch"] is None else row["kept_epoch"] + 1  # 0: the warm start
     elif held is not None:
         start = held.score(bridge)
     selection = None if held is None else record(held, cfg.holdout, rows.images, grid, ridge, start, history, kept)

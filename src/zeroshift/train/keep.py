@@ -41,14 +41,22 @@ class Keeper:
     """EMA of the trained weights when `ema` > 0 (decay, warmed up as (1 + t) / (10 + t) so short runs
     average too), and the best epoch by `metric` (a key of the evaluation's dict, maximised) when given."""
 
-    def __init__(self, task: nn.Module, ema: float = 0.0, metric: str | None = None) -> None:
+    def __init__(self, task: nn.Module, ema: float = 0.0, metric: str | tuple[str, ...] | None = None,
+                 start: dict[str, float] | None = None) -> None:
+        """`metric`: a key of the evaluation's dict, or several compared in order (ties broken by the next);
+        `start`: the scores of the weights before training (e.g. a closed-form warm start), a candidate
+        too, as epoch -1."""
         if not 0 <= ema < 1:
             raise ZeroshiftError(f"the EMA decay must be in [0, 1); got {ema:g}")
-        self.task, self.decay, self.metric = task, float(ema), metric
+        self.task, self.decay = task, float(ema)
+        self.metric = (metric,) if isinstance(metric, str) else (tuple(metric) if metric else None)
         self.updates = 0
         self.shadow = {k: v.detach().clone() for k, v in trained_state(task).items()} if ema > 0 else None
         self.best: dict[str, torch.Tensor] | None = None
-        self.best_score, self.best_epoch = -float("inf"), -1
+        self.best_score: tuple[float, ...] | None = None
+        self.best_epoch = -1
+        if start is not None:
+            self.epoch_end(-1, start)
 
     @property
     def active(self) -> bool:
@@ -82,11 +90,11 @@ class Keeper:
 
     def epoch_end(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Record an epoch's evaluation (called inside `applied`); True when it is the best so far."""
-        if self.metric is None or self.metric not in metrics:
+        if self.metric is None or any(m not in metrics for m in self.metric):
             return False
-        score = float(metrics[self.metric])
-        if score <= self.best_score:
-            return False
+        score = tuple(float(metrics[m]) for m in self.metric)
+        if self.best_score is not None and score <= self.best_score:
+            return False  # ties keep the earlier epoch
         self.best_score, self.best_epoch = score, epoch
         self.best = {k: v.detach().clone() for k, v in trained_state(self.task).items()}
         return True
@@ -95,7 +103,7 @@ class Keeper:
         """Load the kept weights into the task: the best epoch's, else the EMA; what was kept, or None."""
         if self.best is not None:
             _load(self.task, self.best)
-            return {"kept_epoch": self.best_epoch, "kept_by": self.metric, "kept_score": self.best_score,
+            return {"kept_epoch": self.best_epoch, "kept_by": self.metric[0], "kept_score": self.best_score[0],
                     "ema": self.decay}
         if self.shadow is not None:
             _load(self.task, self.shadow)
@@ -104,7 +112,7 @@ class Keeper:
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "shadow": self.shadow or {}, "best": self.best or {},
-                "best_score": self.best_score, "best_epoch": self.best_epoch}
+                "best_score": list(self.best_score or ()), "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ours = set(trained_state(self.task))
@@ -118,7 +126,8 @@ class Keeper:
                 raise ValueError("it holds no EMA weights but this run averages them")
             self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
         self.best = {k: v.clone() for k, v in state["best"].items()} or None
-        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        self.best_score = tuple(float(x) for x in state["best_score"]) or None
+        self.best_epoch = int(state["best_epoch"])
 
 
 @torch.no_grad()

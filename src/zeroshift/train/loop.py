@@ -171,7 +171,8 @@ def train(
     progress: bool = True,
     checkpoints: Checkpoints | None = None,
     evaluate: Callable[[], dict[str, float]] | None = None,
-    keep_best: str | None = None,
+    keep_best: str | tuple[str, ...] | None = None,
+    start_scores: dict[str, float] | None = None,
 ) -> list[dict]:
     """Train `task` on `batches(epoch)` (an iterable with len(): this rank's batches) for cfg.epochs.
 
@@ -185,7 +186,8 @@ def train(
     the batch; the last checkpoint saved before it is kept. With `cfg.ema` the weights are averaged
     (keep.py) and the average is what `evaluate` scores and the task holds at the end; with `keep_best`
     (a key of `evaluate`'s dict) the task ends with the weights of the epoch that maximised it, and
-    a last row {kept_epoch, kept_by, kept_score} says which. Under torchrun the gradients are averaged
+    a last row {kept_epoch, kept_by, kept_score} says which (several keys: ties broken by the next;
+    `start_scores`: the scores of the weights before training, kept as epoch -1 if no epoch beats them). Under torchrun the gradients are averaged
     over the ranks by DistributedDataParallel; on GPUs BatchNorm layers become SyncBatchNorm (it has no
     CPU kernel, so on CPUs each rank normalises by its own share of the batch).
     """
@@ -218,7 +220,8 @@ def train(
         history = json.loads(saved["history"])
         if dist.rank() == 0:  # said even with the bars off: the run did not start over
             print(f"resumed from step {step} of {total} ({checkpoints.folder})", file=sys.stderr, flush=True)
-    keeper = Keeper(task, cfg.ema, keep_best if evaluate is not None else None)
+    keeper = Keeper(task, cfg.ema, keep_best if evaluate is not None else None,
+                    start_scores if saved is None and evaluate is not None else None)
     if saved is not None and keeper.active:
         checkpoints.restore_part(saved, "keeper", keeper)
     log = _Log(run_dir, history)
