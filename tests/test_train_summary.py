@@ -30,7 +30,7 @@ def _transfer(folder, out, *extra: str) -> int:
 def test_transfer_summary_counts_steps_and_rows_and_sets_the_teacher_beside_it(folder, tmp_path, capsys):
     out = tmp_path / "ttc"
     assert _transfer(folder, out, "--method", "ttc", "--batch-size", "4", "--eval-dataset", f"folder:{folder}",
-                     "--quiet") == 0
+                     "--quiet", "--holdout", "0") == 0
     lines = capsys.readouterr().out.splitlines()
     config = json.loads((out / "config.json").read_text())
     last = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()][-1]
@@ -49,7 +49,7 @@ def test_transfer_summary_counts_steps_and_rows_and_sets_the_teacher_beside_it(f
         assert f"keeps {task['value'] / task['teacher']:.2f} of the teacher" in evals
     assert train.index("5 epochs") == evals.index("acc1")  # the lines are aligned
 
-    assert _transfer(folder, tmp_path / "lstsq", "--method", "lstsq") == 0
+    assert _transfer(folder, tmp_path / "lstsq", "--method", "lstsq", "--holdout", "0") == 0
     out_text = capsys.readouterr().out
     assert "transfer: closed form over 12 rows in " in out_text and "eval" not in out_text
 

@@ -33,7 +33,9 @@ def training(command: str, rows: int, history: list[dict], seconds: float, resum
             "steps": max((int(r["step"]) for r in history), default=0),
             "final_loss": last.get("loss"),
             "final_terms": {k[5:]: v for k, v in last.items() if k.startswith("loss/")},
-            "seconds": round(seconds, 2), "resumed_from_step": resumed}
+            "seconds": round(seconds, 2), "resumed_from_step": resumed,
+            "kept": next(({k: r[k] for k in ("kept_epoch", "kept_by", "kept_score") if k in r}
+                          for r in reversed(history) if "kept_by" in r), None)}
 
 
 def evaluation(records: dict[str, dict], teacher: dict[str, dict] | None, dataset: str, model: str,
@@ -78,6 +80,10 @@ def training_line(t: dict[str, Any]) -> str:
         terms = t.get("final_terms") or {}
         parts = ", ".join(f"{k} {_number(v)}" for k, v in terms.items())
         text += f", final loss {_number(t['final_loss'])}" + (f" ({parts})" if len(terms) > 1 else "")
+    kept = t.get("kept") or {}
+    if kept.get("kept_epoch") is not None:  # chosen on the held-out split
+        epoch = "the start" if kept["kept_epoch"] < 0 else f"epoch {kept['kept_epoch'] + 1}"
+        text += f"; kept {epoch} ({kept['kept_by'].replace('_', ' ')} {kept['kept_score']:.3f})"
     return text
 
 
