@@ -38,6 +38,7 @@ from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import plot_eval, plot_history, train
 from ..train.batches import Epoch
+from ..train.fast import preferred_format
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .common import Run
 from .config import AUGMENT, DistillConfig  # noqa: F401  (DistillConfig, AUGMENT: re-exported)
@@ -270,7 +271,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             teacher, pixel_encoder, finish, run.eval_source, cfg.eval_rows, cfg.seed, cfg.runtime, progress)
         prepare_seconds = time.perf_counter() - t0
         task = DistillTask(student, finish, loss)
-        tcfg = cfg.train_config()
+        tcfg = cfg.train_config(memory_format=preferred_format(student))  # channels_last for CNNs
         checkpoints = run.checkpoints(data=[e["fingerprint"] for e in entries], dims=[teacher.dim, pixel_encoder.dim])
         t1 = time.perf_counter()
         batches = rows.batches(cfg.batch_size, cfg.seed, cfg.augment)
