@@ -2,7 +2,9 @@
 and hands them back contiguous, distill's choice of format, and the malloc tuning's effect on page faults."""
 from __future__ import annotations
 
-import resource
+import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -70,18 +72,48 @@ def test_distill_picks_channels_last_for_grouped_conv_students_only():
     assert preferred_format(create_vit("dim=16,depth=1,heads=2,patch=8,size=16")) == "contiguous"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux only")
-def test_malloc_tuned_keeps_big_tensors_from_faulting_again():
-    def faults_of_second_allocation() -> int:
-        torch.ones(16 << 20)  # 64 MB, freed at once: mmapped and unmapped by default glibc
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.ones(16 << 20)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+MALLOC_SCRIPT = """
+import json, os, resource, torch
+from zeroshift.train.fast import malloc_tuned
 
-    with malloc_tuned() as tuned:
-        inside = faults_of_second_allocation()
-    outside = faults_of_second_allocation()
-    assert tuned
-    assert inside < 1000 < outside  # 64 MB is 16384 pages of 4 KB
+def faults():  # page faults of 8 allocations of 64 MB, each freed at once, after 4 that let the heap grow
+    for _ in range(4):
+        torch.ones(16 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(8):
+        torch.ones(16 << 20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults()
+with malloc_tuned() as tuned:
+    inside = faults()
+print(json.dumps({"tuned": tuned, "default": default, "inside": inside, "after": faults()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux only")
+def test_malloc_tuned_stops_repeat_page_faults_and_is_undone():
+    """In a fresh process (the heap's state is this test process's history otherwise)."""
+    done = subprocess.run([sys.executable, "-c", MALLOC_SCRIPT], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    assert r["tuned"]
+    pages = 16384  # of 4 KB in 64 MB: every allocation faults afresh by default, and again after the tuning
+    assert r["inside"] <= 2 * pages < 8 * pages <= min(r["default"], r["after"])  # a small heap re-growth at most
     with malloc_tuned(enabled=False) as tuned:
         assert not tuned
+
+
+def test_epoch_batches_are_made_on_one_thread_and_the_count_restored():
+    from zeroshift.train.batches import Epoch
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        epoch = Epoch(10, 4, seed=0, epoch=0, make=lambda rows, g: seen.append(torch.get_num_threads()) or rows)
+        assert [len(b) for b in epoch] == [4, 4, 2] and seen == [1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
