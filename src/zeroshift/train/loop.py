@@ -183,7 +183,9 @@ def train(
     epoch (and seed) only. A non-finite loss stops training with a ZeroshiftError naming the step and
     the batch; the last checkpoint saved before it is kept. Under torchrun the gradients are averaged
     over the ranks by DistributedDataParallel; on GPUs BatchNorm layers become SyncBatchNorm (it has no
-    CPU kernel, so on CPUs each rank normalises by its own share of the batch).
+    CPU kernel, so on CPUs each rank normalises by its own share of the batch). With cfg.memory_format
+    channels_last the task's 4-d weights and 4-d batch tensors are laid out NHWC while training (the
+    weights come back contiguous); on the CPU glibc keeps freed heap memory meanwhile (train/fast.py).
     """
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
