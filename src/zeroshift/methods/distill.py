@@ -36,6 +36,7 @@ from ..models.pixels import pixel_pipeline
 from ..models.vlm import VLM
 from ..report import card_tail
 from ..train import plot_eval, plot_history, train
+from ..train.fast import preferred_format
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .common import Run
 from .distill_rows import PIXEL_SHARD_ROWS, Prepared, Rows, augment_batch, build_rows, mix  # noqa: F401  (re-exported)
@@ -226,7 +227,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             return {**out, **({} if scorer is None else scorer(student))}
 
         task = DistillTask(student, finish, loss, online)
-        tcfg = cfg.train_config(ema=cfg.ema)
+        tcfg = cfg.train_config(ema=cfg.ema, memory_format=preferred_format(student))  # channels_last for CNNs
         checkpoints = run.checkpoints(data=[e["fingerprint"] for e in prep.entries],
                                       dims=[teacher.dim, pixel_encoder.dim])
         t1 = time.perf_counter()

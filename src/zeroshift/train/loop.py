@@ -26,6 +26,7 @@ from ..choices import PRECISIONS
 from ..errors import CacheMismatch, ZeroshiftError
 from .checkpoint import Checkpoints, rng_state
 from .keep import Keeper
+from .fast import MEMORY_FORMATS, malloc_tuned, to_format
 
 OPTIMIZERS = ("adamw", "sgd")
 METRICS_FILE = "metrics.jsonl"
@@ -61,6 +62,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto (bf16 on a GPU that has it, else fp32)
     device: str = "auto"  # auto (this rank's GPU, else the CPU) | cpu | cuda | cuda:N
     ema: float = 0.0  # decay of an EMA of the trained weights, scored and kept (0: off); see keep.py
+    memory_format: str = "contiguous"  # contiguous | channels_last (weights and 4-d batches; faster for CNNs)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -73,6 +75,8 @@ class TrainConfig:
             raise ZeroshiftError("warmup must be a fraction in [0, 1); weight decay and grad clip at least 0")
         if not 0 <= self.ema < 1:
             raise ZeroshiftError(f"the EMA decay must be in [0, 1); got {self.ema:g}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ZeroshiftError(f"unknown memory format {self.memory_format!r}; use {' or '.join(MEMORY_FORMATS)}")
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -189,12 +193,17 @@ def train(
     a last row {kept_epoch, kept_by, kept_score} says which (several keys: ties broken by the next;
     `start_scores`: the scores of the weights before training, kept as epoch -1 if no epoch beats them). Under torchrun the gradients are averaged
     over the ranks by DistributedDataParallel; on GPUs BatchNorm layers become SyncBatchNorm (it has no
-    CPU kernel, so on CPUs each rank normalises by its own share of the batch).
+    CPU kernel, so on CPUs each rank normalises by its own share of the batch). With cfg.memory_format
+    channels_last the task's 4-d weights and 4-d batch tensors are laid out NHWC while training (the
+    weights come back contiguous); on the CPU glibc keeps freed heap memory meanwhile (train/fast.py).
     """
     device = resolve_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     torch.manual_seed(cfg.seed)
+    layout = MEMORY_FORMATS[cfg.memory_format]
     task.to(device)
+    if layout is not torch.contiguous_format:
+        task.to(memory_format=layout)  # 4-d weights (conv kernels) only; back to contiguous at the end
     params = [p for p in task.parameters() if p.requires_grad]
     if not params:
         raise ZeroshiftError("the task has no trainable parameters")
@@ -248,12 +257,14 @@ def train(
     t0 = time.perf_counter() - next((r["seconds"] for r in reversed(history) if "seconds" in r), 0.0)
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress or dist.rank() != 0,
                dynamic_ncols=True)
+    tuned = malloc_tuned(device.type == "cpu")
+    tuned.__enter__()
     try:
         for epoch in range(epoch0, cfg.epochs):
             epoch_batches = first if epoch == 0 else batches(epoch)
             for index, batch in _resume_from(epoch_batches, index0 if epoch == epoch0 else 0):
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                    terms, report = forward(to_device(batch, device))
+                    terms, report = forward(_ready(batch, device, layout))
                 loss = torch.stack([v.float() for v in terms.values()]).sum()
                 if not _finite_everywhere(loss):
                     bad = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -302,9 +313,18 @@ def train(
             history.append({"step": step, "epoch": cfg.epochs - 1, **kept})
             log.write(history[-1])
     finally:
+        tuned.__exit__(None, None, None)
         bar.close()
         task.train(False)
+        if layout is not torch.contiguous_format:
+            task.to(memory_format=torch.contiguous_format)  # what safetensors and export expect
     return history
+
+
+def _ready(batch: Any, device: torch.device, layout: torch.memory_format) -> Any:
+    """`batch` on `device`, its 4-d tensors in `layout` when that is not the default."""
+    batch = to_device(batch, device)
+    return batch if layout is torch.contiguous_format else to_format(batch, layout)
 
 
 def _kept(checkpoints: Checkpoints | None) -> str:

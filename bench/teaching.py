@@ -1,0 +1,285 @@
+"""Teaching benchmark (issue 14): consistent, patient teaching on view caches, for distill and transfer.
+
+One run, two teachers: `conse:effnet-lite2+minilm`, and a CLIP-like VLM that `align` makes from
+EfficientNet-Lite2 and MiniLM (whose image space is a linear map of its tower). Two domains, each with
+its own unlabelled fit images: Fashion-MNIST train images for Fashion-MNIST test; the even half of Tux
+Paint plus OpenClipart for the odd half of Tux Paint. Each row is one training run scored on the test
+set of its domain (never trained or selected on): top-1 agreement with the teacher over the dataset's
+classes, accuracy against the teacher's, mean cosine to the teacher's embedding. Rows: inconsistent
+(student-side crops of the plain image) against consistent (cached views), K = 1 / 4 / 16 views at equal
+student steps, a long schedule, three student widths, synthetic-only students under l2 and both
+contrastive losses, and bridges (linear, mlp) with and without views. Every finished row is kept in the
+work folder, so a rerun with the same options continues where it stopped.
+
+    python bench/teaching.py [--quick] [--work DIR] [--only distill|synthetic|transfer|aligned]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from common import EvalSet, features, in_turns, write_results
+
+import zeroshift
+from zeroshift.methods.config import AlignConfig, DistillConfig, TransferConfig
+from zeroshift.models.runtime import accelerate
+from zeroshift.models.student import param_count
+from zeroshift.models.transforms import probe_batch
+from zeroshift.zeroshot.prompts import encode_prompts, vocabulary
+
+HERE = Path(__file__).parent
+CONSE = "conse:effnet-lite2+minilm"
+STUDENT = "student-cnn"
+WIDTHS = ("student-cnn:width=16", "student-cnn", "student-cnn:width=64")
+
+
+def domains(args) -> dict[str, dict]:
+    """Fit images (unlabelled) and the test set of each domain."""
+    return {"fmnist": {"fit": (f"fashion-mnist:train[:{args.fmnist}]",), "test": args.fmnist_test},
+            "tux": {"fit": ("tuxpaint[0::2]", args.clipart), "test": "tuxpaint[1::2]"}}
+
+
+def distill_rows(args) -> list[dict]:
+    """(name, domain, options) of every student row; steps are equal within the short rows."""
+    e, k = args.epochs, args.views
+    rows = []
+    for d in ("fmnist", "tux"):
+        rows += [
+            {"row": "inconsistent K=1 (student crops)", "domain": d, "views": 1, "student_augment": "light", "epochs": e},
+            {"row": "consistent K=1", "domain": d, "views": 1, "epochs": e},
+            {"row": f"consistent K={k}", "domain": d, "views": k, "epochs": max(1, e // k)},
+            {"row": f"consistent K={k}, long ({args.long}x)", "domain": d, "views": k, "epochs": max(1, e // k) * args.long},
+        ]
+        if d == "fmnist" and not args.quick:
+            rows.append({"row": "consistent K=16", "domain": d, "views": 16, "epochs": max(1, e // 16)})
+        for spec in (WIDTHS[0], WIDTHS[2]):
+            rows.append({"row": f"consistent K={k}, {spec}", "domain": d, "views": k, "student": spec,
+                         "epochs": max(1, e // k)})
+    return rows
+
+
+class Bench:
+    def __init__(self, args) -> None:
+        self.args, self.work = args, Path(args.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.done_path = self.work / "rows.json"
+        self.done = json.loads(self.done_path.read_text()) if self.done_path.exists() else {}
+        self.evals: dict[tuple[str, str], EvalSet] = {}
+
+    def eval_set(self, teacher_spec: str, spec: str) -> EvalSet:
+        if (teacher_spec, spec) not in self.evals:
+            teacher = zeroshift.load(teacher_spec, runtime="auto")
+            words, groups = vocabulary(None)
+            vocab = encode_prompts(teacher, words, groups, progress=False).class_weights()
+            self.evals[teacher_spec, spec] = EvalSet(teacher, spec, vocab)
+        return self.evals[teacher_spec, spec]
+
+    def score(self, vlm, teacher_spec: str, spec: str) -> dict:
+        ev = self.eval_set(teacher_spec, spec)
+        f = features(vlm, spec)
+        pos = {int(i): k for k, i in enumerate(f.index)}
+        z = torch.from_numpy(f.gather([pos[int(i)] for i in ev.index]))  # [N, d] in the teacher's row order
+        return ev.score(z)
+
+    def row(self, key: str, make) -> dict:
+        """The finished row `key`, or make() it (train, score) and keep it."""
+        if key not in self.done:
+            self.done[key] = make()
+            self.done_path.write_text(json.dumps(self.done, indent=1))
+            r = self.done[key]
+            print(f"{key}: agree {r['agree']:.3f} acc {r['acc1']:.3f} cos {r['cosine']:.3f} ({r['train_s']:.0f} s)",
+                  flush=True)
+        return self.done[key]
+
+    def distilled(self, teacher: str, key: str, domain: dict, **options) -> dict:
+        out = self.work / "runs" / key.replace(" ", "_").replace("/", "-").replace(",", "")
+
+        def make() -> dict:
+            cfg = DistillConfig(teacher=teacher, data=domain["fit"], out=str(out), overwrite=True, seed=0,
+                                batch_size=self.args.batch_size, quiet=True, **{"student": STUDENT, **options})
+            vlm = zeroshift.distill(config=cfg)
+            config = json.loads((out / "config.json").read_text())
+            steps_images = config["rows"] * config["train"]["epochs"]
+            tests = domain["test"] if isinstance(domain["test"], list) else [domain["test"]]
+            scores = {t: self.score(vlm, teacher, t) for t in tests}
+            return {**(scores[tests[0]] if len(tests) == 1 else {"scores": scores, **scores[tests[0]]}),
+                    "params": config["params"],
+                    "train_s": config["seconds"]["train"], "prepare_s": config["seconds"]["prepare"],
+                    "train_images_per_s": steps_images / max(config["seconds"]["train"], 1e-9),
+                    "epochs": config["train"]["epochs"], "rows": config["rows"],
+                    "kept": config["holdout"]["kept"], "run": str(out)}
+
+        return self.row(key, make)
+
+    def bridged(self, teacher: str, key: str, domain: dict, **options) -> dict:
+        out = self.work / "runs" / key.replace(" ", "_").replace("/", "-").replace(",", "")
+
+        def make() -> dict:
+            cfg = TransferConfig(teacher=teacher, encoder=self.args.encoder, data=domain["fit"], out=str(out),
+                                 overwrite=True, quiet=True, **options)
+            vlm = zeroshift.transfer(config=cfg)
+            config = json.loads((out / "config.json").read_text())
+            return {**self.score(vlm, teacher, domain["test"]), "params": None,
+                    "train_s": config["seconds"]["fit"], "run": str(out),
+                    "selection": config.get("selection")}
+
+        return self.row(key, make)
+
+
+def aligned_teacher(bench: Bench) -> str:
+    """The CLIP-like teacher: `align` of EfficientNet-Lite2 and MiniLM on Tux Paint's even half and OpenClipart."""
+    out = bench.work / "aligned-teacher"
+    if not (out / "config.json").exists():
+        zeroshift.align(config=AlignConfig(image="effnet-lite2", text="minilm", data=("tuxpaint[0::2]", bench.args.clipart),
+                                           out=str(out), epochs=50, batch_size=128, overwrite=True, quiet=True))
+    return f"run:{out}"
+
+
+def speeds(student_runs: list[str]) -> dict[str, float]:
+    """Images per second at batch 32 of the teacher's image tower and of the students, each at its fastest
+    runtime (onnxruntime here), timed in turns."""
+    lite2 = zeroshift.load("effnet-lite2", runtime="torch")
+    encoders = {"teacher": accelerate(lite2, "onnx")}
+    for run in student_runs:
+        encoders[run] = zeroshift.load(f"run:{run}", runtime="onnx").image
+    inputs = {name: probe_batch(enc.image_transform, 32) for name, enc in encoders.items()}  # [32, 3, H, W]
+    turns = in_turns({n: (lambda e=e, x=inputs[n]: e.encode_image(x)) for n, e in encoders.items()}, 5, warmup=1)
+    return {name: 32 / t.median for name, t in turns.items()}
+
+
+def run(args) -> dict:
+    bench = Bench(args)
+    doms = domains(args)
+    rows: list[dict] = []
+    if args.only in (None, "distill"):
+        for r in distill_rows(args):
+            opts = {k: v for k, v in r.items() if k not in ("row", "domain")}
+            res = bench.distilled(CONSE, f"conse {r['domain']} {r['row']}", doms[r["domain"]], **opts)
+            rows.append({"teacher": "conse", "kind": "student", **r, **res})
+    if args.only in (None, "synthetic"):
+        synth = (f"synthetic:classes=fashion-mnist+tuxpaint,n={args.synthetic},size=96",)
+        for loss in ("l2", "contrastive-text", "contrastive-feature"):  # one student per loss, scored on both domains
+            tests = [doms[d]["test"] for d in ("fmnist", "tux")]
+            res = bench.distilled(CONSE, f"conse synthetic {loss}", {"fit": synth, "test": tests}, views=1, loss=loss,
+                                  holdout=0.0, epochs=args.epochs)
+            for d, test in zip(("fmnist", "tux"), tests):
+                rows.append({"teacher": "conse", "kind": "synthetic", "row": f"synthetic only, {loss}", "domain": d,
+                             **{k: v for k, v in res.items() if k != "scores"}, **res["scores"][test]})
+    if args.only in (None, "transfer", "aligned"):
+        teachers = {"conse": CONSE} if args.only == "transfer" else {"conse": CONSE, "aligned": None}
+        if args.only == "aligned":
+            teachers = {"aligned": None}
+        for name in teachers:
+            spec = CONSE if name == "conse" else aligned_teacher(bench)
+            for d in ("fmnist", "tux"):
+                for bridge in ("linear", "mlp"):
+                    for k in (1, args.views):
+                        res = bench.bridged(spec, f"{name} {d} bridge {bridge} K={k}", doms[d], bridge=bridge, views=k)
+                        rows.append({"teacher": name, "kind": "bridge", "row": f"{args.encoder} {bridge} bridge, K={k}",
+                                     "domain": d, **res})
+    teacher_rows = {}
+    for d, dom in doms.items():
+        teacher_rows[d] = {"conse": bench.eval_set(CONSE, dom["test"]).score(bench.eval_set(CONSE, dom["test"]).t)}
+    students = [r["run"] for r in rows if r["kind"] == "student"]
+    return {"rows": rows, "teachers": teacher_rows, "speeds": speeds(sorted(set(students)))
+            if students and not args.no_speed else {}, "options": vars(args),
+            "teacher_params": param_count(zeroshift.load("effnet-lite2", runtime="torch"))}
+
+
+def write(result: dict, out: Path) -> None:
+    rows, sp, opts = result["rows"], result["speeds"], result["options"]
+    tp = result["teacher_params"]
+    lines = ["# Teaching benchmark", "",
+             f"Teachers: `{CONSE}` ({tp:,} image-tower parameters) and `aligned`, an `align` VLM of EfficientNet-Lite2 "
+             f"+ MiniLM trained on `tuxpaint[0::2]` + `{opts['clipart']}`. Fit images, never their labels: "
+             f"`fashion-mnist:train[:{opts['fmnist']}]` for `{opts['fmnist_test']}`; `tuxpaint[0::2]` + "
+             f"`{opts['clipart']}` for `tuxpaint[1::2]`. Students: distill defaults (l2, batch {opts['batch_size']}, "
+             f"AdamW 3e-3, cosine, held-out 0.1 of the fit images chosen by agreement); short rows have equal "
+             f"student steps ({opts['epochs']} epochs of the plain images); views from the default recipe. "
+             f"Bridges: `{opts['encoder']}`, transfer defaults.", "",
+             "agree = top-1 agreement with the teacher over the test set's classes; acc / teacher = accuracy as a "
+             "share of the teacher's; img/s = inference at batch 32, each at its fastest runtime (onnxruntime), "
+             "against the teacher's image tower; train img/s = training images per second of the whole loop.", ""]
+    for d in ("fmnist", "tux"):
+        t = result["teachers"][d]["conse"]
+        lines += [f"## {d}: teacher acc1 {t['acc1']:.3f} [{t['acc1_lo']:.3f}, {t['acc1_hi']:.3f}]", "",
+                  "| teacher | row | params | img/s vs teacher | agree | acc1 [95%] | acc / teacher | cos | train img/s | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["domain"] == d):
+            speed = sp.get(r.get("run", ""), None) if r["kind"] == "student" else None
+            ratio = f"{speed / sp['teacher']:.1f}x" if speed and sp.get("teacher") else "-"
+            teacher_acc = t["acc1"] if r["teacher"] == "conse" else None
+            keep = f"{r['acc1'] / teacher_acc:.2f}" if teacher_acc else "-"
+            params = f"{r['params']:,}" if r.get("params") else "-"
+            tis = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "-"
+            lines.append(f"| {r['teacher']} | {r['row']} | {params} | {ratio} | {r['agree']:.3f} | {r['acc1']:.3f} "
+                         f"[{r['acc1_lo']:.3f}, {r['acc1_hi']:.3f}] | {keep} | {r['cosine']:.3f} | {tis} | {r['train_s']:.0f} |")
+        lines.append("")
+    lines += targets(result)
+    write_results(out, "teaching", "\n".join(lines) + "\n", result)
+
+
+def targets(result: dict) -> list[str]:
+    """The issue's targets, met or not, from the measured rows."""
+    rows, sp, tp = result["rows"], result["speeds"], result["teacher_params"]
+    out = ["## Targets", ""]
+    small = [r for r in rows if r["kind"] == "student" and r["params"] <= 0.1 * tp
+             and sp.get(r["run"], 0) >= 10 * sp.get("teacher", float("inf"))]
+    for d, want in (("fmnist", 0.8), ("tux", 0.6)):
+        cands = [r for r in small if r["domain"] == d and r["teacher"] == "conse"]
+        best = max(cands, key=lambda r: r["agree"], default=None)
+        out.append(f"- {d}: a student with <= 10% of the teacher's parameters and >= 10x its images/s agrees on >= {want}: "
+                   + ("no such student measured" if best is None else
+                      f"{'met' if best['agree'] >= want else 'not met'} (best {best['agree']:.3f}, {best['row']})"))
+    fm = [r for r in small if r["domain"] == "fmnist" and r["teacher"] == "conse"]
+    if fm:
+        best = max(fm, key=lambda r: r["agree"])
+        gap = result["teachers"]["fmnist"]["conse"]["acc1"] - best["acc1"]
+        out.append(f"- fmnist accuracy within 0.02 of the teacher's: {'met' if abs(gap) <= 0.02 else 'not met'} "
+                   f"(gap {gap:+.3f}, {best['row']})")
+    syn = {(r["row"], r["domain"]): r for r in rows if r["kind"] == "synthetic"}
+    for d in ("fmnist", "tux"):
+        l2 = syn.get(("synthetic only, l2", d))
+        other = [syn.get((f"synthetic only, {c}", d)) for c in ("contrastive-text", "contrastive-feature")]
+        if l2 and all(other):
+            worst = max(o["agree"] for o in other)
+            out.append(f"- {d}: synthetic-only l2 at least 2x the agreement of both contrastive losses: "
+                       f"{'met' if l2['agree'] >= 2 * worst else 'not met'} (l2 {l2['agree']:.3f}, best contrastive {worst:.3f})")
+    for d in ("fmnist", "tux"):
+        br = [r for r in rows if r["kind"] == "bridge" and r["teacher"] == "aligned" and r["domain"] == d]
+        if br:
+            best = max(br, key=lambda r: r["agree"])
+            out.append(f"- {d}: a bridge into the aligned teacher agrees on >= 0.9: "
+                       f"{'met' if best['agree'] >= 0.9 else 'not met'} (best {best['agree']:.3f}, {best['row']})")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fmnist", type=int, default=2000, help="Fashion-MNIST train images to fit on")
+    p.add_argument("--fmnist-test", default="fashion-mnist:test")
+    p.add_argument("--clipart", default="openclipart[::4]", help="the OpenClipart part of the Tux Paint fit data")
+    p.add_argument("--synthetic", type=int, default=2000, help="synthetic renders for the synthetic-only rows")
+    p.add_argument("--epochs", type=int, default=16, help="epochs of the short K=1 rows (K views: epochs / K)")
+    p.add_argument("--views", type=int, default=4)
+    p.add_argument("--long", type=int, default=4, help="the long schedule, as a multiple of the short one")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--encoder", default="effnet-lite0", help="the bridges' source encoder")
+    p.add_argument("--only", choices=("distill", "synthetic", "transfer", "aligned"))
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--quick", action="store_true", help="smoke run: few images and epochs")
+    p.add_argument("--work", default=None, help="folder for runs and finished rows (default: a new temp folder)")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args()
+    if args.quick:
+        args.fmnist, args.synthetic, args.epochs, args.long = 200, 200, 4, 2
+        args.clipart, args.fmnist_test = "openclipart[:100]", "fashion-mnist:test[::50]"
+    args.work = args.work or tempfile.mkdtemp(prefix="zeroshift-bench-teaching-")
+    write(run(args), Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
