@@ -105,14 +105,14 @@ def test_transfer_on_views_shares_the_caches_of_every_split(tmp_path, home):
 
     run(holdout=0.25)
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["rows"] == 20 and config["data"]["rows_used"] == 15 * 3 and config["views"]["count"] == 3
+    assert config["data"][0]["rows"] == 20 and config["data"][0]["rows_used"] == 15 * 3 and config["views"]["count"] == 3
     assert config["views"]["recipe"].startswith("crop=0.5-1,flip=0.5,jitter=0.2")
     assert "15 of 20 images x 3 views (45 rows" in (out / "README.md").read_text()
     caches = sorted((home / "features").iterdir())
     assert len(caches) == 2 and all(json.loads((c / "manifest.json").read_text())["rows"] == 60 for c in caches)
     run(holdout=0.5)
     assert sorted((home / "features").iterdir()) == caches  # another split: the same view caches
-    assert json.loads((out / "config.json").read_text())["data"]["rows_used"] == 10 * 3
+    assert json.loads((out / "config.json").read_text())["data"][0]["rows_used"] == 10 * 3
 
 
 def test_bad_views_holdout_and_augment_fail_in_one_line_before_any_work(tmp_path):
