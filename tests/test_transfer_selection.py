@@ -186,7 +186,8 @@ def test_transfer_on_two_folders_fits_their_union_on_the_caches_each_makes_alone
     from zeroshift.methods.common import Run
 
     seen, checkpoints = [], Run.checkpoints
-    monkeypatch.setattr(Run, "checkpoints", lambda self, **identity: seen.append(identity) or checkpoints(self, **identity))
+    monkeypatch.setattr(Run, "checkpoints",
+                        lambda self, **identity: seen.append(identity) or checkpoints(self, **identity))
     a = _folder(tmp_path / "a", {"red": 6, "green": 6})
     b = _folder(tmp_path / "b", {"blue": 5, "grey": 5}, seed=1)
     out = tmp_path / "run"
@@ -206,7 +207,8 @@ def test_transfer_on_two_folders_fits_their_union_on_the_caches_each_makes_alone
     config = json.loads((out / "config.json").read_text())
     assert [(d["rows"], d["images_fit"], d["images_held_out"]) for d in config["data"]] == [(12, 9, 3), (10, 8, 2)]
     assert config["holdout"]["images"] == {"fit": 17, "held": 5}
-    assert sum(d["rows_used"] for d in config["data"]) == 17 and config["options"]["data"] == [f"folder:{a}", f"folder:{b}"]
+    assert sum(d["rows_used"] for d in config["data"]) == 17
+    assert config["options"]["data"] == [f"folder:{a}", f"folder:{b}"]
     card = (out / "README.md").read_text()
     assert f"`folder:{a}`: 9 of 12 images; `folder:{b}`: 8 of 10 images, 5 more held out" in card
     run(f"folder:{a}", f"folder:{b}", holdout=0.0, data_fraction=0.5)
