@@ -59,7 +59,7 @@ def run(args) -> dict:
             for name, opts in variants:
                 for s_feats, t_feats in _fit_pairs(src, tch, opts):
                     fit_opts = {k: v for k, v in opts.items() if k != "data_fraction"}
-                    cfg = TransferConfig(teacher=TEACHER, encoder=enc_spec, data=specs[0], out="-", **fit_opts)
+                    cfg = TransferConfig(teacher=TEACHER, encoder=enc_spec, data=tuple(specs), out="-", **fit_opts)
                     fitted = timed(lambda cfg=cfg, s=s_feats, t=t_feats: fit(
                         cfg, s, t, prompts if cfg.method == "zoomshot" else None, progress=False, vocabulary=vocab))
                     with torch.no_grad():
@@ -72,8 +72,8 @@ def run(args) -> dict:
 
 def _fit_pairs(src, tch, opts):
     """The (source, teacher) features to fit on: one set as it is; unpaired, its first half through the
-    source encoder and its second half through the teacher (no image seen by both); several sets
-    joined end to end."""
+    source encoder and its second half through the teacher (no image seen by both); several sets as
+    lists, as `transfer --data A B ...` fits them."""
     if "data_fraction" in opts:  # the library subsets before embedding; here the cached rows are subset
         n = len(src[0])
         keep = np.sort(np.random.default_rng(0).permutation(n)[:max(2, round(opts["data_fraction"] * n))])
@@ -87,7 +87,7 @@ def _fit_pairs(src, tch, opts):
             return
         yield src[0], tch[0]
         return
-    yield _Concat(src), _Concat(tch)
+    yield src, tch  # fit takes several sets as they are: each split on its own, rows read end to end
 
 
 class _Slice:
@@ -102,29 +102,6 @@ class _Slice:
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
         return self.feats.gather(self.positions[rows])
-
-
-class _Concat:
-    """Several Features end to end, with the reader API fit() uses (index made unique per part)."""
-
-    def __init__(self, parts) -> None:
-        self.parts, self.dim, self.path = parts, parts[0].dim, parts[0].path
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-        base = np.cumsum([0] + [int(p.index.max()) + 1 for p in parts])
-        self.index = np.concatenate([p.index + b for p, b in zip(parts, base)])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        rows = np.asarray(rows)
-        out = np.empty((len(rows), self.dim), dtype=np.float32)
-        part = np.searchsorted(self.offsets, rows, side="right") - 1
-        for k, p in enumerate(self.parts):
-            sel = part == k
-            if sel.any():
-                out[sel] = p.gather(rows[sel] - self.offsets[k])
-        return out
 
 
 class _Array:

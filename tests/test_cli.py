@@ -112,6 +112,17 @@ def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path,
     assert main(["predict", "--model", f"run:{run}", "--labels", "red,green,blue", "--json", str(folder / "red" / "0.png")]) == 0
 
 
+def test_transfer_command_takes_several_data_specs(home, folder, tmp_path):
+    other = colour_folder(tmp_path / "other", 2, 20, noise=25, colours=COLOURS)
+    run = tmp_path / "bridge"
+    assert main(["transfer", "--teacher", "tiny-clip:seed=0", "--encoder", "tiny-clip:seed=1", "--data",
+                 f"folder:{folder}", f"folder:{other}", "--method", "lstsq", "--holdout", "0", "--out", str(run),
+                 "--runtime", "torch"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert [d["spec"] for d in config["data"]] == [f"folder:{folder}", f"folder:{other}"]
+    assert [d["rows_used"] for d in config["data"]] == [12, 6]
+
+
 def test_distill_and_align_commands_write_runs(home, folder, tmp_path, capsys):
     student = tmp_path / "student"
     assert main(["distill", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--student",

@@ -309,7 +309,7 @@ def test_transfer_writes_a_run_that_loads_and_classifies(tmp_path):
                                                "loss.png", "results"}
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "bridge" and config["dims"] == {"encoder": 24, "teacher": 32}
-    assert config["losses"] == loss_weights(cfg) and config["data"]["rows_used"] == 108  # 12 held out
+    assert config["losses"] == loss_weights(cfg) and config["data"][0]["rows_used"] == 108  # 12 held out
     assert config["holdout"]["images"] == {"fit": 108, "held": 12} and len(config["holdout"]["ridge"]["grid"]) == 5
     assert config["ridge"] == config["holdout"]["ridge"]["chosen"] and len(config["holdout"]["epochs"]) == 1
     card = (out / "README.md").read_text()
@@ -327,7 +327,7 @@ def test_transfer_writes_a_run_that_loads_and_classifies(tmp_path):
     lstsq = transfer(_cfg(data=f"folder:{data}", out=str(out), method="lstsq", overwrite=True, runtime="torch",
                           data_fraction=0.5), progress=False)
     assert not (out / "loss.png").exists() and lstsq.spec != vlm.spec
-    assert json.loads((out / "config.json").read_text())["data"]["rows"] == 60
+    assert json.loads((out / "config.json").read_text())["data"][0]["rows"] == 60
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_bridge(tmp_path, monkeypatch, interrupt_at):

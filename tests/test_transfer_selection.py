@@ -105,14 +105,14 @@ def test_transfer_on_views_shares_the_caches_of_every_split(tmp_path, home):
 
     run(holdout=0.25)
     config = json.loads((out / "config.json").read_text())
-    assert config["data"]["rows"] == 20 and config["data"]["rows_used"] == 15 * 3 and config["views"]["count"] == 3
+    assert config["data"][0]["rows"] == 20 and config["data"][0]["rows_used"] == 15 * 3 and config["views"]["count"] == 3
     assert config["views"]["recipe"].startswith("crop=0.5-1,flip=0.5,jitter=0.2")
     assert "15 of 20 images x 3 views (45 rows" in (out / "README.md").read_text()
     caches = sorted((home / "features").iterdir())
     assert len(caches) == 2 and all(json.loads((c / "manifest.json").read_text())["rows"] == 60 for c in caches)
     run(holdout=0.5)
     assert sorted((home / "features").iterdir()) == caches  # another split: the same view caches
-    assert json.loads((out / "config.json").read_text())["data"]["rows_used"] == 10 * 3
+    assert json.loads((out / "config.json").read_text())["data"][0]["rows_used"] == 10 * 3
 
 
 def test_bad_views_holdout_and_augment_fail_in_one_line_before_any_work(tmp_path):
@@ -157,3 +157,70 @@ def test_mlp_verdict_tells_a_gain_from_the_split_noise():
     assert verdict(selection(1000, 0.3, 0.4), "mlp").startswith("the mlp bridge earned its place: epoch 1")
     assert "did not beat its affine warm start on the 39 held-out images" in verdict(selection(39, 0.3, 0.2), "mlp")
     assert verdict(selection(39, 0.3, 0.4), "linear") == "kept epoch 1 of 1: held-out agreement 0.400; warm start 0.300"
+
+
+# ---------------------------------------------------------------- several fit sources
+def test_fit_rows_over_two_sources_split_each_by_image_and_read_end_to_end(module_home):
+    source, teacher = _linear_pair()
+    parts = [ArraySource(_images(n, seed), f"test:part{seed}") for n, seed in ((20, 1), (30, 2))]
+    src = [embed(source, p, progress=False) for p in parts]
+    tch = [embed(teacher, p, progress=False) for p in parts]
+    rows = FitRows(src, tch, paired=True, holdout=0.2, seed=0)
+    assert rows.splits == [(16, 4), (24, 6)] and rows.images == 40 and rows.used == ((16, 24), (16, 24))
+    assert len(rows.ps) == 40 and len(rows.held[0]) == 10
+    for k, one in enumerate(FitRows(s, t, paired=True, holdout=0.2, seed=0) for s, t in zip(src, tch)):
+        mine = rows.ps[(rows.ps >= rows.source.bounds[k]) & (rows.ps < rows.source.bounds[k + 1])]
+        assert (mine - rows.source.bounds[k] == one.ps).all()  # each source splits as it does alone
+        np.testing.assert_array_equal(rows.source.gather(mine), src[k].gather(one.ps))
+    whole = FitRows(src, tch, paired=True)
+    assert whole.held is None and whole.used == ((20, 30), (20, 30))
+    with pytest.raises(ZeroshiftError, match="a teacher cache per source"):
+        FitRows(src, tch[:1], paired=True)
+    with pytest.raises(ZeroshiftError, match="at least one source"):
+        FitRows([], [], paired=True)
+    lone = fit(_cfg(method="lstsq", holdout=0.0), src, tch, progress=False)
+    assert lone.rows == (50, 50) and lone.used == ((20, 30), (20, 30))
+
+
+def test_transfer_on_two_folders_fits_their_union_on_the_caches_each_makes_alone(tmp_path, home, monkeypatch):
+    from zeroshift.methods.common import Run
+
+    seen, checkpoints = [], Run.checkpoints
+    monkeypatch.setattr(Run, "checkpoints",
+                        lambda self, **identity: seen.append(identity) or checkpoints(self, **identity))
+    a = _folder(tmp_path / "a", {"red": 6, "green": 6})
+    b = _folder(tmp_path / "b", {"blue": 5, "grey": 5}, seed=1)
+    out = tmp_path / "run"
+
+    def run(*data, **kw):
+        return transfer(_cfg(data=data, out=str(out), method="lstsq", runtime="torch", overwrite=True, **kw),
+                        progress=False)
+
+    run(f"folder:{a}")
+    run(f"folder:{b}")
+    caches = sorted((home / "features").iterdir())
+    assert len(caches) == 4  # encoder and teacher, each folder on its own
+    run(f"folder:{a}", f"folder:{b}", holdout=0.25)
+    assert sorted((home / "features").iterdir()) == caches  # the pair made no cache of its own
+    prints = {json.loads((c / "manifest.json").read_text())["fingerprint"] for c in caches}
+    assert len(seen[-1]["data"]) == 4 and set(seen[-1]["data"]) == prints  # checkpoints know every source
+    config = json.loads((out / "config.json").read_text())
+    assert [(d["rows"], d["images_fit"], d["images_held_out"]) for d in config["data"]] == [(12, 9, 3), (10, 8, 2)]
+    assert config["holdout"]["images"] == {"fit": 17, "held": 5}
+    assert sum(d["rows_used"] for d in config["data"]) == 17
+    assert config["options"]["data"] == [f"folder:{a}", f"folder:{b}"]
+    card = (out / "README.md").read_text()
+    assert f"`folder:{a}`: 9 of 12 images; `folder:{b}`: 8 of 10 images, 5 more held out" in card
+    run(f"folder:{a}", f"folder:{b}", holdout=0.0, data_fraction=0.5)
+    assert [d["rows"] for d in json.loads((out / "config.json").read_text())["data"]] == [6, 5]  # per source
+    with pytest.raises(ZeroshiftError, match="--data needs at least one data spec"):
+        _cfg(data=())
+
+
+def test_a_single_source_run_folder_from_before_still_makes_its_card():
+    from zeroshift.methods.transfer import _fit_images
+
+    old = {"data": {"spec": "folder:x", "rows": 120, "views": 1, "rows_used": 108},
+           "holdout": {"images": {"fit": 108, "held": 12}}, "views": {"count": 1, "recipe": None}}
+    assert _fit_images(old) == "`folder:x`: 108 of 120 images, 12 more held out to choose by"
+    assert _fit_images({**old, "holdout": None}) == "`folder:x`: 108 of 120 images"

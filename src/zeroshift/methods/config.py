@@ -106,7 +106,9 @@ class TransferConfig(RunConfig):
     teacher: str = field(metadata={"help": "the VLM whose joint space the bridge maps into, "
                                            "e.g. conse:effnet-lite2+minilm"})
     encoder: str = field(metadata={"help": "the vision encoder to bridge, e.g. effnet-lite0"})
-    data: str = field(metadata={"help": "unlabelled fit images (one data spec); their labels and captions are never read"})
+    data: tuple[str, ...] = field(metadata={
+        "help": "one or more data specs of unlabelled fit images, fitted together (each cached on its own, held out "
+                "from per image); their labels and captions are never read"})
     unpaired_data: str | None = field(default=None, metadata={
         "help": "the teacher's own fit images: unpaired mode, no image is seen by both encoders"})
     method: str = field(default="zoomshot", metadata={"help": "how to fit the bridge", "choices": list(METHODS)})

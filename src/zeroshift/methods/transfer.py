@@ -10,35 +10,32 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed as dist
 from ..cache import Features
 from ..cache.views import embed_views, views_in
 from ..data.augment import parse_augment
 from ..data.base import DataSource, Subset
-from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
-from ..models.bridge import Bridge, Moments
+from ..errors import CacheMismatch, DataError, ZeroshiftError
+from ..models.bridge import Bridge
 from ..models.vlm import VLM
 from ..report import card_tail
-from ..train.batches import Epoch
 from ..train.checkpoint import Checkpoints
 from ..train.loop import TrainConfig, plot_history, train
 from ..zeroshot.prompts import DEFAULT_TEMPLATES, Prompts, encode_prompts, vocabulary
+from .bridge_rows import FitRows, parts_of  # noqa: F401  (FitRows: re-exported)
 from .common import Run
 from .config import METHODS, PGKD, TransferConfig  # noqa: F401  (TransferConfig, METHODS, PGKD: re-exported)
 from .config import TRANSFER_LOSSES as LOSSES
-from .holdout import Split, split_images
+from .holdout import split_images
 from .losses import CycleLoss, MSELoss, PGKDLoss, Views
-from .selection import HeldOut, card_lines, choose_ridge, record
-
-STATS_ROWS = 4096  # rows per chunk of the statistics pass
+from .selection import card_lines, choose_ridge, record
 
 
 def loss_weights(cfg: TransferConfig) -> dict[str, float]:
@@ -111,97 +108,6 @@ def make_losses(cfg: TransferConfig, prompts: Prompts | None) -> list[nn.Module]
     return losses
 
 
-# ---------------------------------------------------------------- fit rows
-class FitRows:
-    """Which cached rows the fit uses: paired, the source rows valid in both caches (by Features.index);
-    unpaired, every valid row of each cache, on its own. With `holdout` (paired), a seeded share of the
-    images valid in both is held out (holdout.py; with `views` adjacent view rows per image, all of an
-    image's views go together): `held` holds the plain-view positions (source, teacher) of those, and
-    the fit rows are every view of the others."""
-
-    def __init__(self, source: Features, teacher: Features, paired: bool, views: int = 1, holdout: float = 0.0,
-                 seed: int = 0) -> None:
-        self.source, self.teacher, self.paired = source, teacher, paired
-        self.held: tuple[np.ndarray, np.ndarray] | None = None
-        self.images: int | None = None  # fit images, with a held-out split
-        prints = [getattr(f, "manifest", {}).get("fingerprint") for f in (source, teacher)]
-        if paired and None not in prints and prints[0] != prints[1]:
-            raise DataError(f"paired fitting needs both encoders' features of the same images, but {source.path} "
-                            f"and {teacher.path} come from different data; pass the teacher's as unpaired data")
-        if paired:
-            _, self.ps, self.pc = np.intersect1d(source.index, teacher.index, return_indices=True)
-        else:
-            self.ps, self.pc = np.arange(len(source)), np.arange(len(teacher))
-        if paired and holdout > 0:
-            common = source.index[self.ps]  # [N] source rows valid in both caches
-            images = np.unique(common // views)  # [n] images with at least one such row
-            split = split_images(len(images), holdout, seed)
-            fit_rows, held_rows = Split(images[split.fit], images[split.held]).view_rows(views)
-            keep, held = np.isin(common, fit_rows), np.isin(common, held_rows)  # [N] masks
-            self.held = (self.ps[held], self.pc[held])
-            self.ps, self.pc, self.images = self.ps[keep], self.pc[keep], len(split.fit)
-        for what, rows in (("source", self.ps), ("teacher", self.pc)):
-            if len(rows) < 2:
-                pair = " valid in both caches" if paired else ""
-                raise DataError(f"the fit data has {len(rows)} {what} image(s){pair}; a bridge needs at least 2")
-
-    def _read(self, feats: Features, positions: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(feats.gather(positions))  # [B, dim]
-        if not torch.isfinite(x).all():
-            bad = int(positions[int((~torch.isfinite(x).all(dim=1)).nonzero()[0])])
-            raise CacheError(f"feature cache {feats.path} holds NaN or inf (source row {int(feats.index[bad])}): "
-                             "re-embed it with overwrite")
-        return x
-
-    def held_out(self, weights: torch.Tensor) -> HeldOut | None:
-        """The held-out images' scorer over the vocabulary's class vectors `weights` [C, d]."""
-        if self.held is None:
-            return None
-        hs, hc = self.held
-        return HeldOut(self._read(self.source, hs), self._read(self.teacher, hc), weights)
-
-    def moments(self, scatter: bool) -> tuple[Moments, Moments, int, int]:
-        """One pass over the fit rows: (source moments, teacher moments, their sides). Paired, one
-        Moments holds both sides (0 source, 1 teacher) and their cross products. Under torchrun each
-        rank reads every world-th chunk and the sums are added up across ranks."""
-        if self.paired:
-            m = Moments(scatter)
-            self._pass(m, (self.source, self.ps), (self.teacher, self.pc))
-            return m, m, 0, 1
-        out = []
-        for feats, rows in ((self.source, self.ps), (self.teacher, self.pc)):
-            m = Moments(scatter=False)
-            self._pass(m, (feats, rows))
-            out.append(m)
-        return out[0], out[1], 0, 0
-
-    def _pass(self, m: Moments, *sides: tuple[Features, np.ndarray]) -> None:
-        m.start(*(self._read(f, rows[:STATS_ROWS]) for f, rows in sides))  # the same shift on every rank
-        for s in range(dist.rank() * STATS_ROWS, len(sides[0][1]), dist.world_size() * STATS_ROWS):
-            m.update(*(self._read(f, rows[s:s + STATS_ROWS]) for f, rows in sides))
-        m.all_reduce()
-
-    def batches(self, batch_size: int, seed: int, prompts: int = 0) -> Callable[[int], Epoch]:
-        """A function of the epoch giving that epoch's shuffled batches {"source": [B, m], "teacher":
-        [B, d], "text": [T] rows of a `prompts`-row vocabulary} (for train/loop.py; this rank's share
-        under torchrun). Paired, rows are shuffled together; unpaired, each side on its own, the
-        smaller one wrapping around."""
-        n = max(len(self.ps), len(self.pc))
-
-        def epoch(e: int) -> Epoch:
-            other = None if self.paired else np.random.default_rng([seed, e, 1]).permutation(n)  # [n]
-
-            def make(rows: np.ndarray, g: torch.Generator) -> dict[str, torch.Tensor]:
-                c = rows if other is None else other[rows]
-                return {"source": torch.from_numpy(self.source.gather(self.ps[rows % len(self.ps)])),
-                        "teacher": torch.from_numpy(self.teacher.gather(self.pc[c % len(self.pc)])),
-                        "text": torch.randint(max(prompts, 1), (min(batch_size, prompts),), generator=g)}
-
-            return Epoch(n, batch_size, seed, e, make)
-
-        return epoch
-
-
 # ---------------------------------------------------------------- fitting
 @dataclass
 class Fit:
@@ -211,37 +117,41 @@ class Fit:
     seconds: float
     ridge: float | None = None  # the ridge the closed form used (None: no closed form)
     selection: dict | None = None  # what the held-out split said (selection.record)
+    used: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # fit rows of each source cache and of each teacher cache
+    splits: list[tuple[int, int]] = field(default_factory=list)  # (fit, held) images of each paired source
 
 
-def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Prompts | None = None,
-        run_dir: Path | None = None, progress: bool = True, checkpoints: Checkpoints | None = None,
-        vocabulary: torch.Tensor | None = None) -> Fit:
-    """Fit a bridge from cached features (paired rows of one data set, or two unpaired sets; with
-    `cfg.views` > 1, rows of view caches, K adjacent rows per image) by `cfg.method`. `prompts` is
-    needed when a zoomshot cycle or pgkd term is on; with `checkpoints` the training steps resume from
-    the last one. With a held-out split (`cfg.holdout`, paired), the images held out choose the ridge
-    from `cfg.ridge_grid` and the epoch kept (the warm start counting as epoch 0), scored over the
-    class vectors `vocabulary` [C, d] (default: the prompts')."""
+def fit(cfg: TransferConfig, source: Features | Sequence[Features], teacher: Features | Sequence[Features],
+        prompts: Prompts | None = None, run_dir: Path | None = None, progress: bool = True,
+        checkpoints: Checkpoints | None = None, vocabulary: torch.Tensor | None = None) -> Fit:
+    """Fit a bridge from cached features (paired rows of one or more data sets, `source[k]` and
+    `teacher[k]` the two encoders' caches of set k; or unpaired sets; with `cfg.views` > 1, rows of
+    view caches, K adjacent rows per image) by `cfg.method`. `prompts` is needed when a zoomshot cycle
+    or pgkd term is on; with `checkpoints` the training steps resume from the last one. With a held-out
+    split (`cfg.holdout`, paired; per set, by image), the images held out choose the ridge from
+    `cfg.ridge_grid` and the epoch kept (the warm start counting as epoch 0), scored over the class
+    vectors `vocabulary` [C, d] (default: the prompts')."""
     t0 = time.perf_counter()
+    sources, teachers = parts_of(source), parts_of(teacher)
     if cfg.method == "zoomshot" and prompts is None and {"cycle", "pgkd"} & set(loss_weights(cfg)):
         raise ZeroshiftError("the cycle and pgkd terms need the prompt vocabulary's embeddings")
-    if prompts is not None and prompts.embeddings.shape[1] != teacher.dim:
+    if prompts is not None and prompts.embeddings.shape[1] != teachers[0].dim:
         raise CacheMismatch(f"the prompt embeddings are {prompts.embeddings.shape[1]}-d but the teacher "
-                            f"features in {teacher.path} are {teacher.dim}-d")
-    for feats in (source, teacher):  # K adjacent rows per image is what the split and the ridge assume
+                            f"features in {teachers[0].path} are {teachers[0].dim}-d")
+    for feats in sources + teachers:  # K adjacent rows per image is what the split and the ridge assume
         spec = getattr(feats, "manifest", {}).get("data_spec")
         theirs = 1 if views_in(spec) is None else views_in(spec)[1]
         if spec and theirs != cfg.views:
             raise CacheMismatch(f"feature cache {feats.path} holds {theirs} view(s) per image, not the {cfg.views} "
                                 "asked for (--views)")
-    rows = FitRows(source, teacher, cfg.paired, cfg.views, cfg.holdout if selects(cfg) else 0.0, cfg.seed)
+    rows = FitRows(sources, teachers, cfg.paired, cfg.views, cfg.holdout if selects(cfg) else 0.0, cfg.seed)
     if rows.held is not None and vocabulary is None:
         if prompts is None:
             raise ZeroshiftError("held-out selection scores over a vocabulary: give its class vectors or the prompts")
         vocabulary = prompts.class_weights()
     held = None if rows.held is None else rows.held_out(vocabulary)
     torch.manual_seed(cfg.seed)
-    bridge = Bridge(source.dim, teacher.dim, cfg.bridge, cfg.hidden, center=cfg.method != "ttc")
+    bridge = Bridge(rows.source.dim, rows.teacher.dim, cfg.bridge, cfg.hidden, center=cfg.method != "ttc")
     closed_form = cfg.method == "lstsq" or (cfg.method == "zoomshot" and cfg.paired and cfg.warm_start)
     ms, mc, ks, kc = rows.moments(scatter=closed_form)
     bridge.set_alignment(ms, mc, ks, kc)
@@ -267,7 +177,8 @@ def fit(cfg: TransferConfig, source: Features, teacher: Features, prompts: Promp
     elif held is not None:
         start = held.score(bridge)
     selection = None if held is None else record(held, cfg.holdout, rows.images, grid, ridge, start, history, kept)
-    return Fit(bridge.cpu().eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0, ridge, selection)
+    return Fit(bridge.cpu().eval(), history, (len(rows.ps), len(rows.pc)), time.perf_counter() - t0, ridge, selection,
+               rows.used, rows.splits)
 
 
 # ---------------------------------------------------------------- the command
@@ -288,10 +199,21 @@ def fit_source(spec: str, fraction: float, seed: int, what: str) -> DataSource:
     return source
 
 
-def _data_entry(source: DataSource, rows: int, views: int = 1) -> dict:
-    """The fit data in config.json: its images (`rows`, as before views) and the cached rows fitted."""
-    return {"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source), "views": views,
-            "rows_used": rows}
+def _data_entry(source: DataSource, rows: int, views: int = 1, split: tuple[int, int] | None = None) -> dict:
+    """One fit source in config.json: its images (`rows`, as before views), the cached rows fitted and,
+    with a held-out split, its (fit, held) images."""
+    entry = {"spec": source.spec, "fingerprint": source.fingerprint(), "rows": len(source), "views": views,
+             "rows_used": rows}
+    if split is not None:
+        entry.update(images_fit=split[0], images_held_out=split[1])
+    return entry
+
+
+def data_entries(config: dict) -> list[dict]:
+    """A bridge run's fit sources (config.json "data"): a list, or the one dict runs before several
+    --data wrote."""
+    data = config.get("data")
+    return [data] if isinstance(data, dict) else list(data or [])
 
 
 def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
@@ -308,48 +230,53 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
     require(cfg.teacher, "vlm", "teacher", "--teacher")  # by the specs' kinds, before any data or model is opened
     require(cfg.encoder, ("image", "vlm"), "encoder", "--encoder")
     run = Run(cfg, "bridge", {"teacher": cfg.teacher, "encoder": cfg.encoder, "data": cfg.data, "method": cfg.method})
-    source_data = fit_source(cfg.data, cfg.data_fraction, cfg.seed, "--data")
-    teacher_data = source_data if cfg.paired else fit_source(
-        cfg.unpaired_data, cfg.data_fraction, cfg.seed, "--unpaired-data")
+    source_data = [fit_source(spec, cfg.data_fraction, cfg.seed, "--data") for spec in cfg.data]
+    teacher_data = source_data if cfg.paired else [fit_source(
+        cfg.unpaired_data, cfg.data_fraction, cfg.seed, "--unpaired-data")]
     weights = loss_weights(cfg)
     needs_prompts = cfg.method == "zoomshot" and bool({"cycle", "pgkd"} & set(weights))
     texts, groups = vocabulary(cfg.prompts) if needs_prompts or selects(cfg) else ([], 0)
     if selects(cfg):  # a split that leaves too few fit images fails before any model loads
-        split_images(len(source_data), cfg.holdout, cfg.seed)
+        for source in source_data:  # each source is split on its own, named when there are several
+            what = source.spec if len(source_data) > 1 else "the fit data"
+            split_images(len(source), cfg.holdout, cfg.seed, what=what)
     recipe = parse_augment(cfg.augment)
     with run:
         encoder, teacher = load(cfg.encoder, runtime=cfg.runtime), load(cfg.teacher, runtime=cfg.runtime)
         t0 = time.perf_counter()
-        # the caches are always of the whole --data (its views): a held-out split only picks rows of them
-        src = embed_views(encoder, source_data, views=cfg.views, augment=recipe, runtime=cfg.runtime,
-                          progress=progress, role="encoder")
-        tch = embed_views(teacher, teacher_data, views=cfg.views, augment=recipe, runtime=cfg.runtime,
-                          progress=progress, role="teacher")
-        for name, feats, model in (("encoder", src, encoder), ("teacher", tch, teacher)):
-            if feats.dim != model.dim:
-                raise CacheMismatch(f"feature cache {feats.path} holds {feats.dim}-d features but the {name} "
-                                    f"{model.spec} gives {model.dim}-d: re-embed with overwrite")
+        # each source is cached on its own, whole (its views), as distill, eval and embed cache it: a
+        # held-out split only picks rows of them, and the fit reads the sources' rows end to end
+        src = [embed_views(encoder, data, views=cfg.views, augment=recipe, runtime=cfg.runtime,
+                           progress=progress, role="encoder") for data in source_data]
+        tch = [embed_views(teacher, data, views=cfg.views, augment=recipe, runtime=cfg.runtime,
+                           progress=progress, role="teacher") for data in teacher_data]
+        for name, caches, model in (("encoder", src, encoder), ("teacher", tch, teacher)):
+            for feats in caches:
+                if feats.dim != model.dim:
+                    raise CacheMismatch(f"feature cache {feats.path} holds {feats.dim}-d features but the {name} "
+                                        f"{model.spec} gives {model.dim}-d: re-embed with overwrite")
         prompts = encode_prompts(teacher, texts, groups, progress) if texts else None
         vocab = prompts.class_weights() if prompts is not None else None  # held-out scoring's classes [C, d]
         prompts = prompts if needs_prompts else None
         embed_seconds = time.perf_counter() - t0
-        checkpoints = run.checkpoints(dims=[src.dim, tch.dim],
-                                      data=[src.manifest["fingerprint"], tch.manifest["fingerprint"]])
+        checkpoints = run.checkpoints(dims=[src[0].dim, tch[0].dim],  # every source's and teacher's data
+                                      data=[f.manifest["fingerprint"] for f in src + tch])
         result = fit(cfg, src, tch, prompts, run.path, progress, checkpoints, vocabulary=vocab)
         if result.history:
             plot_history(result.history, run.path / "loss.png", title=f"{cfg.method}: {cfg.encoder} -> {cfg.teacher}")
         options = train_config(cfg)
         config = {
             "teacher": cfg.teacher, "encoder": cfg.encoder,
-            "dims": {"encoder": src.dim, "teacher": tch.dim}, "bridge": result.bridge.config(),
+            "dims": {"encoder": src[0].dim, "teacher": tch[0].dim}, "bridge": result.bridge.config(),
             "method": cfg.method, "losses": weights,
             "pgkd": cfg.pgkd if "pgkd" in weights else None, "tau": cfg.tau if "pgkd" in weights else None,
             "train": None if options is None else {**asdict(options[0]), "batch_size": options[1]},
             "ridge": cfg.ridge if result.ridge is None else result.ridge, "paired": cfg.paired,
             "views": {"count": cfg.views, "recipe": None if cfg.views == 1 else recipe.canonical()},
             "holdout": result.selection,
-            "data": _data_entry(source_data, result.rows[0], cfg.views),
-            "unpaired_data": None if cfg.paired else _data_entry(teacher_data, result.rows[1], cfg.views),
+            "data": [_data_entry(data, used, cfg.views, result.splits[k] if result.splits else None)
+                     for k, (data, used) in enumerate(zip(source_data, result.used[0]))],
+            "unpaired_data": None if cfg.paired else _data_entry(teacher_data[0], result.used[1][0], cfg.views),
             "prompts": None if not needs_prompts else {
                 "file": cfg.prompts, "templates": None if cfg.prompts else list(DEFAULT_TEMPLATES),
                 "count": len(texts), "classes": groups,
@@ -364,12 +291,19 @@ def transfer(cfg: TransferConfig, progress: bool = True) -> VLM:
 
 # ---------------------------------------------------------------- model card
 def _fit_images(config: dict) -> str:
-    data, held = config["data"], config.get("holdout")
-    views = data.get("views", 1)
-    used = held["images"]["fit"] if held else (data["rows_used"] // views if views > 1 else data["rows_used"])
-    text = f"{used} of {data['rows']} images"
-    if views > 1:
-        text += f" x {views} views ({data['rows_used']} rows; `{config['views']['recipe']}`)"
+    """The card's fit images: per source, the images fitted of its images (and views); then the held out."""
+    entries, held = data_entries(config), config.get("holdout")
+    parts = []
+    for data in entries:
+        views = data.get("views", 1)
+        used = data["rows_used"] // views if views > 1 else data["rows_used"]
+        if held:  # a run before several --data: one source, whose fit images the split records
+            used = data.get("images_fit", held["images"]["fit"] if len(entries) == 1 else used)
+        text = f"`{data['spec']}`: {used} of {data['rows']} images"
+        if views > 1:
+            text += f" x {views} views ({data['rows_used']} rows; `{config['views']['recipe']}`)"
+        parts.append(text)
+    text = "; ".join(parts)
     if held:
         text += f", {held['images']['held']} more held out to choose by"
     return text
@@ -379,7 +313,6 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
     """README.md of a bridge run: what it is, how it was made, its results and how to use it."""
     o = config["options"]
     losses = ", ".join(f"{k} x {w:g}" for k, w in config["losses"].items()) or "none (closed form)"
-    data = config["data"]
     lines = [
         f"# zeroshift bridge: {config['encoder']} -> {config['teacher']}", "",
         (f"`{config['encoder']}` made a zero-shot classifier: its image features pass through a learned "
@@ -390,7 +323,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         f"| teacher | `{config['teacher']}` |", f"| encoder | `{config['encoder']}` |",
         f"| method | {config['method']}{'' if config['paired'] else ' (unpaired)'} |",
         f"| loss terms | {losses} |",
-        f"| fit images | `{data['spec']}`: {_fit_images(config)}, no labels or captions |",
+        f"| fit images | {_fit_images(config)}, no labels or captions |",
     ]
     lines += card_lines(config)
     if config["unpaired_data"]:
