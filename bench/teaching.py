@@ -53,12 +53,15 @@ def distill_rows(args) -> list[dict]:
             {"row": f"consistent K={k}", "domain": d, "views": k, "epochs": max(1, e // k)},
             {"row": f"consistent K={k}, long ({args.long}x)", "domain": d, "views": k, "epochs": max(1, e // k) * args.long},
         ]
-        if d == "fmnist" and not args.quick:
-            rows.append({"row": "consistent K=16", "domain": d, "views": 16, "epochs": max(1, e // 16)})
-        for spec in (WIDTHS[0], WIDTHS[2]):
-            rows.append({"row": f"consistent K={k}, {spec}", "domain": d, "views": k, "student": spec,
-                         "epochs": max(1, e // k)})
     return rows
+
+
+def extra_rows(args) -> list[dict]:
+    """More views and the other student widths, on Fashion-MNIST, at the short rows' steps."""
+    e, k = args.epochs, args.views
+    rows = [{"row": "consistent K=16", "domain": "fmnist", "views": 16, "epochs": max(1, e // 16)}]
+    return rows + [{"row": f"consistent K={k}, {spec}", "domain": "fmnist", "views": k, "student": spec,
+                    "epochs": max(1, e // k)} for spec in (WIDTHS[0], WIDTHS[2])]
 
 
 class Bench:
@@ -68,6 +71,7 @@ class Bench:
         self.done_path = self.work / "rows.json"
         self.done = json.loads(self.done_path.read_text()) if self.done_path.exists() else {}
         self.evals: dict[tuple[str, str], EvalSet] = {}
+        self.missing: list[str] = []
 
     def eval_set(self, teacher_spec: str, spec: str) -> EvalSet:
         if (teacher_spec, spec) not in self.evals:
@@ -84,8 +88,11 @@ class Bench:
         z = torch.from_numpy(f.gather([pos[int(i)] for i in ev.index]))  # [N, d] in the teacher's row order
         return ev.score(z)
 
-    def row(self, key: str, make) -> dict:
-        """The finished row `key`, or make() it (train, score) and keep it."""
+    def row(self, key: str, make) -> dict | None:
+        """The finished row `key`, or make() it (train, score) and keep it (None with --report: not run)."""
+        if key not in self.done and self.args.report:
+            self.missing.append(key)
+            return None
         if key not in self.done:
             self.done[key] = make()
             self.done_path.write_text(json.dumps(self.done, indent=1))
@@ -124,7 +131,7 @@ class Bench:
             config = json.loads((out / "config.json").read_text())
             return {**self.score(vlm, teacher, domain["test"]), "params": None,
                     "train_s": config["seconds"]["fit"], "run": str(out),
-                    "selection": config.get("selection")}
+                    "selection": config.get("holdout")}
 
         return self.row(key, make)
 
@@ -132,6 +139,8 @@ class Bench:
 def aligned_teacher(bench: Bench) -> str:
     """The CLIP-like teacher: `align` of EfficientNet-Lite2 and MiniLM on Tux Paint's even half and OpenClipart."""
     out = bench.work / "aligned-teacher"
+    if bench.args.report and not (out / "config.json").exists():
+        return "run:missing"  # --report: its rows are missing too
     if not (out / "config.json").exists():
         zeroshift.align(config=AlignConfig(image="effnet-lite2", text="minilm", data=("tuxpaint[0::2]", bench.args.clipart),
                                            out=str(out), epochs=50, batch_size=128, overwrite=True, quiet=True))
@@ -154,11 +163,18 @@ def run(args) -> dict:
     bench = Bench(args)
     doms = domains(args)
     rows: list[dict] = []
-    if args.only in (None, "distill"):
-        for r in distill_rows(args):
+
+    def add(res: dict | None, **row) -> None:
+        if res is not None:
+            rows.append({**row, **res})
+
+    if args.only in (None, "distill", "extra"):
+        plan = (distill_rows(args) if args.only != "extra" else []) + (extra_rows(args) if args.only != "distill"
+                                                                        and not args.quick else [])
+        for r in plan:
             opts = {k: v for k, v in r.items() if k not in ("row", "domain")}
-            res = bench.distilled(CONSE, f"conse {r['domain']} {r['row']}", doms[r["domain"]], **opts)
-            rows.append({"teacher": "conse", "kind": "student", **r, **res})
+            add(bench.distilled(CONSE, f"conse {r['domain']} {r['row']}", doms[r["domain"]], **opts),
+                teacher="conse", kind="student", **r)
     if args.only in (None, "synthetic"):
         synth = (f"synthetic:classes=fashion-mnist+tuxpaint,n={args.synthetic},size=96",)
         for loss in ("l2", "contrastive-text", "contrastive-feature"):  # one student per loss, scored on both domains
@@ -166,26 +182,27 @@ def run(args) -> dict:
             res = bench.distilled(CONSE, f"conse synthetic {loss}", {"fit": synth, "test": tests}, views=1, loss=loss,
                                   holdout=0.0, epochs=args.epochs)
             for d, test in zip(("fmnist", "tux"), tests):
-                rows.append({"teacher": "conse", "kind": "synthetic", "row": f"synthetic only, {loss}", "domain": d,
-                             **{k: v for k, v in res.items() if k != "scores"}, **res["scores"][test]})
+                if res is not None:
+                    add({**{k: v for k, v in res.items() if k != "scores"}, **res["scores"][test]},
+                        teacher="conse", kind="synthetic", row=f"synthetic only, {loss}", domain=d)
     if args.only in (None, "transfer", "aligned"):
-        teachers = {"conse": CONSE} if args.only == "transfer" else {"conse": CONSE, "aligned": None}
-        if args.only == "aligned":
-            teachers = {"aligned": None}
-        for name in teachers:
+        names = {"transfer": ("conse",), "aligned": ("aligned",)}.get(args.only, ("conse", "aligned"))
+        for name in names:
             spec = CONSE if name == "conse" else aligned_teacher(bench)
             for d in ("fmnist", "tux"):
                 for bridge in ("linear", "mlp"):
                     for k in (1, args.views):
-                        res = bench.bridged(spec, f"{name} {d} bridge {bridge} K={k}", doms[d], bridge=bridge, views=k)
-                        rows.append({"teacher": name, "kind": "bridge", "row": f"{args.encoder} {bridge} bridge, K={k}",
-                                     "domain": d, **res})
-    teacher_rows = {}
-    for d, dom in doms.items():
-        teacher_rows[d] = {"conse": bench.eval_set(CONSE, dom["test"]).score(bench.eval_set(CONSE, dom["test"]).t)}
+                        add(bench.bridged(spec, f"{name} {d} bridge {bridge} K={k}", doms[d], bridge=bridge, views=k),
+                            teacher=name, kind="bridge", row=f"{args.encoder} {bridge} bridge, K={k}", domain=d)
+    teacher_rows = {d: {"conse": bench.eval_set(CONSE, dom["test"]).score(bench.eval_set(CONSE, dom["test"]).t)}
+                    for d, dom in doms.items()}
+    if any(r["teacher"] == "aligned" for r in rows):
+        aligned = aligned_teacher(bench)
+        for d, dom in doms.items():
+            teacher_rows[d]["aligned"] = bench.eval_set(aligned, dom["test"]).score(bench.eval_set(aligned, dom["test"]).t)
     students = [r["run"] for r in rows if r["kind"] == "student"]
-    return {"rows": rows, "teachers": teacher_rows, "speeds": speeds(sorted(set(students)))
-            if students and not args.no_speed else {}, "options": vars(args),
+    return {"rows": rows, "teachers": teacher_rows, "missing": bench.missing,
+            "speeds": speeds(sorted(set(students))) if students and not args.no_speed else {}, "options": vars(args),
             "teacher_params": param_count(zeroshift.load("effnet-lite2", runtime="torch"))}
 
 
@@ -204,20 +221,23 @@ def write(result: dict, out: Path) -> None:
              "share of the teacher's; img/s = inference at batch 32, each at its fastest runtime (onnxruntime), "
              "against the teacher's image tower; train img/s = training images per second of the whole loop.", ""]
     for d in ("fmnist", "tux"):
-        t = result["teachers"][d]["conse"]
-        lines += [f"## {d}: teacher acc1 {t['acc1']:.3f} [{t['acc1_lo']:.3f}, {t['acc1_hi']:.3f}]", "",
+        accs = ", ".join(f"{name} teacher acc1 {v['acc1']:.3f} [{v['acc1_lo']:.3f}, {v['acc1_hi']:.3f}]"
+                         for name, v in result["teachers"][d].items())
+        lines += [f"## {d}: {accs}", "",
                   "| teacher | row | params | img/s vs teacher | agree | acc1 [95%] | acc / teacher | cos | train img/s | train s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["domain"] == d):
             speed = sp.get(r.get("run", ""), None) if r["kind"] == "student" else None
             ratio = f"{speed / sp['teacher']:.1f}x" if speed and sp.get("teacher") else "-"
-            teacher_acc = t["acc1"] if r["teacher"] == "conse" else None
+            teacher_acc = result["teachers"][d].get(r["teacher"], {}).get("acc1")
             keep = f"{r['acc1'] / teacher_acc:.2f}" if teacher_acc else "-"
             params = f"{r['params']:,}" if r.get("params") else "-"
             tis = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "-"
             lines.append(f"| {r['teacher']} | {r['row']} | {params} | {ratio} | {r['agree']:.3f} | {r['acc1']:.3f} "
                          f"[{r['acc1_lo']:.3f}, {r['acc1_hi']:.3f}] | {keep} | {r['cosine']:.3f} | {tis} | {r['train_s']:.0f} |")
         lines.append("")
+    if result.get("missing"):
+        lines += ["Not run in this invocation (no finished row in the work folder): " + "; ".join(result["missing"]), ""]
     lines += targets(result)
     write_results(out, "teaching", "\n".join(lines) + "\n", result)
 
@@ -268,7 +288,8 @@ def main() -> None:
     p.add_argument("--long", type=int, default=4, help="the long schedule, as a multiple of the short one")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--encoder", default="effnet-lite0", help="the bridges' source encoder")
-    p.add_argument("--only", choices=("distill", "synthetic", "transfer", "aligned"))
+    p.add_argument("--only", choices=("distill", "extra", "synthetic", "transfer", "aligned"))
+    p.add_argument("--report", action="store_true", help="train nothing: write the rows the work folder holds")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke run: few images and epochs")
     p.add_argument("--work", default=None, help="folder for runs and finished rows (default: a new temp folder)")
