@@ -129,7 +129,7 @@ def test_a_rank_that_cannot_read_its_cache_fails_fast_and_clearly(tmp_path):
             (root / "copy" / "shard-00003.npy").unlink()
         src, tch = load_features(root / "source"), load_features(root / ("copy" if dist.rank() == 1 else "teacher"),
                                                                  verify=False)
-        cfg = TransferConfig(teacher="t", encoder="s", data="d", out="-", method="lstsq")
+        cfg = TransferConfig(teacher="t", encoder="s", data="d", out="-", method="lstsq", holdout=0.0)
         try:
             fit(cfg, src, tch, progress=False)
         except ZeroshiftError as e:
