@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 from common import EvalSet, features, in_turns, write_results
+from speed import model_only_rate
 
 import zeroshift
+from zeroshift.compose import build_student
 from zeroshift.methods.config import AlignConfig, DistillConfig, TransferConfig
 from zeroshift.models.runtime import accelerate
 from zeroshift.models.student import param_count
@@ -201,7 +203,11 @@ def run(args) -> dict:
         for d, dom in doms.items():
             teacher_rows[d]["aligned"] = bench.eval_set(aligned, dom["test"]).score(bench.eval_set(aligned, dom["test"]).t)
     students = [r["run"] for r in rows if r["kind"] == "student"]
-    return {"rows": rows, "teachers": teacher_rows, "missing": bench.missing,
+    rates = {}  # the naive model-only training rate of each student spec (default layout), as the loop's yardstick
+    if not args.no_speed:
+        for spec in sorted({r.get("student", STUDENT) for r in rows if r["kind"] in ("student", "synthetic")}):
+            rates[spec] = model_only_rate(build_student(spec, 384), args.batch_size)
+    return {"rows": rows, "teachers": teacher_rows, "missing": bench.missing, "model_only_rates": rates,
             "speeds": speeds(sorted(set(students))) if students and not args.no_speed else {}, "options": vars(args),
             "teacher_params": param_count(zeroshift.load("effnet-lite2", runtime="torch"))}
 
@@ -219,7 +225,9 @@ def write(result: dict, out: Path) -> None:
              f"Bridges: `{opts['encoder']}`, transfer defaults.", "",
              "agree = top-1 agreement with the teacher over the test set's classes; acc / teacher = accuracy as a "
              "share of the teacher's; img/s = inference at batch 32, each at its fastest runtime (onnxruntime), "
-             "against the teacher's image tower; train img/s = training images per second of the whole loop.", ""]
+             "against the teacher's image tower; train img/s = training images per second of the whole loop (in brackets: "
+             "against the student's naive model-only forward+backward+step rate on ready tensors at the same batch, "
+             "bench/speed.py, measured at the end of the run; training ran beside other jobs, see the load below).", ""]
     for d in ("fmnist", "tux"):
         accs = ", ".join(f"{name} teacher acc1 {v['acc1']:.3f} [{v['acc1_lo']:.3f}, {v['acc1_hi']:.3f}]"
                          for name, v in result["teachers"][d].items())
@@ -233,6 +241,8 @@ def write(result: dict, out: Path) -> None:
             keep = f"{r['acc1'] / teacher_acc:.2f}" if teacher_acc else "-"
             params = f"{r['params']:,}" if r.get("params") else "-"
             tis = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "-"
+            rate = result.get("model_only_rates", {}).get(r.get("student", STUDENT)) if r["kind"] != "bridge" else None
+            tis += f" ({r['train_images_per_s'] / rate:.2f}x)" if rate and r.get("train_images_per_s") else ""
             lines.append(f"| {r['teacher']} | {r['row']} | {params} | {ratio} | {r['agree']:.3f} | {r['acc1']:.3f} "
                          f"[{r['acc1_lo']:.3f}, {r['acc1_hi']:.3f}] | {keep} | {r['cosine']:.3f} | {tis} | {r['train_s']:.0f} |")
         lines.append("")
