@@ -180,7 +180,20 @@ _SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)(?::(?P<ste
 
 def dataset(spec: str, **kwargs: Any):
     """Open the data source named by `spec` (see DATA_SCHEMES). A trailing Python slice selects rows:
-    `tuxpaint[0::2]` and `tuxpaint[1::2]` are two disjoint halves, `fashion-mnist:train[:6000]` a prefix."""
+    `tuxpaint[0::2]` and `tuxpaint[1::2]` are two disjoint halves, `fashion-mnist:train[:6000]` a prefix.
+    A trailing `[split=fit|held,held=SHARE,seed=N]` selects one part of a seeded split by image, as
+    `shrink` holds images out: `tuxpaint[0::2][split=held,held=0.2,seed=0]`."""
+    from .data.split import parse_split
+
+    split = parse_split(spec) if isinstance(spec, str) else None
+    if split is not None:  # SPEC[split=fit|held,held=SHARE,seed=N]: one part of a seeded split (data/split.py)
+        from .data.base import Subset
+        from .data.split import split_images
+
+        base, part, share, seed = split
+        source = dataset(base, **kwargs)
+        rows = getattr(split_images(len(source), share, seed, what=repr(base), option="held="), part)
+        return Subset(source, rows.tolist(), spec=spec.strip())
     m = _SLICE.match(spec.strip()) if isinstance(spec, str) else None
     if m is None:
         return build(spec, DATA_SCHEMES, **kwargs)

@@ -11,47 +11,11 @@ the feature caches are always those of the whole folder, shared by every command
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError, ZeroshiftError
-
-
-@dataclass(frozen=True)
-class Split:
-    """Image rows of one source: `fit` trains, `held` scores. Both sorted, disjoint."""
-
-    fit: np.ndarray  # [n_fit] int64
-    held: np.ndarray  # [n_held] int64
-
-    def view_rows(self, views: int, held_views: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(fit rows, held rows) of a view source with `views` adjacent views per image: every view of a
-        fit image; of a held image its plain view 0 only (every view with `held_views`)."""
-        k = np.arange(views)
-        fit = (self.fit[:, None] * views + k).reshape(-1)  # [n_fit * K]
-        held = (self.held[:, None] * views + (k if held_views else k[:1])).reshape(-1)  # [n_held (* K)]
-        return fit, held
-
-
-def check_share(share: float, option: str = "--holdout") -> None:
-    if not 0 <= share < 1:
-        raise ZeroshiftError(f"{option} is the share of images held out, in [0, 1); got {share:g}")
-
-
-def split_images(n: int, share: float, seed: int, what: str = "the fit data", option: str = "--holdout",
-                 min_fit: int = 2) -> Split:
-    """A seeded split of `n` images: round(share * n) held out (at least one; none for share 0), the rest
-    fit. One-line DataError when fewer than `min_fit` fit images are left."""
-    check_share(share, option)
-    held_n = max(1, int(round(share * n))) if share > 0 else 0  # a small folder still holds one image out
-    if n - held_n < min_fit:
-        raise DataError(f"{option} {share:g} of {what}'s {n} usable images leaves {max(0, n - held_n)} fit image(s); "
-                        f"at least {min_fit} are needed (more images, or {option} 0)")
-    order = np.random.default_rng([seed, n]).permutation(n)  # [n]
-    return Split(fit=np.sort(order[held_n:]), held=np.sort(order[:held_n]))
+from ..data.split import Split, check_share, split_images  # noqa: F401  (re-exported)
+from ..errors import DataError
 
 
 class Agreement:
