@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..costcache import cached, stable_spec
 from ..errors import ZeroshiftError
 from .transforms import probe_batch
 from .vlm import VLM, ImageEncoder, weights
@@ -110,13 +111,22 @@ def images_per_second(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.
             return calls * len(images) / elapsed
 
 
-def image_cost(model: Any, measure_speed: bool = True, batch: int = BATCH, seconds: float = SECONDS) -> dict:
+def image_cost(model: Any, measure_speed: bool = True, batch: int = BATCH, seconds: float = SECONDS,
+               cache: bool = False) -> dict:
     """The cost of one image through `model` (an ImageEncoder, or a VLM's image path); see the module
     docstring for the fields. It runs in eval mode; the model's train/eval modes, weights, statistics and
-    the thread count are left as they were."""
+    the thread count are left as they were. With `cache`, a model whose spec names fixed weights
+    (costcache.stable_spec: a catalogue model, not a run or a random one) is measured once per machine,
+    spec, runtime, device and thread count, and read back from $ZEROSHIFT_HOME/costs after that."""
     fn, holders, modules = _path(model)
-    one = probe_batch(model.image_transform, 1)  # [1, 3, H, W]
     device = next((p.device for m in holders for p in m.parameters()), torch.device("cpu"))
+    onnx = any(getattr(m, "runs_onnx", False) for h in holders for m in h.modules())
+    spec = getattr(model, "spec", None)
+    if cache and isinstance(spec, str) and stable_spec(spec):
+        key = {"what": "image_cost", "spec": spec, "runtime": "onnx" if onnx else "torch", "device": str(device),
+               "threads": torch.get_num_threads(), "batch": batch, "seconds": seconds, "speed": measure_speed}
+        return cached(key, lambda: image_cost(model, measure_speed, batch, seconds))
+    one = probe_batch(model.image_transform, 1)  # [1, 3, H, W]
     stored = sum(weights(*holders).values())
     macs, used = (None, stored) if any(m is None for m in modules) else count(modules, one.to(device))
     speed = None
@@ -129,7 +139,6 @@ def image_cost(model: Any, measure_speed: bool = True, batch: int = BATCH, secon
         finally:
             for m, training in modes:
                 m.training = training
-    onnx = any(getattr(m, "runs_onnx", False) for h in holders for m in h.modules())
     return {"spec": getattr(model, "spec", type(model).__name__), "input": list(one.shape[1:]),
             "parameters": used, "stored_parameters": stored, "macs": macs,
             "images_per_second": speed, "batch": batch, "threads": torch.get_num_threads(),
