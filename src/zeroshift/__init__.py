@@ -69,5 +69,17 @@ def align(config=None, **options):
     return _align(config if config is not None else AlignConfig(**options))
 
 
+def shrink(config=None, **options):
+    """The cheapest classifier that keeps a teacher's answers on your images: trains every candidate (bridges,
+    students), scores each on held-out images against the teacher, times its exports and exports the best
+    within the budget; returns the result dict (also OUT/shrink_results.json).
+
+    Pass a `shrinking.ShrinkConfig` or its fields as keywords (teacher=, data=, labels=, out=, candidates=, ...).
+    """
+    from .shrinking import ShrinkConfig, shrink as _shrink
+
+    return _shrink(config if config is not None else ShrinkConfig(**options))
+
+
 __all__ = ["__version__", "ZeroshiftError", "load", "dataset", "predict", "evaluate", "load_features", "embed",
-           "transfer", "distill", "align"]
+           "transfer", "distill", "align", "shrink"]

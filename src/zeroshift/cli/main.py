@@ -16,6 +16,7 @@ COMMANDS = [
     ("transfer", "transfer", "Zoom-shot: bridge a vision encoder into a VLM's joint space"),
     ("distill", "distill", "train a small student image encoder on a VLM teacher's image embeddings"),
     ("align", "align", "OTTER: a new VLM from an image tower and a sentence encoder, on noisy pairs"),
+    ("shrink", "shrink", "the cheapest classifier that keeps a teacher's answers on your images"),
     ("export", "export", "write a VLM with fixed labels as one ONNX classifier file"),
     ("models", "catalogue", "list the model schemes and what is installed here"),
     ("datasets", "catalogue", "list the data schemes and what is fetched here"),
