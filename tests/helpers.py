@@ -1,5 +1,6 @@
 """Plain helpers the test modules share: tiny images and folders, tiny models (a teacher that is a known
-linear image of a source, and their caches), ONNX files, free ports and torchrun subprocesses. Fixtures (anything that needs monkeypatch or tmp_path) live in conftest.py."""
+linear image of a source, and their caches), ONNX files, free ports and torchrun subprocesses. Fixtures
+(anything that needs monkeypatch or tmp_path) live in conftest.py."""
 from __future__ import annotations
 
 import os
