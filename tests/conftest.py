@@ -1,12 +1,13 @@
 """Fixtures the test modules share: an isolated $ZEROSHIFT_HOME, a single-process environment, a kill at
-the n-th training step, a test-only run kind. Plain helper functions are in helpers.py."""
+the n-th training step, a test-only run kind, the linear transfer case. Plain helper functions are in
+helpers.py."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TORCHRUN_VARS
+from helpers import TORCHRUN_VARS, linear_case as make_linear_case
 
 
 @pytest.fixture
@@ -25,6 +26,13 @@ def module_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     mp.setenv("ZEROSHIFT_HOME", str(path))
     yield path
     mp.undo()
+
+
+@pytest.fixture(scope="module")
+def linear_case(module_home: Path) -> tuple:
+    """helpers.linear_case(): the linear source/teacher pair's features, prompts and weights, cached once
+    per module in its $ZEROSHIFT_HOME."""
+    return make_linear_case()
 
 
 @pytest.fixture

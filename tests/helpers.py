@@ -1,5 +1,6 @@
-"""Plain helpers the test modules share: tiny images and folders, tiny models, ONNX files, free ports and
-torchrun subprocesses. Fixtures (anything that needs monkeypatch or tmp_path) live in conftest.py."""
+"""Plain helpers the test modules share: tiny images and folders, tiny models (a teacher that is a known
+linear image of a source, and their caches), ONNX files, free ports and torchrun subprocesses. Fixtures
+(anything that needs monkeypatch or tmp_path) live in conftest.py."""
 from __future__ import annotations
 
 import os
@@ -15,11 +16,12 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms import v2 as T
 
 from zeroshift.data.memory import ArraySource
-from zeroshift.models.tiny import create
+from zeroshift.models.tiny import TinyTextEncoder, create
 from zeroshift.models.transforms import resize_crop
-from zeroshift.models.vlm import ImageEncoder, TowersVLM
+from zeroshift.models.vlm import ImageEncoder, ModuleEncoder, TowersVLM
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220)}
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -138,6 +140,59 @@ def save_tiny_st(root: Path, tokens: Sequence[str], max_seq_length: int) -> Path
     pooling = models.Pooling(width(), pooling_mode="mean")
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(root / "model"))
     return root / "model"
+
+
+# ---------------------------------------------------------------- a teacher that is a known linear image of a source
+LINEAR_WORDS = ("cat", "dog", "car", "tree", "house", "boat", "bird", "shoe", "cup", "lamp", "fish", "road")
+
+
+class LinearMap(nn.Module):
+    """x.flatten(1) @ W.T + b with a seeded W [n_out, n_in] (scaled by 1 / sqrt(n_in)) and b = bias * N(0, 1)."""
+
+    def __init__(self, n_in: int, n_out: int, seed: int, bias: float) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w", torch.randn(n_out, n_in, generator=g) / n_in ** 0.5)
+        self.register_buffer("b", bias * torch.randn(n_out, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w.T + self.b
+
+
+def linear_images(n: int, seed: int = 0) -> np.ndarray:
+    """The linear pair's data: n noisy one-colour 16 x 16 images [n, 16, 16, 3] uint8."""
+    return colour_pixels(n, 16, 40, seed)
+
+
+def linear_pair() -> tuple[ModuleEncoder, TowersVLM]:
+    """(source encoder, teacher VLM) with teacher image features = A source features + c exactly
+    (16-d source, 32-d teacher, both on 8 x 8 pixels)."""
+    transform = T.Compose([T.Resize(8), T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
+                           T.Normalize([0.5] * 3, [0.5] * 3)])
+    pixels = LinearMap(3 * 8 * 8, 16, seed=1, bias=0.0)
+    source = ModuleEncoder(pixels, 16, transform, "test:source")
+    image = ModuleEncoder(nn.Sequential(pixels, LinearMap(16, 32, seed=2, bias=0.1)), 32, transform,
+                          "test:teacher/image")
+    torch.manual_seed(3)
+    teacher = TowersVLM(image, TinyTextEncoder(32, "test:teacher/text"), spec="test:teacher")
+    return source, teacher.eval()
+
+
+def linear_case(n: int = 240) -> tuple:
+    """(source features, teacher features, prompts, weights) of the linear pair on linear_images(n), cached
+    under the current $ZEROSHIFT_HOME: prompts 'a photo of a {w}.' over LINEAR_WORDS (one group each) and
+    zero-shot weights [8, 32] over the first 8 words."""
+    from zeroshift.cache import embed
+    from zeroshift.zeroshot.classifier import zeroshot_weights
+    from zeroshift.zeroshot.prompts import encode_prompts
+
+    source, teacher = linear_pair()
+    data = ArraySource(linear_images(n), "test:images")
+    src, tch = embed(source, data, progress=False), embed(teacher, data, progress=False)
+    words = list(LINEAR_WORDS)
+    prompts = encode_prompts(teacher, [f"a photo of a {w}." for w in words], len(words), progress=False)
+    weights = zeroshot_weights(teacher, words[:8], ["a photo of a {c}."])
+    return src, tch, prompts, weights
 
 
 # ---------------------------------------------------------------- processes

@@ -1,6 +1,7 @@
 """Feature cache: round trip, dtypes, order, bad images, mismatches, corruption, interruption."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -12,12 +13,13 @@ import torch
 import zeroshift
 from zeroshift.cache import CacheError, embed, find_cache, load_features
 from zeroshift import distributed as dist
-from zeroshift.cache.embed import _default_workers, _Rows
+from zeroshift.cache.embed import _default_workers, _Rows, make_loader
 from zeroshift.cache.shards import wait_for_shards as _wait_for_shards
 from zeroshift.data.base import BadImage
 from zeroshift.data.memory import ArraySource
 from zeroshift.errors import CacheMismatch, DataError, ZeroshiftError
 
+embed_module = importlib.import_module("zeroshift.cache.embed")  # the package's `embed` is the function
 N = 100
 CLASSES = ["zero", "one", "two", "three", "four"]
 pytestmark = pytest.mark.usefixtures("home", "single_process")
@@ -87,6 +89,37 @@ def test_float16_and_workers_keep_order(model, tmp_path):
     assert np.load(tmp_path / "f16" / "shard-00000.npy").dtype == np.float16
     assert f16.numpy().dtype == np.float32
     assert np.array_equal(f16.numpy(), f32.numpy().astype(np.float16).astype(np.float32))
+
+
+def test_workers_are_forked_and_bounded_by_a_timeout(model):
+    """Forked whatever Python's default start method (spawn and forkserver re-import the caller's main
+    module and start far slower), and a worker that sends nothing raises instead of hanging."""
+    rows, cpu = _Rows(make_source(), model.image_transform), torch.device("cpu")
+    loader = make_loader(rows, [[0, 1], [2, 3]], 2, cpu)
+    assert loader.multiprocessing_context.get_start_method() == "fork"
+    assert loader.timeout == embed_module.WORKER_TIMEOUT_S > 0
+    single = make_loader(rows, [[0, 1]], 0, cpu)
+    assert single.multiprocessing_context is None and single.timeout == 0
+
+
+class HangsInAWorker(ArraySource):
+    """Row 17 never comes back from a DataLoader worker (as a fork stuck on an inherited lock); it loads
+    in the main process."""
+
+    def load_image(self, i):
+        if i == 17 and torch.utils.data.get_worker_info() is not None:
+            time.sleep(20)  # killed long before: without the timeout, embed would wait for it, warning of nothing
+        return super().load_image(i)
+
+
+def test_a_hung_worker_leaves_the_unfinished_shards_to_this_process(model, tmp_path, monkeypatch):
+    monkeypatch.setattr(embed_module, "WORKER_TIMEOUT_S", 1.0)
+    src = make_source(HangsInAWorker)
+    with pytest.warns(UserWarning, match=r"a decoding worker sent nothing for 1 s \(hung\)"):
+        f = embed(model, src, tmp_path / "c", shard_rows=13, batch_size=5, workers=2, progress=False)
+    assert f.manifest["complete"] and f.manifest["n_shards"] == 8 and f.summary["workers"] == 0
+    np.testing.assert_allclose(f.numpy(), direct(model, src), atol=1e-6, rtol=0)
+    assert np.array_equal(f.index, np.arange(N)) and not temp_files(tmp_path / "c")
 
 
 class Flaky(ArraySource):

@@ -89,6 +89,27 @@ def test_a_holdout_that_leaves_no_fit_images_fails_before_any_model(tmp_path):
     assert "\n" not in str(e.value) and not (tmp_path / "small" / "run").exists()
 
 
+def test_distill_splits_once_and_build_rows_uses_that_very_split(tmp_path, monkeypatch):
+    import zeroshift.methods.distill as distill_module
+    from zeroshift.methods.holdout import Split
+
+    cfg = _cfg(tmp_path)
+    teacher, source = load(TEACHER, runtime="torch"), dataset(cfg.data[0])
+    pixel_encoder, _ = pixel_pipeline(load(STUDENT, runtime="torch").image_transform)
+    given = Split(fit=np.arange(2, 12), held=np.array([0, 1]))  # not the seeded split: its rows must follow it
+    prep = build_rows(teacher, pixel_encoder, [source], False, "torch", False, 3, parse_augment(RECIPE), 0.25, 0,
+                      splits=[given])
+    assert prep.entries[0]["images_held_out"] == 2 and prep.entries[0]["held_out_used"] == 2
+    assert (prep.rows.pixels.caches[0].index[prep.rows.index] // 3 >= 2).all()  # no view of image 0 or 1 trains
+    made, passed = [], []
+    real_split = distill_module.split_sources
+    monkeypatch.setattr(distill_module, "split_sources", lambda *a: made.append(real_split(*a)) or made[-1])
+    monkeypatch.setattr(distill_module, "build_rows", lambda *a, splits=None: passed.append(splits) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # stopped right after the rows would be built
+        distill(cfg, progress=False)
+    assert len(made) == 1 and passed[0] is made[0]
+
+
 def test_other_view_settings_never_mix_into_a_cache(tmp_path):
     cfg = _cfg(tmp_path)
     teacher, source = load(TEACHER, runtime="torch"), dataset(cfg.data[0])

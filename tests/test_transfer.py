@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import colour_pixels
+from helpers import LINEAR_WORDS, linear_images, linear_pair
 from PIL import Image
 from torch import nn
-from torchvision.transforms import v2 as T
 
 from zeroshift.cache import embed, load_features
 from zeroshift.data.memory import ArraySource
@@ -23,65 +22,24 @@ from zeroshift.methods.transfer import (
     Prompts,
     TransferConfig,
     Views,
-    encode_prompts,
     fit,
     loss_weights,
     make_losses,
     transfer,
 )
 from zeroshift.models.bridge import Bridge
-from zeroshift.models.tiny import TinyTextEncoder
-from zeroshift.models.vlm import ModuleEncoder, TowersVLM
 from zeroshift.train.loop import TrainConfig, lr_factor, plot_history, train
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights
 
 TEACHER, ENCODER = "tiny-clip:seed=0", "tiny-clip:seed=1,dim=24"
-WORDS = ["cat", "dog", "car", "tree", "house", "boat", "bird", "shoe", "cup", "lamp", "fish", "road"]
+WORDS = list(LINEAR_WORDS)  # the prompt vocabulary of linear_case
 pytestmark = pytest.mark.usefixtures("home")
-
-
-def _images(n: int, seed: int = 0) -> np.ndarray:
-    return colour_pixels(n, 16, 40, seed)  # [n, 16, 16, 3]
-
-
-# ---------------------------------------------------------------- a teacher that is a known linear image of the source
-class _Linear(nn.Module):
-    def __init__(self, n_in: int, n_out: int, seed: int, bias: float) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("w", torch.randn(n_out, n_in, generator=g) / n_in ** 0.5)
-        self.register_buffer("b", bias * torch.randn(n_out, generator=g))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(1) @ self.w.T + self.b
-
-
-def _linear_pair():
-    """(source encoder, teacher VLM) with teacher image features = A source features + c exactly."""
-    transform = T.Compose([T.Resize(8), T.PILToTensor(), T.ToDtype(torch.float32, scale=True),
-                           T.Normalize([0.5] * 3, [0.5] * 3)])
-    pixels = _Linear(3 * 8 * 8, 16, seed=1, bias=0.0)
-    source = ModuleEncoder(pixels, 16, transform, "test:source")
-    image = ModuleEncoder(nn.Sequential(pixels, _Linear(16, 32, seed=2, bias=0.1)), 32, transform, "test:teacher/image")
-    torch.manual_seed(3)
-    teacher = TowersVLM(image, TinyTextEncoder(32, "test:teacher/text"), spec="test:teacher")
-    return source, teacher.eval()
 
 
 def _agreement(bridge: Bridge, src, tch, weights) -> float:
     with torch.no_grad():
         mapped = bridge(src.torch())
     return (classify(mapped, weights).argmax(1) == classify(tch.torch(), weights).argmax(1)).float().mean().item()
-
-
-@pytest.fixture(scope="module")
-def linear_case(module_home):
-    source, teacher = _linear_pair()
-    data = ArraySource(_images(240), "test:images")
-    src, tch = embed(source, data, progress=False), embed(teacher, data, progress=False)
-    prompts = encode_prompts(teacher, [f"a photo of a {w}." for w in WORDS], len(WORDS), progress=False)
-    weights = zeroshot_weights(teacher, WORDS[:8], ["a photo of a {c}."])
-    return src, tch, prompts, weights
 
 
 def _cfg(**kw) -> TransferConfig:
@@ -185,11 +143,11 @@ def test_unpaired_mode_uses_no_pairing(linear_case):
     """With one batch per epoch, reordering the teacher's images changes nothing unpaired (other images
     do); paired fitting refuses features of different images."""
     src, tch, prompts, _ = linear_case
-    _, teacher = _linear_pair()
-    images = _images(240)
+    _, teacher = linear_pair()
+    images = linear_images(240)
     shuffled = embed(teacher, ArraySource(images[np.random.default_rng(1).permutation(240)], "test:shuffled"),
                      progress=False)
-    other = embed(teacher, ArraySource(_images(240, seed=5), "test:other"), progress=False)
+    other = embed(teacher, ArraySource(linear_images(240, seed=5), "test:other"), progress=False)
     cfg = _cfg(unpaired_data="y", batch_size=240, epochs=3, lr=1e-2)
     a = fit(cfg, src, tch, prompts, progress=False).bridge.state_dict()
     b = fit(cfg, src, shuffled, prompts, progress=False).bridge.state_dict()
@@ -259,7 +217,7 @@ def test_nan_features_and_wrong_prompt_dims_are_refused(linear_case, tmp_path):
 
 
 def _folder(root: Path, per_class: dict[str, int], seed: int = 0) -> Path:
-    images = _images(sum(per_class.values()), seed)
+    images = linear_images(sum(per_class.values()), seed)
     k = 0
     for name, n in per_class.items():
         (root / name).mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import one_line
-from test_transfer import WORDS, _cfg, _folder, _images, _linear_pair
+from helpers import linear_images, linear_pair, one_line
+from test_transfer import _cfg, _folder
 
 from zeroshift.cache import embed
 from zeroshift.cli.main import main
@@ -18,24 +18,15 @@ from zeroshift.data.memory import ArraySource
 from zeroshift.errors import CacheMismatch, DataError, SpecError, ZeroshiftError
 from zeroshift.methods.selection import verdict
 from zeroshift.train.keep import Keeper
-from zeroshift.methods.transfer import FitRows, encode_prompts, fit, transfer
+from zeroshift.methods.transfer import FitRows, fit, transfer
 from zeroshift.models.bridge import Bridge
 
 pytestmark = pytest.mark.usefixtures("home")
 
 
-@pytest.fixture(scope="module")
-def case(module_home):
-    source, teacher = _linear_pair()
-    data = ArraySource(_images(240), "test:images")
-    src, tch = embed(source, data, progress=False), embed(teacher, data, progress=False)
-    prompts = encode_prompts(teacher, [f"a photo of a {w}." for w in WORDS], len(WORDS), progress=False)
-    return src, tch, prompts
-
-
 def test_view_rows_of_an_image_stay_together_and_held_images_score_on_their_plain_view(module_home):
-    source, teacher = _linear_pair()
-    views = views_of(ArraySource(_images(20), "test:few"), 3, "crop=0.5-1,jitter=0.2")
+    source, teacher = linear_pair()
+    views = views_of(ArraySource(linear_images(20), "test:few"), 3, "crop=0.5-1,jitter=0.2")
     src, tch = embed(source, views, progress=False), embed(teacher, views, progress=False)
     rows = FitRows(src, tch, paired=True, views=3, holdout=0.25, seed=0)
     fit_rows, held_rows = src.index[rows.ps], src.index[rows.held[0]]
@@ -49,8 +40,8 @@ def test_view_rows_of_an_image_stay_together_and_held_images_score_on_their_plai
         fit(_cfg(method="lstsq", views=2, augment="flip=0"), src, tch, progress=False)
 
 
-def test_ridge_is_chosen_on_the_held_out_images_or_fixed(case):
-    src, tch, prompts = case
+def test_ridge_is_chosen_on_the_held_out_images_or_fixed(linear_case):
+    src, tch, prompts, _ = linear_case
     weights = prompts.class_weights()
     result = fit(_cfg(method="lstsq", ridge_grid=(1e-3, 1e3)), src, tch, progress=False, vocabulary=weights)
     grid = result.selection["ridge"]["grid"]
@@ -63,8 +54,8 @@ def test_ridge_is_chosen_on_the_held_out_images_or_fixed(case):
     assert off.selection is None and off.rows == (240, 240) and off.ridge == 300.0
 
 
-def test_mlp_bridge_keeps_its_best_epoch_and_says_when_linear_wins(case):
-    src, tch, prompts = case
+def test_mlp_bridge_keeps_its_best_epoch_and_says_when_linear_wins(linear_case):
+    src, tch, prompts, _ = linear_case
     held = FitRows(src, tch, True, holdout=0.1).held_out(prompts.class_weights())
     # lr 0.3 throws the mlp off its closed-form warm start: no trained epoch beats it
     result = fit(_cfg(bridge="mlp", hidden=16, lr=0.3, batch_size=108), src, tch, prompts, progress=False)
@@ -161,8 +152,8 @@ def test_mlp_verdict_tells_a_gain_from_the_split_noise():
 
 # ---------------------------------------------------------------- several fit sources
 def test_fit_rows_over_two_sources_split_each_by_image_and_read_end_to_end(module_home):
-    source, teacher = _linear_pair()
-    parts = [ArraySource(_images(n, seed), f"test:part{seed}") for n, seed in ((20, 1), (30, 2))]
+    source, teacher = linear_pair()
+    parts = [ArraySource(linear_images(n, seed), f"test:part{seed}") for n, seed in ((20, 1), (30, 2))]
     src = [embed(source, p, progress=False) for p in parts]
     tch = [embed(teacher, p, progress=False) for p in parts]
     rows = FitRows(src, tch, paired=True, holdout=0.2, seed=0)

@@ -1,16 +1,18 @@
 """`embed`: a model's image features for a data source, into a sharded, resumable cache.
 
 Rows [i * shard_rows, (i + 1) * shard_rows) of the source form shard i. A DataLoader decodes and
-transforms images in worker processes; the model encodes them in this one. Each finished shard is
-written atomically with a sidecar holding its checksum and bad rows, so a rerun after an interruption
-keeps every finished shard and computes only the rest. Under torchrun, rank r computes the shards
-i with i % world == r; rank 0 checks every shard and writes the manifest.
+transforms images in forked worker processes; the model encodes them in this one. A worker that sends
+nothing for WORKER_TIMEOUT_S is taken as hung, and the unfinished shards are decoded in this process.
+Each finished shard is written atomically with a sidecar holding its checksum and bad rows, so a rerun
+after an interruption keeps every finished shard and computes only the rest. Under torchrun, rank r
+computes the shards i with i % world == r; rank 0 checks every shard and writes the manifest.
 """
 from __future__ import annotations
 
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +37,14 @@ from .store import (
 )
 
 DEFAULT_SHARD_ROWS = 4096
+# Seconds the loader waits for the next batch before it takes a decoding worker as hung: a worker forked
+# while another thread of this process (an onnxruntime or intra-op pool, a tokenizer) held a lock can
+# wait on it forever. Decoding a batch of big images takes seconds, so only a hang comes near this.
+WORKER_TIMEOUT_S = 300.0
+
+
+class WorkerHang(Exception):
+    """A decoding worker sent no batch for WORKER_TIMEOUT_S."""
 
 
 def describe_pixels(transform: Any) -> str:
@@ -281,35 +291,84 @@ def _compute(
 
     if workers is None:
         workers = _default_workers(dataset, [r for b in batches for r in b], encode, dev)
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers,
-        collate_fn=_collate, pin_memory=dev.type == "cuda",
-    )
-    pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (local rows [V], features [V, dim]) of the open shard
-    bad: list[tuple[int, str]] = []
-    filled, n_bad = 0, 0
     bar = tqdm(total=total, unit="img", desc=desc, disable=not show, dynamic_ncols=True)  # whole images: 3/3
+    shards = _Shards(spans, encode, dev, dim, bar, sidecars, lambda i, pieces, bad, dim: write_shard(
+        out, i, *spans[i], pieces, bad, dim or _probe_dim(model, dev), dtype, token, source.keys))
     try:
-        for (rows, images, bad_rows), i in zip(loader, owner):
-            start, end = spans[i]
-            if images is not None:
-                feats = encode(images.to(dev, non_blocking=True))  # [V, dim]
-                feats = feats.detach().float().cpu().numpy()
-                dim = dim or feats.shape[1]
-                pieces.append((rows.numpy() - start, feats))
-            bad.extend(bad_rows)
-            filled += len(rows) + len(bad_rows)
-            n_bad += len(bad_rows)
-            bar.update(len(rows) + len(bad_rows))
-            if bad_rows:
-                bar.set_postfix(skipped=n_bad)
-            if filled == end - start:
-                sidecars[i] = write_shard(out, i, start, end, pieces, bad, dim or _probe_dim(model, dev),
-                                     dtype, token, source.keys)
-                pieces, bad, filled = [], [], 0
+        try:
+            shards.fill(make_loader(dataset, batches, workers, dev), owner)
+        except WorkerHang:  # the finished shards are kept; the open one and the rest are decoded here
+            shards.drop_open()
+            left = [k for k, i in enumerate(owner) if i not in sidecars]
+            warnings.warn(f"embed: a decoding worker sent nothing for {WORKER_TIMEOUT_S:g} s (hung); decoding the "
+                          f"{len({owner[k] for k in left})} unfinished shard(s) in this process", stacklevel=3)
+            shards.fill(make_loader(dataset, [batches[k] for k in left], 0, dev), [owner[k] for k in left])
+            workers = 0
     finally:
         bar.close()
-    return total, n_bad, workers
+    return total, shards.n_bad, workers
+
+
+def make_loader(dataset: Dataset, batches: list[list[int]], workers: int, dev: torch.device) -> DataLoader:
+    """The DataLoader of `batches` (lists of rows). Workers are forked, whatever Python's default start
+    method: spawn and forkserver re-import the caller's main module (a script without a main guard
+    fails), pickle the source for every worker, and took 10-16 s per embed on 2 cores against 0.2 s.
+    The hazard of a fork, a worker stuck on a lock another thread held, is bounded by a timeout."""
+    extra = {} if workers == 0 else {"multiprocessing_context": "fork", "timeout": WORKER_TIMEOUT_S}
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+                      pin_memory=dev.type == "cuda", **extra)
+
+
+class _Shards:
+    """Encodes loader batches into the open shard and writes each shard as soon as its last batch is in."""
+
+    def __init__(self, spans: dict[int, tuple[int, int]], encode: Any, dev: torch.device, dim: int | None,
+                 bar: Any, sidecars: dict[int, dict], write: Any) -> None:
+        self.spans, self.encode, self.dev, self.dim, self.bar = spans, encode, dev, dim, bar
+        self.sidecars, self.write = sidecars, write
+        self.pieces: list[tuple[np.ndarray, np.ndarray]] = []  # (local rows [V], features [V, dim]) of the open shard
+        self.bad: list[tuple[int, str]] = []
+        self.filled, self.n_bad = 0, 0  # rows of the open shard; bad rows of the written ones
+
+    def fill(self, loader: DataLoader, owner: Sequence[int]) -> None:
+        """Batch k of `loader` belongs to shard owner[k]. WorkerHang when a worker sends nothing in time."""
+        batches, hung = iter(loader), None
+        try:
+            for i in owner:
+                try:
+                    rows, images, bad_rows = next(batches)
+                except RuntimeError as e:  # torch's words: "DataLoader timed out after ... seconds"
+                    if "timed out" not in str(e):
+                        raise
+                    hung = str(e)
+                    break  # out of the handler: nothing keeps the loader's iterator alive
+                self._add(i, rows, images, bad_rows)
+        finally:
+            del batches  # shuts the workers down; a hung one is killed a few seconds later
+        if hung is not None:
+            raise WorkerHang(hung)
+
+    def _add(self, i: int, rows: torch.Tensor, images: torch.Tensor | None, bad_rows: list) -> None:
+        start, end = self.spans[i]
+        if images is not None:
+            feats = self.encode(images.to(self.dev, non_blocking=True))  # [V, dim]
+            feats = feats.detach().float().cpu().numpy()
+            self.dim = self.dim or feats.shape[1]
+            self.pieces.append((rows.numpy() - start, feats))
+        self.bad.extend(bad_rows)
+        self.filled += len(rows) + len(bad_rows)
+        self.bar.update(len(rows) + len(bad_rows))
+        if bad_rows:
+            self.bar.set_postfix(skipped=self.n_bad + len(self.bad))
+        if self.filled == end - start:
+            self.sidecars[i] = self.write(i, self.pieces, self.bad, self.dim)
+            self.n_bad += len(self.bad)
+            self.pieces, self.bad, self.filled = [], [], 0
+
+    def drop_open(self) -> None:
+        """Forget the open shard's batches (it is computed again)."""
+        self.bar.update(-self.filled)
+        self.pieces, self.bad, self.filled = [], [], 0
 
 
 def short_spec(spec: str, width: int = 40) -> str:

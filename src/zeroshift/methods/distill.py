@@ -40,7 +40,8 @@ from ..train.fast import preferred_format
 from ..zeroshot.prompts import Prompts, encode_prompts, vocabulary
 from .common import Run
 from .distill_rows import PIXEL_SHARD_ROWS, Prepared, Rows, augment_batch, build_rows, mix  # noqa: F401  (re-exported)
-from .holdout import Agreement, split_images
+from .distill_rows import split_sources
+from .holdout import Agreement
 from .config import AUGMENT, DistillConfig  # noqa: F401  (DistillConfig, AUGMENT: re-exported)
 from .config import DISTILL_LOSSES as LOSSES  # noqa: F401  (re-exported)
 from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss
@@ -183,8 +184,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
     identity = {"teacher": cfg.teacher, "student": cfg.student, "loss": cfg.loss}
     run = Run(cfg, "student", identity, need_labels=True)
     sources = [dataset(spec) for spec in cfg.data]
-    for source in sources:  # a share that holds out nothing or leaves no fit image fails before any model loads
-        split_images(len(source), cfg.holdout, cfg.seed, what=repr(source.spec))
+    splits = split_sources(sources, cfg.holdout, cfg.seed)  # a bad share fails before any model loads
     with run:
         teacher = load(cfg.teacher, runtime=cfg.runtime)
         with torch.random.fork_rng():
@@ -203,7 +203,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             teacher_pixels, teacher_finish = pixel_pipeline(teacher.image_transform)
             online = online_teacher(teacher, teacher_finish)
         prep = build_rows(teacher, pixel_encoder, sources, cfg.loss == "contrastive-text", cfg.runtime, progress,
-                          cfg.views, recipe, cfg.holdout, cfg.seed, teacher_pixels)
+                          cfg.views, recipe, cfg.holdout, cfg.seed, teacher_pixels, splits=splits)
         rows = prep.rows
         vocab: list[Prompts] = []
 

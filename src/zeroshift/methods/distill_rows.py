@@ -18,7 +18,7 @@ from ..errors import CacheMismatch, DataError
 from ..models.pixels import PixelRows
 from ..models.vlm import VLM
 from ..train.batches import Epoch
-from .holdout import split_images
+from .holdout import Split, split_images
 
 PIXEL_SHARD_ROWS = 1024  # a shard of 64 px images is 12 MB as uint8
 
@@ -120,18 +120,27 @@ class Prepared:
     entries: list[dict]
 
 
+def split_sources(sources: list[DataSource], holdout: float, seed: int) -> list[Split]:
+    """Each source's seeded fit / held-out split of its images, computed once: distill takes it before any
+    model loads (a share that holds out nothing or leaves no fit image fails there) and build_rows uses it."""
+    return [split_images(len(source), holdout, seed, what=repr(source.spec)) for source in sources]
+
+
 def build_rows(teacher: VLM, pixel_encoder, sources: list[DataSource], want_texts: bool, runtime: str,
                progress: bool, views: int = 1, recipe: Augment | None = None, holdout: float = 0.0,
-               seed: int = 0, teacher_pixels=None) -> Prepared:
+               seed: int = 0, teacher_pixels=None, splits: list[Split] | None = None) -> Prepared:
     """Embed the `views` views of every source's images with the teacher and cache the student's pixels of
     the very same views (one view: the images as they are); split each source's images into fit and
-    held out (`holdout`, seeded, by image: every view of a fit image trains, the plain view of a held-out
-    image scores); align the rows valid in both caches. With `teacher_pixels` (a PixelEncoder of the
-    teacher's transform, for mixup) the teacher's own pixels of the fit views are cached too."""
+    held out (`splits`, else split_sources(sources, holdout, seed): by image, every view of a fit image
+    trains, the plain view of a held-out image scores); align the rows valid in both caches. With
+    `teacher_pixels` (a PixelEncoder of the teacher's transform, for mixup) the teacher's own pixels of
+    the fit views are cached too."""
     pixels, positions, targets, text_rows, entries, held_pix, held_tch = [], [], [], [], [], [], []
     tpix_caches, tpix_where = [], []
-    for source in sources:
-        split = split_images(len(source), holdout, seed, what=repr(source.spec))
+    splits = split_sources(sources, holdout, seed) if splits is None else splits
+    if len(splits) != len(sources):
+        raise ValueError(f"build_rows got {len(splits)} splits for {len(sources)} sources")
+    for source, split in zip(sources, splits):
         viewed = views_of(source, views, recipe)
         tch = embed(teacher, viewed, runtime=runtime, progress=progress, role="teacher")
         if tch.dim != teacher.dim:
