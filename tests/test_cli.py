@@ -71,35 +71,35 @@ def test_models_and_datasets_list(home, capsys):
     assert {"folder", "fashion-mnist", "tuxpaint"} <= {d["scheme"] for d in json.loads(capsys.readouterr().out)}
 
 
-def test_quickstart_writes_report_plot_records_config(home, folder, tmp_path, capsys):
+def test_quickstart_teacher_only_writes_report_plot_config(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
-    (out / "results").mkdir(parents=True)
-    (out / "results" / "old_record.json").write_text("{}")  # an earlier quickstart's: replaced, not mixed in
-    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}",
-                 "--encoders", "--students", "--align-towers", "--out", str(out), "--runtime", "torch"]) == 0
-    assert "acc1" in (out / "report.md").read_text() and (out / "zeroshot.png").stat().st_size > 1000
+    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--fit-data",
+                 f"folder:{folder}", "--candidates", "--align-towers", "--out", str(out), "--runtime", "torch"]) == 0
+    report = (out / "report.md").read_text()
+    assert "teacher tiny-clip:seed=0" in report and (out / "quickstart.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["teacher"] == "tiny-clip:seed=0"
-    assert len(list((out / "results").glob("*.json"))) == 1
     assert "quickstart finished" in capsys.readouterr().out
 
 
-def test_quickstart_with_transfer_distill_and_align_steps(home, folder, tmp_path, capsys):
+def test_quickstart_shrinks_on_each_domain_and_into_an_aligned_vlm(home, folder, tmp_path, capsys):
     out = tmp_path / "run"
     pairs = folder / "pairs.csv"
     pairs.write_text("path,caption\n" + "".join(f"{c}/{i}.png,a {c} square\n" for c in COLOURS for i in range(4)))
-    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}",
-                 "--encoders", "tiny-clip:seed=1", "--fit-data", f"folder:{folder}", "--out", str(out),
-                 "--students", "student-cnn:width=8,size=32", "--distill-data", f"folder:{folder}",
-                 "--distill-epochs", "1", "--align-towers", "tiny-clip:seed=0", "tiny-clip:seed=1",
-                 "--align-pairs", f"csv:{pairs}", "--chain-encoder", "tiny-clip:seed=2,dim=24",
-                 "--runtime", "torch"]) == 0
-    report = (out / "report.md").read_text()
-    assert "tiny-clip:seed=1 -> bridge" in report and (out / "bridges").is_dir()
-    assert "student-cnn:width=8,size=32 (distilled)" in report and (out / "students").is_dir()
-    assert "(aligned, ot)" in report and "tiny-clip:seed=2,dim=24 -> bridge -> aligned" in report
-    assert len(list((out / "results").glob("*.json"))) == 5
-    for card in (out / "bridges").glob("*/README.md"):  # each run's card shows its quickstart results
-        assert "Not evaluated yet" not in card.read_text() and "| acc1 |" in card.read_text()
+    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--fit-data",
+                 f"folder:{folder}", "--candidates", "transfer:tiny-clip:seed=1", "distill:student-cnn:width=8,size=32",
+                 "--distill", "views=1,epochs=1,batch_size=8", "--align-towers", "tiny-clip:seed=0", "tiny-clip:seed=1",
+                 "--align-pairs", f"csv:{pairs}", "--chain-candidates", "transfer:tiny-clip:seed=2,dim=24",
+                 "--out", str(out), "--runtime", "torch"]) == 0
+    lines = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| folder")]
+    models = [line.split(" | ")[1].rstrip(" *") for line in lines]
+    assert models == ["teacher tiny-clip:seed=0", "transfer:tiny-clip:seed=1", "distill:student-cnn:width=8,size=32",
+                      f"teacher run:{out / 'aligned' / 'tiny-clip_seed_0_tiny-clip_seed_1'}",
+                      "transfer:tiny-clip:seed=2,dim=24"]
+    assert sum(line.split(" | ")[1].endswith("*") for line in lines) == 2  # each shrink chose one
+    shrinks = sorted(p.name for p in (out / "shrink").iterdir())
+    assert len(shrinks) == 2 and shrinks[1] == shrinks[0] + "-aligned"
+    for name in shrinks:
+        assert (out / "shrink" / name / "classifier.onnx").is_file() and (out / "shrink" / name / "table.md").is_file()
 
 
 def test_transfer_command_writes_a_run_that_predict_uses(home, folder, tmp_path, capsys):

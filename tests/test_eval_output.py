@@ -1,6 +1,6 @@
 """What `eval` tells and writes (issue 16): rows scored and skipped, chance and interval, a warning for data
 that covers few classes, record names with the templates and no absolute path, run cards updated,
-config.json with what ran, an --out that is a file refused before any work, `quickstart --encoders none`."""
+config.json with what ran, an --out that is a file refused before any work, `quickstart --candidates none`."""
 from __future__ import annotations
 
 import json
@@ -137,15 +137,16 @@ def test_evaluate_writes_files_only_when_given_an_out_folder(home, tmp_path, mon
         zeroshift.evaluate(tiny_vlm(), source, out=taken / "results", runtime="torch", progress=False)
 
 
-def test_quickstart_encoders_none_skips_transfer(home, folder, tmp_path, capsys):
+def test_quickstart_candidates_none_shrinks_to_the_teacher_alone(home, folder, tmp_path, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}", "--encoders", "none",
-                 "--students", "none", "--align-towers", "none", "--out", str(out), "--runtime", "torch"]) == 0
+    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--datasets", f"folder:{folder}", "--fit-data",
+                 f"folder:{folder}", "--candidates", "none", "--align-towers", "none", "--out", str(out),
+                 "--runtime", "torch"]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert config["encoders"] == [] and config["students"] == [] and config["runtime_used"] == {"teacher": "torch"}
-    assert not (out / "bridges").exists()
+    assert config["candidates"] == [] and config["align_towers"] == []
+    (shrunk,) = (out / "shrink").iterdir()
+    assert not (shrunk / "candidates").exists() and not (shrunk / "classifier.onnx").exists()
     from zeroshift.quickstart import QuickstartConfig, resolved
 
-    cfg = resolved(QuickstartConfig(encoders=("none",), students=("None",), align_towers=("none",),
-                                    chain_encoder="none"))
-    assert (cfg.encoders, cfg.students, cfg.align_towers, cfg.chain_encoder) == ((), (), (), None)
+    cfg = resolved(QuickstartConfig(candidates=("none",), align_towers=("none",), chain_candidates=("None",)))
+    assert (cfg.candidates, cfg.align_towers, cfg.chain_candidates) == ((), (), ())

@@ -60,8 +60,11 @@ CLI = [
      "--image minilm is a text encoder; an image tower must be an image encoder or a VLM"),
     (["align", "--image", "effnet-lite0", "--text", "effnet-lite0", "--data", "csv:nowhere.csv", "--out", "OUT"],
      "--text effnet-lite0 is an image encoder; a text tower must be a text encoder or a VLM"),
-    (["quickstart", "--encoders", "minilm", "--out", "OUT"],
-     "--encoders minilm is a text encoder; an encoder must be an image encoder or a VLM"),
+    (["quickstart", "--candidates", "transfer:minilm", "--out", "OUT"],
+     "--candidates minilm is a text encoder; a candidate encoder must be an image encoder or a VLM"),
+    (["shrink", "--teacher", "tiny-clip:seed=0", "--data", "folder:nowhere", "--labels", "a,b", "--candidates",
+      "distill:minilm", "--out", "OUT"],
+     "--candidates minilm is a text encoder; a candidate student must be an image encoder"),
 ]
 
 

@@ -1,7 +1,8 @@
-"""The main job on the offline catalogue: evaluate the offline teacher zero-shot, bridge other
-encoders into its joint space (transfer), distil small students from it (distill), align a new VLM
-from an image and a text tower (align) and bridge an encoder into that one, evaluate them all the
-same way, and write one report."""
+"""The main job on the offline catalogue: the user's question answered on each offline domain. For each
+domain, `shrink` the teacher into the cheapest classifiers it finds (bridges from pretrained encoders,
+distilled students), fit on that domain's unlabelled images and judged on held-out ones; then `align` a
+new VLM from an image and a text tower and shrink into it too (the chain). One compact table and one
+trade-off plot say what was made cheaper, by how much, and what it kept."""
 from __future__ import annotations
 
 import json
@@ -9,146 +10,163 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from . import paths
-from .version import __version__
 from .errors import ZeroshiftError
-from .report import HEADERS, bar_plot, display, markdown_table, rows
+from .report import markdown_table
+from .version import __version__
 
 
 @dataclass(frozen=True)
 class QuickstartConfig:
     out: str = field(default="runs/quickstart", metadata={"help": "run folder for the report"})
-    teacher: str = field(default="conse:effnet-lite2+minilm", metadata={"help": "the VLM to evaluate and transfer from"})
-    # Every 4th Fashion-MNIST test image: six models are evaluated, and the whole test set would take the
-    # quickstart past 10 minutes on 2 cores; the benchmarks in bench/ use all 10,000.
-    data: tuple[str, ...] = field(default=("fashion-mnist:test[::4]", "tuxpaint[1::2]"), metadata={
-        "help": "data specs to evaluate on (held out from every fit)", "aliases": ("--datasets",)})
-    encoders: tuple[str, ...] = field(default=("effnet-lite0", "open-nsfw"),
-                                      metadata={"help": "encoders to bridge into the teacher ('none', or no value: skip transfer)"})
-    fit_data: str = field(default="tuxpaint[0::2]", metadata={"help": "unlabelled images the bridges are fit on"})
-    students: tuple[str, ...] = field(default=("student-cnn",), metadata={
-        "help": "student encoders to distil from the teacher ('none', or no value: skip distill)"})
-    distill_data: str = field(default="synthetic:classes=fashion-mnist+tuxpaint,n=2000,size=96", metadata={
-        "help": "images the students learn the teacher's embeddings on (synthetic clip-art renders)"})
-    distill_epochs: int = field(default=8, metadata={"help": "epochs of each distillation"})
+    teacher: str = field(default="conse:effnet-lite2+minilm", metadata={"help": "the VLM to shrink"})
+    # A tenth of Fashion-MNIST's test set and a thousand train images: every image passes through each
+    # candidate's encoder and the teacher on 2 cores, within the 10 minutes the main job has; bench/ uses more.
+    data: tuple[str, ...] = field(default=("fashion-mnist:test[::10]", "tuxpaint[1::2]"), metadata={
+        "help": "one labelled evaluation set per domain (its classes are the labels)", "aliases": ("--datasets",)})
+    fit_data: tuple[str, ...] = field(default=("fashion-mnist:train[:1000]", "tuxpaint[0::2]"), metadata={
+        "help": "the unlabelled images of each domain, one per --data, that shrink splits into fit and held-out"})
+    candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "transfer:open-nsfw", "distill:student-cnn"),
+                                        metadata={"help": "shrink's candidates on every domain ('none': teacher only)"})
+    transfer: str = field(default="", metadata={"help": "transfer options of every bridge, NAME=VALUE,..."})
+    distill: str = field(default="views=1,epochs=10", metadata={
+        "help": "distill options of every student, NAME=VALUE,... (one view: views cost teacher passes)"})
     align_towers: tuple[str, ...] = field(default=("effnet-lite2", "minilm"), metadata={
         "help": "image and text tower of a new VLM made with align (OTTER; 'none', or no value: skip align)"})
     align_data: str = field(default="tuxpaint[0::2]", metadata={
         "help": "image-caption pairs align trains on", "aliases": ("--align-pairs",)})
-    chain_encoder: str | None = field(default="effnet-lite0", metadata={
-        "help": "encoder bridged into the aligned VLM, to show align -> transfer ('none': skip)"})
+    chain_candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "distill:student-cnn"), metadata={
+        "help": "candidates shrunk into the aligned VLM on the last domain ('none': skip the chain)"})
+    budget_ms: float | None = field(default=None, metadata={"help": "shrink's budget, ms per image at batch 1"})
+    threads: int = field(default=1, metadata={"help": "threads the exports are timed on"})
+    int8: bool = field(default=False, metadata={"help": "also export and time int8 graphs"})
     runtime: str = field(default="auto", metadata={"help": "image tower runtime", "choices": ["auto", "torch", "onnx"]})
-    batch_size: int = field(default=64, metadata={"help": "images per forward pass"})
 
 
-COST_HEADERS = ["step", "model", "parameters per image", "parameters per label set"]
-
-
-def cost_cells(cost: dict) -> tuple[str, str]:
-    """VLM.cost() as the report's two cells: the image path's and the text side's parameters (in millions
-    from 10,000 on)."""
-    shown = [(cost.get(side) or {}).get("parameters") for side in ("image", "text")]
-    return tuple("-" if n is None else f"{n / 1e6:.2f}M" if n >= 10_000 else f"{n:,}"  # type: ignore[return-value]
-                 for n in shown)
-
-
-NONE = "none"  # the value that skips a step: `--encoders none` as `--encoders` with no value
+NONE = "none"  # the value that skips a step: `--candidates none` as `--candidates` with no value
 
 
 def resolved(cfg: QuickstartConfig) -> QuickstartConfig:
-    """`cfg` with every 'none' dropped: `encoders=("none",)` skips transfer, as `encoders=()` does."""
+    """`cfg` with every 'none' dropped: `candidates=("none",)` shrinks to the teacher alone."""
     def keep(values: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(v for v in values if v.strip().casefold() != NONE)
 
-    chain = cfg.chain_encoder if cfg.chain_encoder and cfg.chain_encoder.strip().casefold() != NONE else None
-    return replace(cfg, encoders=keep(cfg.encoders), students=keep(cfg.students),
-                   align_towers=keep(cfg.align_towers), chain_encoder=chain)
+    return replace(cfg, candidates=keep(cfg.candidates), align_towers=keep(cfg.align_towers),
+                   chain_candidates=keep(cfg.chain_candidates))
+
+
+def _shrink_config(cfg: QuickstartConfig, teacher: str, fit: str, data: str, candidates, out):
+    from .shrinking.config import ShrinkConfig
+    from .specs import dataset
+
+    classes = dataset(data).classes
+    if not classes:
+        raise ZeroshiftError(f"--data {data!r} has no class labels for the quickstart to classify into")
+    return ShrinkConfig(teacher=teacher, data=(fit,), labels="\n".join(classes), out=str(out), eval_data=(data,),
+                        candidates=candidates or (NONE,), transfer=cfg.transfer, distill=cfg.distill, budget_ms=cfg.budget_ms,
+                        threads=cfg.threads, int8=cfg.int8, runtime=cfg.runtime, overwrite=True)
+
+
+def compact(results: list[tuple[str, dict]]) -> list[tuple]:
+    """One line per model and domain: what it is, what it costs, what it keeps of its teacher."""
+    from .models.cost import human
+    from .shrinking.report import interval, ms
+
+    lines = []
+    for domain, result in results:
+        spec = result["config"]["eval_data"][0]
+        teacher = result["rows"][0]
+        t_acc = teacher["eval"][spec]["acc1"]
+        for r in result["rows"]:
+            e = r["eval"][spec]
+            chosen = result["chosen"] is not None and r["name"] == result["chosen"]["name"]
+            lines.append((domain, ("teacher " if r["role"] == "teacher" else "") + r["name"] + (" *" if chosen else ""),
+                          human(r["parameters"]), "-" if ms(r) is None else f"{ms(r):.2f}",
+                          "-" if r["role"] == "teacher" else f"{r['scores']['agreement']:.3f}",
+                          interval(e["acc1"], e["n"]), "-" if r["role"] == "teacher" or not t_acc else f"{e['acc1'] / t_acc:.2f}"))
+    return lines
+
+
+HEADERS = ["domain", "model", "parameters", "ms/image", "agreement (held out)", "acc1 [95% interval]",
+           "accuracy kept"]
+
+
+def plot(results: list[tuple[str, dict]], path) -> None:
+    """One trade-off panel per shrink: agreement with the teacher against ms per image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .shrinking.report import plot as panel
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.0), squeeze=False)
+    for ax, (domain, result) in zip(axes[0], results):
+        rows = [{**r, "label": r["name"].split(":", 1)[-1]} for r in result["rows"]]
+        panel(rows, path, domain, result["config"]["budget_ms"], ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def quickstart(cfg: QuickstartConfig, progress: bool = True) -> dict:
-    """Evaluate the teacher and one bridge per encoder on each dataset; write records, report.md,
-    a plot and config.json (the resolved options, and the runtime each model ran on) into `cfg.out`."""
+    """Shrink the teacher on every domain, align a VLM and shrink into it on the last domain; write
+    report.md, quickstart.png and config.json into `cfg.out` (each shrink's own folder under shrink/)."""
     from .methods.align import AlignConfig, align
-    from .methods.distill import DistillConfig, distill
-    from .methods.transfer import TransferConfig, transfer
-    from .models.runtime import runtime_used
-    from .specs import load, require
-    from .zeroshot.evaluate import evaluate
+    from .shrinking.candidates import check
+    from .shrinking.run import shrink
+    from .specs import require
 
     cfg = resolved(cfg)
+    if len(cfg.data) != len(cfg.fit_data) or not cfg.data:
+        raise ZeroshiftError(f"--data and --fit-data name one evaluation set and one set of fit images per domain; got "
+                             f"{len(cfg.data)} and {len(cfg.fit_data)}")
     require(cfg.teacher, "vlm", "teacher", "--teacher")  # every spec's kind, before the first of many steps
-    for spec in (*cfg.encoders, *([cfg.chain_encoder] if cfg.chain_encoder and cfg.align_towers else [])):
-        require(spec, ("image", "vlm"), "encoder", "--encoders" if spec in cfg.encoders else "--chain-encoder")
-    for spec in cfg.students:
-        require(spec, "image", "student", "--students")
+    if cfg.align_towers and len(cfg.align_towers) != 2:
+        raise ZeroshiftError("--align-towers takes an image tower and a text tower (or nothing to skip align)")
     for spec, side in zip(cfg.align_towers, ("image", "text")):
         require(spec, (side, "vlm"), f"{side} tower", "--align-towers")
+    check(cfg.candidates)
+    check(cfg.chain_candidates, "--chain-candidates")
     out = paths.user_path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    for old in (out / "results").glob("*.json"):  # records of an earlier quickstart here would mix with this one's
-        old.unlink()
+    plans = [(paths.slug(data.split("[")[0].split(":")[0], 40),
+              _shrink_config(cfg, cfg.teacher, fit, data, cfg.candidates, out / "shrink" / paths.slug(data, 60)))
+             for fit, data in zip(cfg.fit_data, cfg.data)]
     started = time.perf_counter()
-    models = [("teacher", cfg.teacher, lambda: load(cfg.teacher, runtime=cfg.runtime))]
-    for enc in cfg.encoders:
-        tcfg = TransferConfig(teacher=cfg.teacher, encoder=enc, data=cfg.fit_data, out=str(out / "bridges" / paths.slug(enc, 200)),
-                              overwrite=True, runtime=cfg.runtime)
-        models.append((f"transfer {enc}", f"{enc} -> bridge", lambda tcfg=tcfg: transfer(tcfg, progress=progress)))
-    for student in cfg.students:
-        dcfg = DistillConfig(teacher=cfg.teacher, student=student, data=(cfg.distill_data,),
-                             out=str(out / "students" / paths.slug(student, 200)), epochs=cfg.distill_epochs,
-                             views=1, overwrite=True, runtime=cfg.runtime)  # the plain images: views cost teacher passes
-        models.append((f"distill {student}", f"{student} (distilled)", lambda dcfg=dcfg: distill(dcfg, progress=progress)))
+    results = []
+    for domain, scfg in plans:
+        print(f"quickstart: shrink {cfg.teacher} on {domain}", flush=True)
+        results.append((domain, shrink(scfg, progress=progress)))
     if cfg.align_towers:
-        if len(cfg.align_towers) != 2:
-            raise ZeroshiftError("--align-towers takes an image tower and a text tower (or nothing to skip align)")
         aligned = out / "aligned" / paths.slug("+".join(cfg.align_towers), 200)
-        acfg = AlignConfig(image=cfg.align_towers[0], text=cfg.align_towers[1], data=(cfg.align_data,),
-                           out=str(aligned), epochs=50, batch_size=128, overwrite=True, runtime=cfg.runtime)
-        models.append(("align", f"{'+'.join(cfg.align_towers)} (aligned, ot)", lambda: align(acfg, progress=progress)))
-        if cfg.chain_encoder:
-            ccfg = TransferConfig(teacher=f"run:{aligned}", encoder=cfg.chain_encoder, data=cfg.fit_data,
-                                  out=str(out / "bridges" / ("aligned-" + paths.slug(cfg.chain_encoder, 200))),
-                                  overwrite=True, runtime=cfg.runtime)
-            models.append((f"transfer {cfg.chain_encoder} -> aligned", f"{cfg.chain_encoder} -> bridge -> aligned",
-                           lambda: transfer(ccfg, progress=progress)))
-    records, timings, costs, runtimes = [], [], [], {}
-    for step, name, make in models:
-        t0 = time.perf_counter()
-        vlm = make()
-        runtimes[step] = runtime_used(vlm)
-        fit_seconds = round(time.perf_counter() - t0, 1)
-        costs.append((step, name, *cost_cells(vlm.cost())))
-        for data in cfg.data:
-            t1 = time.perf_counter()
-            recs = evaluate(vlm, data, out=out / "results", batch_size=cfg.batch_size, runtime=cfg.runtime,
-                            progress=progress)
-            label = name  # the report's name; files keep the spec
-            records += [{**r, "model": label, "pretrained": ""} for r in recs.values()]
-            timings.append((step, data, fit_seconds, round(time.perf_counter() - t1, 1)))
-            fit_seconds = 0.0
-    table = rows(records)
-    plot = bar_plot(table, out / "zeroshot.png", f"zero-shot: teacher {cfg.teacher}, bridged encoders, students")
+        print(f"quickstart: align {' + '.join(cfg.align_towers)} on {cfg.align_data}", flush=True)
+        align(AlignConfig(image=cfg.align_towers[0], text=cfg.align_towers[1], data=(cfg.align_data,), out=str(aligned),
+                          epochs=50, batch_size=128, overwrite=True, runtime=cfg.runtime, quiet=not progress),
+              progress=progress)
+        if cfg.chain_candidates:
+            domain, last = plans[-1]
+            chain = replace(last, teacher=f"run:{aligned}", candidates=cfg.chain_candidates,
+                            out=str(out / "shrink" / (paths.slug(cfg.data[-1], 60) + "-aligned")))
+            print(f"quickstart: shrink the aligned VLM on {domain}", flush=True)
+            results.append((f"{domain} (aligned teacher)", shrink(chain, progress=progress)))
     seconds = round(time.perf_counter() - started, 1)
+    table = compact(results)
+    plot(results, out / "quickstart.png")
     report = [
         "# zeroshift quickstart", "",
-        f"Teacher `{cfg.teacher}` evaluated zero-shot; {len(cfg.encoders)} encoder(s) bridged into its joint "
-        f"space with Zoom-shot (`transfer`) on the unlabelled images of `{cfg.fit_data}`; {len(cfg.students)} "
-        f"small student(s) trained to reproduce its image embeddings (`distill`) on `{cfg.distill_data}`; "
-        + (f"a new VLM aligned from `{' + '.join(cfg.align_towers)}` with OTTER (`align`) on the pairs of "
-           f"`{cfg.align_data}`" + (f", and `{cfg.chain_encoder}` bridged into it" if cfg.chain_encoder else "") + "; "
-           if cfg.align_towers else "") + f"all evaluated the same way. zeroshift {__version__}, {seconds} s in all.", "",
-        markdown_table(display(table), HEADERS), "",
-        markdown_table(timings, ["step", "dataset", "load/fit seconds", "eval seconds"]), "",
-        markdown_table(costs, COST_HEADERS), "",
-        "Parameters per image are the image path's (encoder or student and its head), paid for every image; "
-        "parameters per label set are the text side's (a bridged or distilled model borrows its teacher's "
-        "text tower), paid once for a set of labels.", "",
-        f"![zero-shot results]({plot.name})", "",
-        "Bridges are in `bridges/`, students in `students/`, aligned VLMs in `aligned/` (use one as "
-        "`--model run:<folder>`); records in "
-        "CLIP_benchmark's format are "
-        "in `results/`; the resolved options in `config.json`.", "",
+        f"The teacher `{cfg.teacher}` shrunk on each domain: every candidate was fit on the domain's unlabelled "
+        f"images ({', '.join(f'`{f}`' for f in cfg.fit_data)}), judged on held-out ones by how often it gives the "
+        f"teacher's answer (agreement), timed as an ONNX export at batch 1 on {cfg.threads} thread(s), and "
+        f"evaluated on {', '.join(f'`{d}`' for d in cfg.data)}"
+        + (f"; a new VLM aligned from `{' + '.join(cfg.align_towers)}` on `{cfg.align_data}` is the teacher of the "
+           "last shrink" if cfg.align_towers and cfg.chain_candidates else "")
+        + f". `*` marks the model each shrink chose and exported. zeroshift {__version__}, {seconds} s in all.", "",
+        markdown_table(table, HEADERS), "",
+        "Accuracy kept is the model's acc1 as a share of its teacher's on the same images.", "",
+        "![agreement against cost](quickstart.png)", "",
+        "Each shrink's folder under `shrink/` holds its full table (`table.md`), plot, JSON, candidate runs "
+        "(use one as `--model run:<folder>`) and the chosen export with its card.", "",
     ]
     (out / "report.md").write_text("\n".join(report))
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), "runtime_used": runtimes, "version": __version__},
-                                                indent=2) + "\n")
-    return {"records": records, "table": table, "costs": costs, "seconds": seconds, "report": out / "report.md"}
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "version": __version__}, indent=2) + "\n")
+    return {"results": results, "table": table, "seconds": seconds, "report": out / "report.md"}

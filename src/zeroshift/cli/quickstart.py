@@ -14,10 +14,9 @@ def configure(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(cfg) -> int:
-    from zeroshift.quickstart import quickstart
-    from zeroshift.report import HEADERS, display
+    from zeroshift.quickstart import HEADERS, quickstart
 
     result = quickstart(cfg)
-    print_table(display(result["table"]), HEADERS, title=f"\nquickstart finished in {result['seconds']} s")
+    print_table(result["table"], HEADERS, title=f"\nquickstart finished in {result['seconds']} s (* chosen)")
     print(f"report: {result['report']}")
     return 0

@@ -105,7 +105,8 @@ def time_graph(path: str | os.PathLike, threads: int, batch1_calls: int = 20, ba
 
 
 def _timed(path: Path, threads: int, **kw) -> dict:
-    return {"file": str(path), "bytes": path.stat().st_size, **time_graph(path, threads, **kw)}
+    return {"file": str(path), "bytes": path.stat().st_size, "input": "pixels" if read_sidecar(path).get("input", {}).get("dtype") == "uint8" else "float",
+            **time_graph(path, threads, **kw)}
 
 
 def _reason(error: Exception) -> str:
@@ -116,7 +117,7 @@ def _reason(error: Exception) -> str:
 
 def deploy_costs(vlm: VLM, labels: Sequence[str], work_dir: str | os.PathLike, threads: int = 1,
                  int8: Int8 | None = Int8(), templates: str | None = None, calibrate: str | None = None,
-                 batch1_calls: int = 20, batch32_calls: int = 3) -> dict:
+                 batch1_calls: int = 20, batch32_calls: int = 3, input: str = "pixels") -> dict:
     """Export `vlm`'s zero-shot classifier over `labels` into `work_dir` (classifier.float.onnx and, with
     `int8`, classifier.onnx) and time each on `threads` threads:
 
@@ -127,23 +128,24 @@ def deploy_costs(vlm: VLM, labels: Sequence[str], work_dir: str | os.PathLike, t
     int8.calibrate: int8 needs calibration images, and a model that is not a run with fit data recorded
     has none of its own. An int8 graph that is refused (below int8.min_agreement) or cannot be made (no
     calibration images, the quantiser fails) is reported as refused; the float graph is timed either way.
-    A float export that fails raises."""
+    A float export that fails raises. `input` is export_classifier's ('float' for a model whose
+    preprocessing has no graph form: then the timing leaves the preprocessing out, and says so)."""
     work = Path(work_dir).expanduser()
     work.mkdir(parents=True, exist_ok=True)
     out = work / "classifier.onnx"
     timing = {"batch1_calls": batch1_calls, "batch32_calls": batch32_calls}
     if int8 is None:
-        written = export_classifier(vlm, labels, float_path(out), templates=templates)
+        written = export_classifier(vlm, labels, float_path(out), templates=templates, input=input)
         return {"float": _timed(written, threads, **timing)}
     if calibrate is not None:
         int8 = dataclasses.replace(int8, calibrate=calibrate)
     refused = None
     try:
-        export_classifier(vlm, labels, out, templates=templates, int8=int8, keep_float=True)
+        export_classifier(vlm, labels, out, templates=templates, int8=int8, keep_float=True, input=input)
     except Refused as e:  # the float graph was written (keep_float)
         refused = _reason(e)
     except ZeroshiftError as e:  # before the float graph was written: from quantisation, or from the float export
-        export_classifier(vlm, labels, float_path(out), templates=templates)  # raises if the float side failed
+        export_classifier(vlm, labels, float_path(out), templates=templates, input=input)  # raises if the float side failed
         refused = _reason(e)
     costs = {"float": _timed(float_path(out), threads, **timing)}
     if refused is not None:

@@ -33,8 +33,15 @@ def session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+# Rows per onnxruntime call. Its memory arena keeps the largest activations it has seen: a CNN tower at
+# 260 px and 64 rows held 1.4 GB more than at 16 rows, at the same speed or better (measured on 2 cores,
+# EfficientNet-Lite2 on 640 images: 18.8-20.5 s at 64 rows, 16.7-17.4 s at 16).
+CHUNK = 16
+
+
 class OnnxImageEncoder(ImageEncoder):
-    """images [N, 3, H, W] -> features [N, dim], computed by onnxruntime (inference only, no gradients)."""
+    """images [N, 3, H, W] -> features [N, dim], computed by onnxruntime (inference only, no gradients),
+    CHUNK rows per call."""
 
     runs_onnx = True
 
@@ -74,7 +81,7 @@ class OnnxImageEncoder(ImageEncoder):
         x = np.ascontiguousarray(x.numpy())
         if len(x) == 0:
             return torch.zeros(0, self.dim, device=images.device)
-        step = self.fixed_batch or len(x)
+        step = self.fixed_batch or CHUNK
         out = np.concatenate([self._run(x[i:i + step]) for i in range(0, len(x), step)])
         return torch.from_numpy(out.reshape(len(x), -1)).float().to(images.device)  # [N, dim]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import MissingBackend, ZeroshiftError
 from ..models.vlm import VLM
-from .config import DEFAULT_CANDIDATES, Candidate, ShrinkConfig, parse_candidate, parse_overrides
+from .config import DEFAULT_CANDIDATES, NONE, Candidate, ShrinkConfig, parse_candidate, parse_overrides
 
 
 def installed(spec: str) -> bool:
@@ -23,21 +23,30 @@ def installed(spec: str) -> bool:
 def candidate_list(cfg: ShrinkConfig) -> list[Candidate]:
     """The candidates to make: the given ones, or the defaults whose backends are installed; each checked to
     be an image encoder (a VLM's image side too, for transfer) before anything loads."""
-    from ..compose import STUDENT_EXAMPLES
-    from ..specs import require
-
-    chosen = [parse_candidate(c) for c in cfg.candidates] if cfg.candidates else \
-        [c for c in map(parse_candidate, DEFAULT_CANDIDATES) if installed(c.spec)]
+    if cfg.candidates == (NONE,):
+        return []
+    if cfg.candidates:
+        return check(cfg.candidates)
+    chosen = [c for c in DEFAULT_CANDIDATES if installed(parse_candidate(c).spec)]
     if not chosen:
         raise ZeroshiftError("no candidate is installed: give --candidates METHOD:SPEC (e.g. distill:student-cnn) or "
                              "install an encoder backend (zeroshift models lists them)")
+    return check(tuple(chosen))
+
+
+def check(candidates: tuple[str, ...], option: str = "--candidates") -> list[Candidate]:
+    """The parsed candidates, each of the kind its method needs (one-line SpecError otherwise)."""
+    from ..compose import STUDENT_EXAMPLES
+    from ..specs import require
+
+    chosen = [parse_candidate(c) for c in candidates]
     for c in chosen:
         if c.method == "transfer":
-            require(c.spec, ("image", "vlm"), "candidate encoder", f"--candidates transfer:{c.spec}")
+            require(c.spec, ("image", "vlm"), "candidate encoder", option)
         else:
-            require(c.spec, "image", "candidate student", f"--candidates distill:{c.spec}", examples=STUDENT_EXAMPLES)
+            require(c.spec, "image", "candidate student", option, examples=STUDENT_EXAMPLES)
     if len({c.folder for c in chosen}) != len(chosen):
-        raise ZeroshiftError("two candidates have the same name once written as a folder; list each once")
+        raise ZeroshiftError(f"{option}: two candidates have the same name once written as a folder; list each once")
     return chosen
 
 
@@ -68,4 +77,4 @@ def make(cfg: ShrinkConfig, c: Candidate, fit: list[str], out: Path, progress: b
     return distill(mcfg, progress=progress)
 
 
-__all__ = ["candidate_list", "installed", "make", "method_config"]
+__all__ = ["candidate_list", "check", "installed", "make", "method_config"]

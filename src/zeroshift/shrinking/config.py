@@ -15,6 +15,7 @@ from ..errors import ZeroshiftError
 from ..paths import slug
 
 METHODS = ("transfer", "distill")
+NONE = "none"  # --candidates none: the teacher alone (its table row and evaluations), nothing exported
 # Default candidates, each kept when its backend is installed: two pretrained encoders of the offline
 # catalogue bridged, and the built-in student at two sizes.
 DEFAULT_CANDIDATES = ("transfer:effnet-lite0", "transfer:open-nsfw", "distill:student-cnn", "distill:student-cnn:l")
@@ -93,7 +94,7 @@ class ShrinkConfig:
     labels: str = field(metadata={"help": "your labels: 'a,b,c' or a label file, one per line"})
     out: str = field(metadata={"help": "folder for the table, plot, candidates and the chosen export"})
     candidates: tuple[str, ...] = field(default=(), metadata={
-        "help": "METHOD:SPEC candidates, e.g. transfer:effnet-lite0 distill:student-cnn (default: "
+        "help": "METHOD:SPEC candidates, e.g. transfer:effnet-lite0 distill:student-cnn, or none (default: "
                 + " ".join(DEFAULT_CANDIDATES) + ", those installed)"})
     budget_ms: float | None = field(default=None, metadata={
         "help": "the most milliseconds per image at batch 1 on --threads threads the shipped export may take"})
@@ -121,8 +122,9 @@ class ShrinkConfig:
                 object.__setattr__(self, name, (value,))
         if not self.data:
             raise ZeroshiftError("--data needs at least one data spec of your images")
-        for c in self.candidates:
-            parse_candidate(c)
+        if self.candidates != (NONE,):
+            for c in self.candidates:
+                parse_candidate(c)
         if len(set(self.candidates)) != len(self.candidates):
             raise ZeroshiftError("--candidates lists a candidate twice")
         if not 0 < self.holdout < 1:

@@ -61,7 +61,9 @@ def table(rows: list[dict], eval_specs: list[str], chosen: dict | None) -> str:
         name = ("**" + r["name"] + "** (chosen)") if chosen is not None and r["name"] == chosen["name"] else r["name"]
         s = r["scores"]
         speed = (r.get(shipped(r)) or {}).get("images_per_second_b32")
-        cells = [name, human(r["parameters"]), human(r.get("macs")), _f((r.get("float") or {}).get("ms_per_image_b1"), 2),
+        fl = r.get("float") or {}
+        bare = " (float input: preprocessing not timed)" if fl.get("input") == "float" else ""
+        cells = [name, human(r["parameters"]), human(r.get("macs")), _f(fl.get("ms_per_image_b1"), 2) + bare,
                  _int8(r), "-" if speed is None else f"{speed:,.0f} ({shipped(r)})", _f(s["agreement"]),
                  _f(s["agreement_vocab"]), _f(s["cosine"]), _f(s["accuracy"])]
         for spec in eval_specs:

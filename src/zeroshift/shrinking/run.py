@@ -79,9 +79,14 @@ def deploy(vlm_spec: str, labels: list[str], work: Path, cfg: ShrinkConfig, cali
     from ..specs import load
 
     vlm = load(vlm_spec, runtime="torch")  # exports trace PyTorch towers
+    options = dict(threads=cfg.threads, int8=Int8() if cfg.int8 else None, templates=cfg.templates, calibrate=calibrate)
     try:
-        return deploy_costs(vlm, labels, work, threads=cfg.threads, int8=Int8() if cfg.int8 else None,
-                            templates=cfg.templates, calibrate=calibrate)
+        try:
+            return deploy_costs(vlm, labels, work, **options)
+        except ZeroshiftError as e:  # preprocessing with no graph form (open-nsfw's): time the float-input graph
+            if "--input float" not in str(e):
+                raise
+            return deploy_costs(vlm, labels, work, input="float", **options)
     finally:
         del vlm
         gc.collect()
