@@ -28,6 +28,7 @@ import torch
 from common import in_turns, machine, timed, write_results
 
 import zeroshift
+from zeroshift.export.timing import timing_session  # idle threads sleep: timed in turns with PyTorch
 from zeroshift.data.base import BadImage, load_row
 from zeroshift.data.templates import get_templates
 from zeroshift.export import onnx as exporter
@@ -103,18 +104,6 @@ def embed(path: Path, pixels: np.ndarray, threads: int = 2, batch: int = 32) -> 
     sess = session(path, threads)
     return np.concatenate([sess.run(["embeddings"], {"images": pixels[i:i + batch]})[0]
                            for i in range(0, len(pixels), batch)])
-
-
-def timing_session(path: Path, threads: int):
-    """An onnxruntime session whose idle threads sleep instead of spinning: timed in turns with PyTorch in one
-    process, spinning threads would steal the cores from the next call (PyTorch eager at batch 1 took 16x
-    longer beside them on 2 threads)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def speeds(vlm, files: dict, pixels: np.ndarray, quick: bool) -> dict:

@@ -67,7 +67,7 @@ def check_folder(cfg: ShrinkConfig, out: Path, identity: dict) -> None:
             changed = sorted(k for k in identity if old is None or old.get(k) != identity[k])
             raise ZeroshiftError(f"--out {out} holds a shrink made with other settings ({', '.join(changed)}); "
                                  "pass --overwrite to start over, or choose another --out")
-    elif out.is_dir() and any(p.name != "results" for p in out.iterdir()):
+    elif out.is_dir() and any(out.iterdir()):
         raise ZeroshiftError(f"--out {out} is not empty and holds no shrink; choose another --out")
     write_json(marker, {"identity": identity, "version": __version__})
 
@@ -98,7 +98,7 @@ def evaluations(vlm, cfg: ShrinkConfig, out: Path, progress: bool) -> dict:
 
     found = {}
     for spec in cfg.eval_data:
-        rec = evaluate(vlm, spec, out=out, runtime=cfg.runtime, progress=progress, templates=None)
+        rec = evaluate(vlm, spec, out=out, runtime=cfg.runtime, progress=progress)
         r = rec.get("zeroshot_classification")
         if r is not None:
             found[spec] = {"acc1": r["metrics"]["acc1"], "n": int(r["zeroshift"]["evaluated"])}
@@ -196,7 +196,7 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> dict:
     """Make every candidate, score and time it, write OUT/table.md, OUT/shrink_results.json and
     OUT/tradeoff.png, and export the best agreement within the budget to OUT/classifier.onnx with a card
     (nothing when no candidate fits: the table says why). Returns the result dict written to the JSON."""
-    from ..specs import require
+    from ..specs import dataset, require
     from ..zeroshot.classifier import check_classnames
     from ..zeroshot.labels import parse_labels
 
@@ -206,8 +206,6 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> dict:
     labels = check_classnames(parse_labels(cfg.labels, files=True), at_least=2)
     chosen_list = candidate_list(cfg)
     for spec in cfg.eval_data:
-        from ..specs import dataset
-
         dataset(spec)  # a bad eval spec fails before the first stage
     parts = split_parts(cfg)
     out = paths.user_path(cfg.out)
