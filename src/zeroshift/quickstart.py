@@ -101,7 +101,7 @@ def plot(results: list[tuple[str, dict]], path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 4.0), squeeze=False)
     for ax, (domain, result) in zip(axes[0], results):
-        rows = [{**r, "label": r["name"].split(":", 1)[-1]} for r in result["rows"]]
+        rows = [{**r, "label": "" if r["role"] == "teacher" else r["name"].split(":", 1)[-1]} for r in result["rows"]]
         panel(rows, path, domain, result["config"]["budget_ms"], ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
