@@ -25,6 +25,10 @@ class CacheMismatch(ZeroshiftError):
     """A feature cache or artefact was made by another model, preprocessing or data source."""
 
 
+class NoPixelRecipe(ZeroshiftError):
+    """A model's preprocessing has no graph form, so its export takes float input (`--input float`)."""
+
+
 class CacheError(ZeroshiftError):
     """A feature cache that is incomplete, corrupted or holds unusable numbers."""
 

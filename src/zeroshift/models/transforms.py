@@ -184,18 +184,18 @@ def recipe(transform: Callable) -> dict:
     predict and embed do); `steps` (resize, center_crop: Pillow operations, in order) bring one to `size`
     [H, W] as uint8,
     and `pixels` says how a graph makes its float input of those: (x * scale - mean) / std per channel.
-    ZeroshiftError when a step cannot be described (a backend's own function, an unknown class)."""
-    from ..errors import ZeroshiftError
+    NoPixelRecipe when a step cannot be described (a backend's own function, an unknown class)."""
+    from ..errors import NoPixelRecipe
 
     steps: list[dict] = []
     pixels: dict = {"scale": None, "mean": [0.0] * 3, "std": [1.0] * 3}
     try:
         _step(transform, steps, pixels)
     except ValueError as e:
-        raise ZeroshiftError(f"the image transform {transform!r} cannot be written as a preprocessing recipe "
+        raise NoPixelRecipe(f"the image transform {transform!r} cannot be written as a preprocessing recipe "
                              f"(its {e} has no Pillow equivalent); export with --input float") from None
     if pixels["scale"] is None:
-        raise ZeroshiftError(f"the image transform {transform!r} never turns the image into a tensor; "
+        raise NoPixelRecipe(f"the image transform {transform!r} never turns the image into a tensor; "
                              "export with --input float")
     size = None
     for s in steps:
@@ -204,12 +204,12 @@ def recipe(transform: Callable) -> dict:
         else:
             size = None  # a short-side resize after the last crop leaves the size to the image's shape
     if size is None:
-        raise ZeroshiftError(f"the image transform {transform!r} gives no fixed image size (no crop after its "
+        raise NoPixelRecipe(f"the image transform {transform!r} gives no fixed image size (no crop after its "
                              "resize); export with --input float")
     probe = probe_images(1, size=(64, 48))[0]
     out = transform(probe)
     if tuple(out.shape) != (3, *size):
-        raise ZeroshiftError(f"the image transform {transform!r} gives {tuple(out.shape)}, not the [3, {size[0]}, "
+        raise NoPixelRecipe(f"the image transform {transform!r} gives {tuple(out.shape)}, not the [3, {size[0]}, "
                              f"{size[1]}] its steps describe; export with --input float")
     for key in ("mean", "std"):
         if len(pixels[key]) == 1:
