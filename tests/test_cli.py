@@ -85,15 +85,16 @@ def test_quickstart_shrinks_on_each_domain_and_into_an_aligned_vlm(home, folder,
     out = tmp_path / "run"
     pairs = folder / "pairs.csv"
     pairs.write_text("path,caption\n" + "".join(f"{c}/{i}.png,a {c} square\n" for c in COLOURS for i in range(4)))
-    assert main(["quickstart", "--teacher", "tiny-clip:seed=0", "--data", f"folder:{folder}", "--fit-data",
+    teacher = "tiny-clip:seed=0,size=192"  # slower than every candidate, as a teacher is: shrink refuses slower ones
+    assert main(["quickstart", "--teacher", teacher, "--data", f"folder:{folder}", "--fit-data",
                  f"folder:{folder}", "--candidates", "transfer:tiny-clip:seed=1", "distill:student-cnn:width=8,size=32",
-                 "--distill", "views=1,epochs=1,batch_size=8", "--align-towers", "tiny-clip:seed=0", "tiny-clip:seed=1",
+                 "--distill", "views=1,epochs=1,batch_size=8", "--align-towers", teacher, "tiny-clip:seed=1",
                  "--align-pairs", f"csv:{pairs}", "--chain-candidates", "transfer:tiny-clip:seed=2,dim=24",
                  "--out", str(out), "--runtime", "torch"]) == 0
     lines = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| folder")]
     models = [line.split(" | ")[1].rstrip(" *") for line in lines]
-    assert models == ["teacher tiny-clip:seed=0", "transfer:tiny-clip:seed=1", "distill:student-cnn:width=8,size=32",
-                      f"teacher run:{out / 'aligned' / 'tiny-clip_seed_0_tiny-clip_seed_1'}",
+    assert models == [f"teacher {teacher}", "transfer:tiny-clip:seed=1", "distill:student-cnn:width=8,size=32",
+                      f"teacher run:{out / 'aligned' / 'tiny-clip_seed_0_size_192_tiny-clip_seed_1'}",
                       "transfer:tiny-clip:seed=2,dim=24"]
     assert sum(line.split(" | ")[1].endswith("*") for line in lines) == 2  # each shrink chose one
     shrinks = sorted(p.name for p in (out / "shrink").iterdir())

@@ -12,10 +12,10 @@ from helpers import colour_folder, one_line
 from zeroshift.errors import DataError, SpecError, ZeroshiftError
 from zeroshift.shrinking import ShrinkConfig, run as R
 from zeroshift.shrinking import candidates as C
-from zeroshift.shrinking.report import choose, ms
+from zeroshift.shrinking.report import choose, ms, within
 
 pytestmark = pytest.mark.usefixtures("module_home")  # caches made by one test are found by the next
-TEACHER = "tiny-clip:seed=0"
+TEACHER = "tiny-clip:seed=0,size=192"  # slower than every candidate, as a teacher is: shrink refuses slower ones
 CANDIDATES = ("transfer:tiny-clip:seed=1", "distill:student-cnn:width=8,size=32")
 
 
@@ -122,6 +122,10 @@ def test_choose_takes_the_best_agreement_within_budget():
     assert choose(rows, 5.0, None)["name"] == "c"  # equal agreement: the faster
     assert choose(rows, 5.0, 500)["name"] == "b"
     assert choose(rows, 0.5, None) is None
+    teacher = {**row("t", 1.0, 1.5), "role": "teacher"}
+    assert choose([teacher] + rows, None, None)["name"] == "c"  # only c is faster than the teacher
+    assert within(rows[1], None, None, teacher_ms=1.5) == (False, "slower than the teacher (2.00 ms >= 1.50 ms)")
+    assert within(teacher, None, None, teacher_ms=1.5)[0]  # the teacher is never refused for being itself
 
 
 @pytest.mark.parametrize("kw, error, match", [

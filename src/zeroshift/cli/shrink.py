@@ -31,5 +31,5 @@ def run(cfg) -> int:
     out = cfg.out
     print(f"table: {out}/table.md  plot: {out}/tradeoff.png  json: {out}/shrink_results.json")
     print(f"export: {result['export']} (card: {out}/README.md)" if result["export"] else
-          "export: none (no candidate fits the budget)")
+          "export: none (no candidate fits the budget and is faster than the teacher)")
     return 0

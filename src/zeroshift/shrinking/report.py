@@ -19,8 +19,12 @@ def ms(row: dict) -> float | None:
     return (row.get(shipped(row)) or {}).get("ms_per_image_b1")
 
 
-def within(row: dict, budget_ms: float | None, budget_params: float | None) -> tuple[bool, str]:
-    """(fits the budget, why not)."""
+def within(row: dict, budget_ms: float | None, budget_params: float | None,
+           teacher_ms: float | None = None) -> tuple[bool, str]:
+    """(fits the budget, why not). A candidate no faster than the teacher never fits: shrinking into it would
+    cost speed and answers both."""
+    if teacher_ms is not None and row["role"] == "candidate" and (ms(row) is None or ms(row) >= teacher_ms):
+        return False, f"slower than the teacher ({_f(ms(row), 2)} ms >= {teacher_ms:.2f} ms)"
     if budget_ms is not None and (ms(row) is None or ms(row) > budget_ms):
         return False, f"{_f(ms(row), 2)} ms > {budget_ms:g} ms"
     if budget_params is not None and row["parameters"] > budget_params:
@@ -29,8 +33,10 @@ def within(row: dict, budget_ms: float | None, budget_params: float | None) -> t
 
 
 def choose(rows: list[dict], budget_ms: float | None, budget_params: float | None) -> dict | None:
-    """The candidate with the best held-out agreement over the labels within the budget (ties: the faster)."""
-    fits = [r for r in rows if r["role"] == "candidate" and within(r, budget_ms, budget_params)[0]]
+    """The candidate with the best held-out agreement over the labels within the budget and faster than the
+    teacher (rows[0] where it is there; ties: the faster)."""
+    teacher_ms = next((ms(r) for r in rows if r["role"] == "teacher"), None)
+    fits = [r for r in rows if r["role"] == "candidate" and within(r, budget_ms, budget_params, teacher_ms)[0]]
     return max(fits, key=lambda r: (r["scores"]["agreement"], -(ms(r) or float("inf"))), default=None)
 
 

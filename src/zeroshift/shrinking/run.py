@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import paths
-from ..errors import ZeroshiftError
+from ..errors import NoPixelRecipe, ZeroshiftError
 from ..io import write_json, write_text
 from ..version import __version__
 from . import report
@@ -83,9 +83,7 @@ def deploy(vlm_spec: str, labels: list[str], work: Path, cfg: ShrinkConfig, cali
     try:
         try:
             return deploy_costs(vlm, labels, work, **options)
-        except ZeroshiftError as e:  # preprocessing with no graph form (open-nsfw's): time the float-input graph
-            if "--input float" not in str(e):
-                raise
+        except NoPixelRecipe:  # preprocessing with no graph form (open-nsfw's): time the float-input graph
             return deploy_costs(vlm, labels, work, input="float", **options)
     finally:
         del vlm
@@ -226,7 +224,7 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> dict:
         rows.append(done or candidate_stage(cfg, c, labels, parts, out, progress))
         gc.collect()
     for r in rows:
-        r["in_budget"], r["why_not"] = report.within(r, cfg.budget_ms, cfg.budget_params)
+        r["in_budget"], r["why_not"] = report.within(r, cfg.budget_ms, cfg.budget_params, report.ms(teacher))
     chosen = report.choose(rows, cfg.budget_ms, cfg.budget_params)
     budget = " and ".join(([f"{cfg.budget_ms:g} ms per image"] if cfg.budget_ms else []) +
                           ([f"{cfg.budget_params:g} parameters"] if cfg.budget_params else []))
@@ -236,8 +234,9 @@ def shrink(cfg: ShrinkConfig, progress: bool = True) -> dict:
               "chosen": chosen, "budget": budget, "export": None if exported is None else str(exported),
               "seconds": round(time.perf_counter() - started, 1)}
     if chosen is None:
-        say("no candidate fits the budget (" + "; ".join(f"{r['name']}: {r['why_not']}" for r in rows[1:]) +
-            "); the table and plot are written, nothing is exported")
+        why = "; ".join(f"{r['name']}: {r['why_not']}" for r in rows[1:])
+        say(f"no candidate fits the budget and is faster than the teacher ({why}); the table and plot are "
+            "written, nothing is exported")
     else:
         write_text(out / "README.md", report.card({**result, "teacher": teacher}))
     write_text(out / "table.md", report.table(rows, list(cfg.eval_data), chosen) + "\n")
