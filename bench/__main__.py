@@ -23,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SUITE = ("embed_throughput", "transfer", "distill", "align", "zeroshot_speed", "memory", "scaling", "costs",
-         "diffusion_cost", "projection", "serve", "integrity", "startup", "export", "loop_speed", "teaching")
+         "diffusion_cost", "projection", "serve", "integrity", "startup", "export", "loop_speed", "teaching",
+         "shrink")
 GPU_ONLY = ("costs", "diffusion_cost")  # per-item costs at the papers' scale: measured on a CUDA GPU
 TAIL_LINES = 20
 TAIL_BYTES = 64 * 1024
