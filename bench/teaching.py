@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 from common import EvalSet, features, in_turns, write_results
 from speed import model_only_rate
 
@@ -60,11 +61,20 @@ def distill_rows(args) -> list[dict]:
 
 
 def extra_rows(args) -> list[dict]:
-    """More views and the other student widths, on Fashion-MNIST, at the short rows' steps."""
+    """More views and the other student widths on Fashion-MNIST at the short rows' steps; more fit images
+    (Fashion-MNIST: 4x the images at the long row's steps, so data and views compete at equal compute) and
+    synthetic renders added to the few Tux Paint images (Popp et al.: diversity)."""
     e, k = args.epochs, args.views
     rows = [{"row": "consistent K=16", "domain": "fmnist", "views": 16, "epochs": max(1, e // 16)}]
-    return rows + [{"row": f"consistent K={k}, {spec}", "domain": "fmnist", "views": k, "student": spec,
-                    "epochs": max(1, e // k)} for spec in (WIDTHS[0], WIDTHS[2])]
+    rows += [{"row": f"consistent K={k}, {spec}", "domain": "fmnist", "views": k, "student": spec,
+              "epochs": max(1, e // k)} for spec in (WIDTHS[0], WIDTHS[2])]
+    more = 4 * args.fmnist
+    rows.append({"row": f"consistent K=1, {more} fit images", "domain": "fmnist", "views": 1, "epochs": e,
+                 "fit": (f"fashion-mnist:train[:{more}]",)})
+    renders = f"synthetic:classes=tuxpaint,n={args.synthetic},size=96"
+    rows.append({"row": f"consistent K={k}, + {args.synthetic} synthetic renders", "domain": "tux", "views": k,
+                 "epochs": max(1, e // k), "fit": (*domains(args)["tux"]["fit"], renders)})
+    return rows
 
 
 class Bench:
@@ -150,6 +160,18 @@ def aligned_teacher(bench: Bench) -> str:
     return f"run:{out}"
 
 
+def mirrored(teacher_spec: str, ev: EvalSet, batch: int = 64) -> dict:
+    """The teacher scored against itself on its test images mirrored left-right: how far its own answer moves
+    under a change it should ignore, a yardstick for the agreement a close imitation can reach."""
+    teacher = zeroshift.load(teacher_spec, runtime="auto")
+    rows = [int(i) for i in ev.index]
+    parts = []
+    for start in range(0, len(rows), batch):
+        images = [ev.source.load_image(i).transpose(Image.Transpose.FLIP_LEFT_RIGHT) for i in rows[start:start + batch]]
+        parts.append(teacher.encode_image(torch.stack([teacher.image_transform(im) for im in images])).float())
+    return ev.score(torch.cat(parts))  # [N, d] scored in the teacher's row order
+
+
 def speeds(student_runs: list[str]) -> dict[str, float]:
     """Images per second at batch 32 of the teacher's image tower and of the students, each at its fastest
     runtime (onnxruntime here), timed in turns."""
@@ -175,9 +197,10 @@ def run(args) -> dict:
         plan = (distill_rows(args) if args.only != "extra" else []) + (extra_rows(args) if args.only != "distill"
                                                                         and not args.quick else [])
         for r in plan:
-            opts = {k: v for k, v in r.items() if k not in ("row", "domain")}
-            add(bench.distilled(CONSE, f"conse {r['domain']} {r['row']}", doms[r["domain"]], **opts),
-                teacher="conse", kind="student", **r)
+            opts = {k: v for k, v in r.items() if k not in ("row", "domain", "fit")}
+            dom = {**doms[r["domain"]], **({"fit": r["fit"]} if "fit" in r else {})}
+            add(bench.distilled(CONSE, f"conse {r['domain']} {r['row']}", dom, **opts),
+                teacher="conse", kind="student", **{k: v for k, v in r.items() if k != "fit"})
     if args.only in (None, "synthetic"):
         synth = (f"synthetic:classes=fashion-mnist+tuxpaint,n={args.synthetic},size=96",)
         for loss in ("l2", "contrastive-text", "contrastive-feature"):  # one student per loss, scored on both domains
@@ -199,6 +222,9 @@ def run(args) -> dict:
                             teacher=name, kind="bridge", row=f"{args.encoder} {bridge} bridge, K={k}", domain=d)
     teacher_rows = {d: {"conse": bench.eval_set(CONSE, dom["test"]).score(bench.eval_set(CONSE, dom["test"]).t)}
                     for d, dom in doms.items()}
+    if not args.no_mirror:
+        for d, dom in doms.items():
+            teacher_rows[d]["conse"]["mirrored"] = mirrored(CONSE, bench.eval_set(CONSE, dom["test"]))
     if any(r["teacher"] == "aligned" for r in rows):
         aligned = aligned_teacher(bench)
         for d, dom in doms.items():
@@ -232,7 +258,12 @@ def write(result: dict, out: Path) -> None:
     for d in ("fmnist", "tux"):
         accs = ", ".join(f"{name} teacher acc1 {v['acc1']:.3f} [{v['acc1_lo']:.3f}, {v['acc1_hi']:.3f}]"
                          for name, v in result["teachers"][d].items())
-        lines += [f"## {d}: {accs}", "",
+        mirror = result["teachers"][d]["conse"].get("mirrored")
+        lines += [f"## {d}: {accs}", ""]
+        if mirror:
+            lines += [f"Yardstick: the conse teacher on the same test images mirrored left-right agrees with itself on "
+                      f"{mirror['agree']:.3f} of them (cos {mirror['cosine']:.3f} to its own embeddings).", ""]
+        lines += [
                   "| teacher | row | params | img/s vs teacher | agree | acc1 [95%] | acc / teacher | cos | train img/s | train s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["domain"] == d):
@@ -250,7 +281,7 @@ def write(result: dict, out: Path) -> None:
     if result.get("missing"):
         lines += ["Not run in this invocation (no finished row in the work folder): " + "; ".join(result["missing"]), ""]
     lines += targets(result)
-    write_results(out, "teaching", "\n".join(lines) + "\n", result)
+    write_results(out, opts.get("name", "teaching"), "\n".join(lines) + "\n", result)
 
 
 def targets(result: dict) -> list[str]:
@@ -310,9 +341,11 @@ def main() -> None:
     p.add_argument("--only", choices=("distill", "extra", "synthetic", "transfer", "aligned"))
     p.add_argument("--report", action="store_true", help="train nothing: write the rows the work folder holds")
     p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--no-mirror", action="store_true", help="skip the teacher-on-mirrored-images reference")
     p.add_argument("--quick", action="store_true", help="smoke run: few images and epochs")
     p.add_argument("--work", default=None, help="folder for runs and finished rows (default: a new temp folder)")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--name", default="teaching", help="results file name, e.g. teaching-extra for --only extra")
     args = p.parse_args()
     if args.quick:
         args.fmnist, args.synthetic, args.epochs, args.long = 200, 200, 4, 2
