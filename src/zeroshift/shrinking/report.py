@@ -34,7 +34,7 @@ def within(row: dict, budget_ms: float | None, budget_params: float | None,
 
 def choose(rows: list[dict], budget_ms: float | None, budget_params: float | None) -> dict | None:
     """The candidate with the best held-out agreement over the labels within the budget and faster than the
-    teacher (rows[0] where it is there; ties: the faster)."""
+    teacher (the row whose role is teacher, where there is one; ties: the faster)."""
     teacher_ms = next((ms(r) for r in rows if r["role"] == "teacher"), None)
     fits = [r for r in rows if r["role"] == "candidate" and within(r, budget_ms, budget_params, teacher_ms)[0]]
     return max(fits, key=lambda r: (r["scores"]["agreement"], -(ms(r) or float("inf"))), default=None)
