@@ -11,7 +11,7 @@ student steps, a long schedule, three student widths, synthetic-only students un
 contrastive losses, and bridges (linear, mlp) with and without views. Every finished row is kept in the
 work folder, so a rerun with the same options continues where it stopped.
 
-    python bench/teaching.py [--quick] [--work DIR] [--only distill|synthetic|transfer|aligned]
+    python bench/teaching.py [--quick] [--work DIR] [--only distill|labels|extra|synthetic|transfer|aligned]
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from zeroshift.methods.config import AlignConfig, DistillConfig, TransferConfig
 from zeroshift.models.runtime import accelerate
 from zeroshift.models.student import param_count
 from zeroshift.models.transforms import probe_batch
+from zeroshift.specs import dataset
 from zeroshift.zeroshot.prompts import encode_prompts, vocabulary
 
 HERE = Path(__file__).parent
@@ -75,6 +76,21 @@ def extra_rows(args) -> list[dict]:
     rows.append({"row": f"consistent K={k}, + {args.synthetic} synthetic renders", "domain": "tux", "views": k,
                  "epochs": max(1, e // k), "fit": (*domains(args)["tux"]["fit"], renders)})
     return rows
+
+
+def labels_rows(args) -> list[dict]:
+    """The short and long consistent rows again with the KL over the test set's class names beside l2
+    (`distill --labels`: the names a user states, never an image's label)."""
+    e, k = args.epochs, args.views
+    short = [{"row": "consistent K=1, l2 + kl over the labels", "domain": d, "views": 1, "epochs": e, "labels": True}
+             for d in ("fmnist", "tux")]
+    return short + [{"row": f"consistent K={k}, long ({args.long}x), l2 + kl over the labels", "domain": d, "views": k,
+                     "epochs": max(1, e // k) * args.long, "labels": True} for d in ("fmnist", "tux")]
+
+
+def class_names(spec: str) -> str:
+    """The test set's class names, one per line (the `--labels` a user of that domain would give)."""
+    return "\n".join(dataset(spec).classes)
 
 
 class Bench:
@@ -193,11 +209,13 @@ def run(args) -> dict:
         if res is not None:
             rows.append({**row, **res})
 
-    if args.only in (None, "distill", "extra"):
-        plan = (distill_rows(args) if args.only != "extra" else []) + (extra_rows(args) if args.only != "distill"
-                                                                        and not args.quick else [])
+    if args.only in (None, "distill", "extra", "labels"):
+        plan = {"distill": distill_rows(args), "labels": labels_rows(args), "extra": extra_rows(args)}.get(
+            args.only, distill_rows(args) + labels_rows(args) + ([] if args.quick else extra_rows(args)))
         for r in plan:
-            opts = {k: v for k, v in r.items() if k not in ("row", "domain", "fit")}
+            opts = {k: v for k, v in r.items() if k not in ("row", "domain", "fit", "labels")}
+            if r.get("labels"):
+                opts["labels"] = class_names(doms[r["domain"]]["test"])
             dom = {**doms[r["domain"]], **({"fit": r["fit"]} if "fit" in r else {})}
             add(bench.distilled(CONSE, f"conse {r['domain']} {r['row']}", dom, **opts),
                 teacher="conse", kind="student", **{k: v for k, v in r.items() if k != "fit"})
@@ -338,7 +356,7 @@ def main() -> None:
     p.add_argument("--long", type=int, default=4, help="the long schedule, as a multiple of the short one")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--encoder", default="effnet-lite0", help="the bridges' source encoder")
-    p.add_argument("--only", choices=("distill", "extra", "synthetic", "transfer", "aligned"))
+    p.add_argument("--only", choices=("distill", "labels", "extra", "synthetic", "transfer", "aligned"))
     p.add_argument("--report", action="store_true", help="train nothing: write the rows the work folder holds")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-mirror", action="store_true", help="skip the teacher-on-mirrored-images reference")

@@ -209,6 +209,13 @@ class DistillConfig(RunConfig):
     temperature: float = field(default=0.07, metadata={"help": "temperature of the contrastive losses"})
     prompts: str | None = field(default=None, metadata={
         "help": "kl's prompt file, one prompt per line (default: the 1000 ImageNet names in 'a photo of a {c}.')"})
+    labels: str | None = field(default=None, metadata={
+        "help": "the labels the student is for ('a,b,c' or a label file): adds --label-weight x KL(p_t || p_s) of "
+                "the teacher's zero-shot distributions among them (at --tau) to the loss, so the decisions you will "
+                "ask for are taught directly, and keeps the epoch that agrees most among them (no label of an image "
+                "is read)"})
+    label_weight: float = field(default=1.0, metadata={"help": "weight of the --labels term"})
+    templates: str | None = field(default=None, metadata={"help": "prompt template set or file for --labels"})
     views: int = field(default=4, metadata={
         "help": "augmented views per image whose teacher embeddings are cached once (a view cache); the "
                 "student learns each view's own target (1: the plain images)"})
@@ -245,6 +252,11 @@ class DistillConfig(RunConfig):
         if self.mixup > 0 and self.loss == "contrastive-text":
             raise ZeroshiftError("--mixup mixes two images, whose captions do not mix: use it with l2, cosine, kl "
                                  "or contrastive-feature")
+        if self.labels is not None:
+            from ..zeroshot.labels import parse_labels  # torch-free
+
+            if len(set(parse_labels(self.labels, files=True))) < 2 or self.label_weight < 0:
+                raise ZeroshiftError("--labels needs at least 2 different labels and --label-weight at least 0")
         if not 0 <= self.holdout < 1 or not 0 <= self.ema < 1:
             raise ZeroshiftError(f"--holdout is a share of the images in [0, 1) and --ema a decay in [0, 1); got "
                                  f"{self.holdout:g} and {self.ema:g}")

@@ -44,7 +44,7 @@ from .distill_rows import split_sources
 from .holdout import Agreement
 from .config import AUGMENT, DistillConfig  # noqa: F401  (DistillConfig, AUGMENT: re-exported)
 from .config import DISTILL_LOSSES as LOSSES  # noqa: F401  (re-exported)
-from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss
+from .losses import ContrastiveFeatureLoss, ContrastiveTextLoss, CosineLoss, KLLoss, L2Loss, Terms
 
 
 class DistillTask(nn.Module):
@@ -141,8 +141,31 @@ def check_image_sizes(source: DataSource, side: int, sample: int = 16) -> int | 
 
 
 # ---------------------------------------------------------------- the command
-def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], prompts: Callable[[], Prompts]) -> tuple[nn.Module, dict]:
-    """The loss module and what config.json records of it (`prompts`: the vocabulary, encoded when asked)."""
+def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], prompts: Callable[[], Prompts],
+              labels: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
+    """The loss module and what config.json records of it (`prompts`: the vocabulary, encoded when asked;
+    `labels`: the class weights [L, d] of --labels, whose KL term goes beside the chosen loss)."""
+    loss, record = _base_loss(cfg, teacher, texts, prompts)
+    if labels is None:
+        return loss, record
+    term = KLLoss(labels, cfg.tau, cfg.label_weight, "kl-labels")
+    return Terms(loss, term), {**record, "labels": {"count": len(labels), "weight": cfg.label_weight, "tau": cfg.tau,
+                                                    "templates": cfg.templates or "default"}}
+
+
+def label_weights(cfg: DistillConfig, teacher: VLM) -> torch.Tensor | None:
+    """The teacher's zero-shot class weights [L, d] of --labels (under --templates), or None without them."""
+    if cfg.labels is None:
+        return None
+    from ..data.templates import get_templates
+    from ..zeroshot.classifier import check_classnames, zeroshot_weights
+    from ..zeroshot.labels import parse_labels
+
+    names = check_classnames(parse_labels(cfg.labels, files=True), at_least=2)
+    return zeroshot_weights(teacher, names, get_templates(cfg.templates, None)).float().cpu()
+
+
+def _base_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], prompts: Callable[[], Prompts]) -> tuple[nn.Module, dict]:
     record: dict = {"name": cfg.loss}
     if cfg.loss == "l2":
         record["normalize"] = cfg.normalize
@@ -213,8 +236,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
                 vocab.append(encode_prompts(teacher, words, groups, progress))
             return vocab[0]
 
-        loss, loss_record = make_loss(cfg, teacher, prep.texts, prompts)
+        labels = label_weights(cfg, teacher)  # [L, d] or None
+        loss, loss_record = make_loss(cfg, teacher, prep.texts, prompts, labels)
         agreement = None if prep.held_images is None else Agreement(prep.held_targets, prompts().class_weights())
+        among_labels = None if agreement is None or labels is None else Agreement(prep.held_targets, labels)
         scorer = None if run.eval_source is None else held_out(
             teacher, pixel_encoder, finish, run.eval_source, cfg.eval_rows, cfg.seed, cfg.runtime, progress)
         prepare_seconds = time.perf_counter() - t0
@@ -222,8 +247,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         def evaluate() -> dict[str, float]:
             out = {}
             if agreement is not None:
-                scores = agreement(embed_images(student, finish, prep.held_images))
-                out.update({f"holdout_{k}": v for k, v in scores.items()})
+                emb = embed_images(student, finish, prep.held_images)  # [n, d]
+                out.update({f"holdout_{k}": v for k, v in agreement(emb).items()})
+                if among_labels is not None:
+                    out["holdout_labels_agreement"] = among_labels(emb)["agreement"]
             return {**out, **({} if scorer is None else scorer(student))}
 
         task = DistillTask(student, finish, loss, online)
@@ -234,7 +261,9 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
         batches = rows.batches(cfg.batch_size, cfg.seed, cfg.student_augment, cfg.mixup)
         history = train(task, batches, tcfg, run.path, progress, checkpoints,
                         None if agreement is None and scorer is None else evaluate,
-                        keep_best="holdout_agreement" if agreement is not None else None)
+                        keep_best=None if agreement is None else (
+                            "holdout_agreement" if among_labels is None else ("holdout_labels_agreement",
+                                                                              "holdout_agreement")))
         train_seconds = time.perf_counter() - t1
         plot_history(history, run.path / "loss.png", title=f"distill {cfg.loss}: {cfg.student} <- {cfg.teacher}")
         plot_eval(history, run.path / "accuracy.png", title="held out: " + ", ".join(
@@ -249,7 +278,7 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
             "loss": loss_record, "views": {"count": cfg.views, "recipe": recipe.canonical()},
             "student_augment": cfg.student_augment, "mixup": cfg.mixup,
             "holdout": {"share": cfg.holdout, "images": sum(e["held_out_used"] for e in prep.entries),
-                        "vocabulary": cfg.prompts or "imagenet", "kept": kept},
+                        "vocabulary": cfg.prompts or "imagenet", "labels": labels is not None, "kept": kept},
             "train": {**asdict(tcfg), "batch_size": cfg.batch_size, "steps": len(batches(0)) * cfg.epochs},
             "data": prep.entries, "rows": len(rows),
             "seconds": {"prepare": round(prepare_seconds, 2), "train": round(train_seconds, 2)},
@@ -264,7 +293,10 @@ def distill(cfg: DistillConfig, progress: bool = True) -> VLM:
 def model_card(config: dict, history: list[dict], records: list[dict] | None = None) -> str:
     """README.md of a student run: what it is, how it was made, its results and how to use it."""
     o, t = config["options"], config["train"]
-    loss = ", ".join(f"{k} {v}" for k, v in config["loss"].items() if k != "name")
+    loss = ", ".join(f"{k} {v}" for k, v in config["loss"].items() if k not in ("name", "labels"))
+    lab = config["loss"].get("labels")
+    among = "" if not lab else (f" + {lab['weight']:g} x KL of the teacher's zero-shot distributions over the "
+                                f"{lab['count']} --labels (tau {lab['tau']:g}, templates {lab['templates']})")
     data = "; ".join(f"`{d['spec']}` ({d['rows_used']} images)" for d in config["data"])
     evals = [r for r in history if any(k.startswith("eval/") and "holdout" not in k for k in r)]
     lines = [
@@ -277,7 +309,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         f"| teacher | `{config['teacher']}` ({config['dims']['teacher']}-d joint space) |",
         (f"| student | `{config['student']}` + linear head ({config['dims']['student']} -> {config['dims']['teacher']}), "
         f"{config['params']:,} parameters |"),
-        f"| loss | {config['loss']['name']}{' (' + loss + ')' if loss else ''} |",
+        f"| loss | {config['loss']['name']}{' (' + loss + ')' if loss else ''}{among} |",
         f"| training images | {data}; {_views(config)} |",
         (f"| training | {t['epochs']} epochs, {t['steps']} steps, AdamW lr {t['lr']:g}, weight decay {t['weight_decay']:g}, "
         f"batch {t['batch_size']}, warm-up {t['warmup']:g} then cosine, precision {t['precision']} |"),
@@ -289,8 +321,9 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         kept = held.get("kept") or {}
         chosen = (f"kept epoch {kept['kept_epoch']} (agreement {kept['kept_score']:.3f})"
                   if kept.get("kept_epoch") is not None else "kept the last epoch")
+        among = "the --labels, then over the " if held.get("labels") else "the "
         lines.append(f"| model selection | {held['share']:g} of the images held out ({held['images']} images, no labels), "
-                     f"scored each epoch by top-1 agreement with the teacher over the {held['vocabulary']} "
+                     f"scored each epoch by top-1 agreement with the teacher over {among}{held['vocabulary']} "
                      f"vocabulary; {chosen}{', EMA ' + format(t['ema'], 'g') if t.get('ema') else ''} |")
     if config.get("resumed_from_step"):
         lines.append(f"| resumed | from the checkpoint of step {config['resumed_from_step']} |")

@@ -4,7 +4,8 @@ OTTER's soft targets) score this rank's rows against the global batch under torc
 (distributed.gather_rows), so DDP's gradient average equals one process at the global batch.
 
 - transfer (Zoom-shot): MSELoss, CycleLoss, PGKDLoss, on a batch of Views.
-- distill: L2Loss, CosineLoss, KLLoss, ContrastiveTextLoss, ContrastiveFeatureLoss, on (student, batch).
+- distill: L2Loss, CosineLoss, KLLoss, ContrastiveTextLoss, ContrastiveFeatureLoss, on (student, batch);
+  Terms puts one beside the KL over the user's labels.
 - align (OTTER): AlignLoss, symmetric cross-entropy against identity, smoothed, kd or ot soft targets.
 """
 from __future__ import annotations
@@ -137,17 +138,32 @@ class CosineLoss(nn.Module):
 
 
 class KLLoss(nn.Module):
-    """KL(p_t || p_s) of the zero-shot distributions over `classes` [K, d] (unit rows)."""
+    """`weight` x KL(p_t || p_s) of the zero-shot distributions over `classes` [K, d] (unit rows), as the
+    term `name` (distill's `kl` over a prompt vocabulary, or `kl-labels` over the user's labels)."""
 
-    def __init__(self, classes: torch.Tensor, tau: float) -> None:
+    def __init__(self, classes: torch.Tensor, tau: float, weight: float = 1.0, name: str = "kl") -> None:
         super().__init__()
         self.register_buffer("classes", classes.float(), persistent=False)
-        self.tau = tau
+        self.tau, self.weight, self.name = tau, weight, name
 
     def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
         student = self.tau * F.normalize(s, dim=-1) @ self.classes.T  # [B, K]
         teacher = self.tau * F.normalize(batch["target"], dim=-1) @ self.classes.T  # [B, K]
-        return {"kl": prompt_kl(student, teacher)}
+        return {self.name: self.weight * prompt_kl(student, teacher)}
+
+
+class Terms(nn.Module):
+    """Several losses on the same (student, batch), their named terms side by side (the loop sums them)."""
+
+    def __init__(self, *losses: nn.Module) -> None:
+        super().__init__()
+        self.losses = nn.ModuleList(losses)
+
+    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        for loss in self.losses:
+            terms.update(loss(s, batch))
+        return terms
 
 
 class ContrastiveTextLoss(nn.Module):
