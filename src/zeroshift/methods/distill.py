@@ -295,7 +295,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
     o, t = config["options"], config["train"]
     loss = ", ".join(f"{k} {v}" for k, v in config["loss"].items() if k not in ("name", "labels"))
     lab = config["loss"].get("labels")
-    among = "" if not lab else (f" + {lab['weight']:g} x KL of the teacher's zero-shot distributions over the "
+    label_term = "" if not lab else (f" + {lab['weight']:g} x KL of the teacher's zero-shot distributions over the "
                                 f"{lab['count']} --labels (tau {lab['tau']:g}, templates {lab['templates']})")
     data = "; ".join(f"`{d['spec']}` ({d['rows_used']} images)" for d in config["data"])
     evals = [r for r in history if any(k.startswith("eval/") and "holdout" not in k for k in r)]
@@ -309,7 +309,7 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         f"| teacher | `{config['teacher']}` ({config['dims']['teacher']}-d joint space) |",
         (f"| student | `{config['student']}` + linear head ({config['dims']['student']} -> {config['dims']['teacher']}), "
         f"{config['params']:,} parameters |"),
-        f"| loss | {config['loss']['name']}{' (' + loss + ')' if loss else ''}{among} |",
+        f"| loss | {config['loss']['name']}{' (' + loss + ')' if loss else ''}{label_term} |",
         f"| training images | {data}; {_views(config)} |",
         (f"| training | {t['epochs']} epochs, {t['steps']} steps, AdamW lr {t['lr']:g}, weight decay {t['weight_decay']:g}, "
         f"batch {t['batch_size']}, warm-up {t['warmup']:g} then cosine, precision {t['precision']} |"),
@@ -321,9 +321,9 @@ def model_card(config: dict, history: list[dict], records: list[dict] | None = N
         kept = held.get("kept") or {}
         chosen = (f"kept epoch {kept['kept_epoch']} (agreement {kept['kept_score']:.3f})"
                   if kept.get("kept_epoch") is not None else "kept the last epoch")
-        among = "the --labels, then over the " if held.get("labels") else "the "
+        over = "the --labels, then over the " if held.get("labels") else "the "
         lines.append(f"| model selection | {held['share']:g} of the images held out ({held['images']} images, no labels), "
-                     f"scored each epoch by top-1 agreement with the teacher over {among}{held['vocabulary']} "
+                     f"scored each epoch by top-1 agreement with the teacher over {over}{held['vocabulary']} "
                      f"vocabulary; {chosen}{', EMA ' + format(t['ema'], 'g') if t.get('ema') else ''} |")
     if config.get("resumed_from_step"):
         lines.append(f"| resumed | from the checkpoint of step {config['resumed_from_step']} |")
