@@ -2,13 +2,14 @@
 machine, load and date), and scoring a model's image features against the teacher's on an eval set."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,20 @@ from zeroshift.zeroshot.classifier import check_classnames, zeroshot_weights
 from zeroshift.zeroshot.metrics import caption_groups, retrieval_metrics
 
 STARTED = datetime.datetime.now(datetime.UTC), os.getloadavg()[0]  # at import: when the benchmark started
+
+
+@contextlib.contextmanager
+def zeroshift_home(path: str | os.PathLike) -> Iterator[Path]:
+    """$ZEROSHIFT_HOME set to `path` inside the block (caches, runs, data), restored on the way out."""
+    before = os.environ.get("ZEROSHIFT_HOME")
+    os.environ["ZEROSHIFT_HOME"] = str(path)
+    try:
+        yield Path(path)
+    finally:
+        if before is None:
+            os.environ.pop("ZEROSHIFT_HOME", None)
+        else:
+            os.environ["ZEROSHIFT_HOME"] = before
 
 
 # ---------------------------------------------------------------- timing

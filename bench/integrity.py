@@ -14,7 +14,6 @@ import argparse
 import base64
 import io
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_results  # noqa: E402
+from common import write_results, zeroshift_home  # noqa: E402
 
 from zeroshift import specs  # noqa: E402
 from zeroshift.cache import embed, load_features  # noqa: E402
@@ -258,9 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--quick", action="store_true", help="accepted for the suite; every case is quick")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, zeroshift_home(Path(tmp) / "home"):
         work = Path(tmp)
-        os.environ["ZEROSHIFT_HOME"] = str(work / "home")
         rows = cache_cases(work) + checkpoint_cases(work) + run_cases(work) + image_and_request_cases(work) \
             + spec_cases(work)
         for r in rows:  # the temporary folder is noise in the table

@@ -30,8 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from common import write_results
+from common import write_results, zeroshift_home
 
 import zeroshift
 from zeroshift import paths
@@ -126,28 +125,23 @@ def separate_arm(teacher: str, fit: str, test: str, labels: Path, candidates, sh
 def agreements(models: dict[str, str], teacher: str, held: str, labels: Path, home: Path) -> dict[str, float]:
     """Top-1 agreement with the teacher over the labels on the held-out part, from the caches in `home`."""
     from zeroshift.data.templates import get_templates
-    from zeroshift.zeroshot.classifier import zeroshot_weights
+    from zeroshift.zeroshot.classifier import classify, zeroshot_weights
     from zeroshift.zeroshot.labels import parse_labels
 
-    before = os.environ.get("ZEROSHIFT_HOME")
-    os.environ["ZEROSHIFT_HOME"] = str(home)
-    try:
+    with zeroshift_home(home):
         names = parse_labels(str(labels), files=True)
         preds = {}
         for name, spec in models.items():
             vlm = zeroshift.load(spec)
             f = zeroshift.embed(vlm, held, progress=False)
             w = zeroshot_weights(vlm, names, get_templates(None, None), progress=False)  # [C, d]
-            z = torch.nn.functional.normalize(f.torch().float(), dim=-1)  # [N, d]
-            preds[name] = (f.index, (z @ w.float().T).argmax(1))  # rows, [N]
-        t_rows, t_pred = preds.pop(teacher)
-        out = {}
-        for name, (rows, pred) in preds.items():
-            assert (rows == t_rows).all(), f"{name} read other held-out rows than the teacher"
-            out[name] = float((pred == t_pred).float().mean())
-        return out
-    finally:
-        os.environ.pop("ZEROSHIFT_HOME") if before is None else os.environ.__setitem__("ZEROSHIFT_HOME", before)
+            preds[name] = (f.index, classify(f.torch(), w).argmax(1))  # rows, [N]
+    t_rows, t_pred = preds.pop(teacher)
+    out = {}
+    for name, (rows, pred) in preds.items():
+        assert (rows == t_rows).all(), f"{name} read other held-out rows than the teacher"
+        out[name] = float((pred == t_pred).float().mean())
+    return out
 
 
 def make_aligned(work: Path) -> str:

