@@ -7,11 +7,12 @@ Paint plus OpenClipart for the odd half of Tux Paint. Each row is one training r
 set of its domain (never trained or selected on): top-1 agreement with the teacher over the dataset's
 classes, accuracy against the teacher's, mean cosine to the teacher's embedding. Rows: inconsistent
 (student-side crops of the plain image) against consistent (cached views), K = 1 / 4 / 16 views at equal
-student steps, a long schedule, three student widths, synthetic-only students under l2 and both
-contrastive losses, and bridges (linear, mlp) with and without views. Every finished row is kept in the
-work folder, so a rerun with the same options continues where it stopped.
+student steps, a long schedule, three student widths, the teacher tower's first pretrained blocks as a
+student, synthetic-only students under l2 and both contrastive losses, and bridges (linear, mlp) with and
+without views. Every finished row is kept in the work folder, so a rerun with the same options continues
+where it stopped.
 
-    python bench/teaching.py [--quick] [--work DIR] [--only distill|labels|extra|synthetic|transfer|aligned]
+    python bench/teaching.py [--quick] [--work DIR] [--only distill|labels|trunk|extra|synthetic|transfer|aligned]
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ HERE = Path(__file__).parent
 CONSE = "conse:effnet-lite2+minilm"
 STUDENT = "student-cnn"
 WIDTHS = ("student-cnn:width=16", "student-cnn", "student-cnn:width=64")
+TRUNK = "effnet-lite2:blocks=11,size=64"  # the teacher tower's first 11 pretrained blocks: 7% of its parameters
 
 
 def domains(args) -> dict[str, dict]:
@@ -86,6 +88,16 @@ def labels_rows(args) -> list[dict]:
              for d in ("fmnist", "tux")]
     return short + [{"row": f"consistent K={k}, long ({args.long}x), l2 + kl over the labels", "domain": d, "views": k,
                      "epochs": max(1, e // k) * args.long, "labels": True} for d in ("fmnist", "tux")]
+
+
+def trunk_rows(args) -> list[dict]:
+    """The pretrained student (TRUNK) in the consistent rows of both domains, short and long: what starting
+    from ImageNet features instead of random weights buys at the same steps."""
+    e, k = args.epochs, args.views
+    rows = [{"row": f"consistent K={k}, {TRUNK}", "domain": d, "views": k, "student": TRUNK, "epochs": max(1, e // k)}
+            for d in ("fmnist", "tux")]
+    return rows + [{"row": f"consistent K={k}, long ({args.long}x), {TRUNK}", "domain": d, "views": k, "student": TRUNK,
+                    "epochs": max(1, e // k) * args.long} for d in ("fmnist", "tux")]
 
 
 def class_names(spec: str) -> str:
@@ -209,9 +221,10 @@ def run(args) -> dict:
         if res is not None:
             rows.append({**row, **res})
 
-    if args.only in (None, "distill", "extra", "labels"):
-        plan = {"distill": distill_rows(args), "labels": labels_rows(args), "extra": extra_rows(args)}.get(
-            args.only, distill_rows(args) + labels_rows(args) + ([] if args.quick else extra_rows(args)))
+    if args.only in (None, "distill", "extra", "labels", "trunk"):
+        plan = {"distill": distill_rows(args), "labels": labels_rows(args), "extra": extra_rows(args),
+                "trunk": trunk_rows(args)}.get(args.only, distill_rows(args) + labels_rows(args) + trunk_rows(args)
+                                               + ([] if args.quick else extra_rows(args)))
         for r in plan:
             opts = {k: v for k, v in r.items() if k not in ("row", "domain", "fit", "labels")}
             if r.get("labels"):
@@ -356,7 +369,7 @@ def main() -> None:
     p.add_argument("--long", type=int, default=4, help="the long schedule, as a multiple of the short one")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--encoder", default="effnet-lite0", help="the bridges' source encoder")
-    p.add_argument("--only", choices=("distill", "labels", "extra", "synthetic", "transfer", "aligned"))
+    p.add_argument("--only", choices=("distill", "labels", "trunk", "extra", "synthetic", "transfer", "aligned"))
     p.add_argument("--report", action="store_true", help="train nothing: write the rows the work folder holds")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-mirror", action="store_true", help="skip the teacher-on-mirrored-images reference")

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 from helpers import colour_folder, one_line
 
+import zeroshift
 from zeroshift.errors import DataError, SpecError, ZeroshiftError
+from zeroshift.models.student import param_count
 from zeroshift.shrinking import ShrinkConfig, run as R
 from zeroshift.shrinking import candidates as C
+from zeroshift.shrinking.config import DEFAULT_CANDIDATES, TRUNK_STUDENT
 from zeroshift.shrinking.report import choose, ms, within
 
 pytestmark = pytest.mark.usefixtures("module_home")  # caches made by one test are found by the next
@@ -153,6 +156,14 @@ def test_too_few_images_and_no_installed_candidate(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "installed", lambda spec: False)
     with pytest.raises(ZeroshiftError, match="no candidate is installed"):
         R.shrink(_cfg(tmp_path, f"folder:{small}", candidates=()))
+
+
+def test_the_default_candidates_are_installed_here_and_valid():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    chosen = C.candidate_list(ShrinkConfig(teacher="tiny-clip:seed=0", data=("folder:x",), labels="a,b", out="o"))
+    assert TRUNK_STUDENT in DEFAULT_CANDIDATES and TRUNK_STUDENT in [c.name for c in chosen]
+    trunk = zeroshift.load(TRUNK_STUDENT.partition(":")[2])  # the pretrained student: a tenth of the teacher's tower
+    assert param_count(trunk) < 0.1 * param_count(zeroshift.load("effnet-lite2"))
 
 
 def test_an_out_of_other_settings_is_refused(finished, tmp_path):

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from . import paths
 from .errors import ZeroshiftError
 from .report import markdown_table
+from .shrinking.config import TRUNK_STUDENT, ShrinkConfig
 from .version import __version__
 
 
@@ -25,7 +26,8 @@ class QuickstartConfig:
         "help": "one labelled evaluation set per domain (its classes are the labels)", "aliases": ("--datasets",)})
     fit_data: tuple[str, ...] = field(default=("fashion-mnist:train[:1000]", "tuxpaint[0::2]"), metadata={
         "help": "the unlabelled images of each domain, one per --data, that shrink splits into fit and held-out"})
-    candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "transfer:open-nsfw", "distill:student-cnn"),
+    # the student starts from pretrained blocks: a randomly initialised one learns too little from so few images
+    candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "transfer:open-nsfw", TRUNK_STUDENT),
                                         metadata={"help": "shrink's candidates on every domain ('none': teacher only)"})
     transfer: str = field(default="", metadata={"help": "transfer options of every bridge, NAME=VALUE,..."})
     distill: str = field(default="views=1,epochs=10", metadata={
@@ -34,7 +36,7 @@ class QuickstartConfig:
         "help": "image and text tower of a new VLM made with align (OTTER; 'none', or no value: skip align)"})
     align_data: str = field(default="tuxpaint[0::2]", metadata={
         "help": "image-caption pairs align trains on", "aliases": ("--align-pairs",)})
-    chain_candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "distill:student-cnn"), metadata={
+    chain_candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", TRUNK_STUDENT), metadata={
         "help": "candidates shrunk into the aligned VLM on the last domain ('none': skip the chain)"})
     budget_ms: float | None = field(default=None, metadata={"help": "shrink's budget, ms per image at batch 1"})
     threads: int = field(default=1, metadata={"help": "threads the exports are timed on"})
@@ -55,7 +57,6 @@ def resolved(cfg: QuickstartConfig) -> QuickstartConfig:
 
 
 def _shrink_config(cfg: QuickstartConfig, teacher: str, fit: str, data: str, candidates, out):
-    from .shrinking.config import ShrinkConfig
     from .specs import dataset
 
     classes = dataset(data).classes

