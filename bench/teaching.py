@@ -91,13 +91,16 @@ def labels_rows(args) -> list[dict]:
 
 
 def trunk_rows(args) -> list[dict]:
-    """The pretrained student (TRUNK) in the consistent rows of both domains, short and long: what starting
-    from ImageNet features instead of random weights buys at the same steps."""
+    """The pretrained student (TRUNK) in the consistent rows of both domains, short and long, and with 4x the
+    Fashion-MNIST images: what starting from ImageNet features instead of random weights buys."""
     e, k = args.epochs, args.views
     rows = [{"row": f"consistent K={k}, {TRUNK}", "domain": d, "views": k, "student": TRUNK, "epochs": max(1, e // k)}
             for d in ("fmnist", "tux")]
-    return rows + [{"row": f"consistent K={k}, long ({args.long}x), {TRUNK}", "domain": d, "views": k, "student": TRUNK,
-                    "epochs": max(1, e // k) * args.long} for d in ("fmnist", "tux")]
+    rows += [{"row": f"consistent K={k}, long ({args.long}x), {TRUNK}", "domain": d, "views": k, "student": TRUNK,
+              "epochs": max(1, e // k) * args.long} for d in ("fmnist", "tux")]
+    more = 4 * args.fmnist  # and 4x the Fashion-MNIST fit images at the long row's compute, as in extra_rows
+    return rows + [{"row": f"consistent K=1, {more} fit images, {TRUNK}", "domain": "fmnist", "views": 1,
+                    "student": TRUNK, "epochs": e, "fit": (f"fashion-mnist:train[:{more}]",)}]
 
 
 def class_names(spec: str) -> str:
