@@ -63,6 +63,14 @@ def distill_rows(args) -> list[dict]:
     return rows
 
 
+def more_images_row(args, student: str | None = None) -> dict:
+    """Fashion-MNIST at K=1 on 4x the fit images for the short rows' epochs: the long row's compute."""
+    more = 4 * args.fmnist
+    row = {"row": f"consistent K=1, {more} fit images" + (f", {student}" if student else ""), "domain": "fmnist",
+           "views": 1, "epochs": args.epochs, "fit": (f"fashion-mnist:train[:{more}]",)}
+    return {**row, "student": student} if student else row
+
+
 def extra_rows(args) -> list[dict]:
     """More views and the other student widths on Fashion-MNIST at the short rows' steps; more fit images
     (Fashion-MNIST: 4x the images at the long row's steps, so data and views compete at equal compute) and
@@ -71,9 +79,7 @@ def extra_rows(args) -> list[dict]:
     rows = [{"row": "consistent K=16", "domain": "fmnist", "views": 16, "epochs": max(1, e // 16)}]
     rows += [{"row": f"consistent K={k}, {spec}", "domain": "fmnist", "views": k, "student": spec,
               "epochs": max(1, e // k)} for spec in (WIDTHS[0], WIDTHS[2])]
-    more = 4 * args.fmnist
-    rows.append({"row": f"consistent K=1, {more} fit images", "domain": "fmnist", "views": 1, "epochs": e,
-                 "fit": (f"fashion-mnist:train[:{more}]",)})
+    rows.append(more_images_row(args))
     renders = f"synthetic:classes=tuxpaint,n={args.synthetic},size=96"
     rows.append({"row": f"consistent K={k}, + {args.synthetic} synthetic renders", "domain": "tux", "views": k,
                  "epochs": max(1, e // k), "fit": (*domains(args)["tux"]["fit"], renders)})
@@ -98,9 +104,7 @@ def trunk_rows(args) -> list[dict]:
             for d in ("fmnist", "tux")]
     rows += [{"row": f"consistent K={k}, long ({args.long}x), {TRUNK}", "domain": d, "views": k, "student": TRUNK,
               "epochs": max(1, e // k) * args.long} for d in ("fmnist", "tux")]
-    more = 4 * args.fmnist  # and 4x the Fashion-MNIST fit images at the long row's compute, as in extra_rows
-    return rows + [{"row": f"consistent K=1, {more} fit images, {TRUNK}", "domain": "fmnist", "views": 1,
-                    "student": TRUNK, "epochs": e, "fit": (f"fashion-mnist:train[:{more}]",)}]
+    return rows + [more_images_row(args, TRUNK)]
 
 
 def class_names(spec: str) -> str:

@@ -11,7 +11,7 @@ from .models.student import Student, check_encoder
 from .models.vlm import ImageEncoder, TextEncoder, TextSide, TowersVLM
 from .specs import MODEL_SCHEMES, build, check_backend, load, parse, require
 
-STUDENT_EXAMPLES = "student-cnn:s|m|l, student-vit:s|m|l, timm:NAME@random, effnet-lite0, effnet-lite2:blocks=11,size=96"
+STUDENT_EXAMPLES = "student-cnn:s|m|l, student-vit:s|m|l, timm:NAME@random, effnet-lite0, effnet-lite2:blocks=11,size=64"
 # How each VLM scheme builds its text side without its image side ("module:function", imported when
 # used, as the registry's targets are); a VLM scheme missing here is built whole and its text side kept.
 TEXT_SIDES = {

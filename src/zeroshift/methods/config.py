@@ -202,7 +202,7 @@ class DistillConfig(RunConfig):
                 "(labels are never read; captions only by contrastive-text)"})
     student: str = field(default="student-cnn", metadata={
         "help": "student image encoder spec: student-cnn[:s|m|l,...], student-vit[:s|m|l,...], timm:NAME@random, "
-                "effnet-lite0 (pretrained init), effnet-lite2:blocks=11,size=96 (its first 11 pretrained blocks at 96 px), ..."})
+                "effnet-lite0 (pretrained init), effnet-lite2:blocks=11,size=64 (its first 11 pretrained blocks at 64 px), ..."})
     loss: str = field(default="l2", metadata={"help": "distillation loss", "choices": list(DISTILL_LOSSES)})
     normalize: bool = field(default=True, metadata={"help": "l2 on unit-normalised embeddings"})
     tau: float = field(default=TAU, metadata={"help": "kl: " + TAU_HELP})

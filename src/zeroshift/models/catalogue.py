@@ -40,8 +40,8 @@ class EffNetLite(ImageEncoder):
     With `blocks`, only the stem and the first `blocks` MBConv blocks are kept (the rest is dropped, not
     just skipped), pooled [N, C] where C is the last kept block's width: a small pretrained student."""
 
-    def __init__(self, model: nn.Module, size: int, output: str, spec: str, blocks: int | None = None,
-                 crop_pct: float | None = None) -> None:
+    def __init__(self, model: nn.Module, size: int, crop_pct: float, output: str, spec: str,
+                 blocks: int | None = None) -> None:
         super().__init__()
         self.output, self.spec, self.blocks = output, spec, blocks
         if blocks is None:
@@ -53,8 +53,8 @@ class EffNetLite(ImageEncoder):
             self.model = nn.ModuleDict({"stem": model._conv_stem, "bn0": model._bn0, "act": model._swish,
                                         "blocks": nn.ModuleList(model._blocks[:blocks])})
             self.dim = int(model._blocks[blocks - 1]._block_args.output_filters)
-        # TF EfficientNet-Lite eval preprocessing: centre crop size/(size+32), bicubic, pixels to [-1, 1]
-        self.image_transform = resize_crop(size, norm="inception", crop_pct=crop_pct or size / (size + 32))
+        # TF EfficientNet-Lite eval preprocessing: centre crop native/(native+32), bicubic, pixels to [-1, 1]
+        self.image_transform = resize_crop(size, norm="inception", crop_pct=crop_pct)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.blocks is not None:
@@ -104,7 +104,7 @@ def effnet_lite(variant: int, arg: str = "", output: str | None = None) -> EffNe
     options = [f"blocks={blocks}"] * (blocks is not None) + [f"size={size}"] * (size is not None)
     spec = f"effnet-lite{variant}" + (":logits" if output == "logits" else "")
     spec += (("," if output == "logits" else ":") + ",".join(options)) if options else ""
-    return EffNetLite(model.eval(), size or native, output, spec, blocks, native / (native + 32)).eval()
+    return EffNetLite(model.eval(), size or native, native / (native + 32), output, spec, blocks).eval()
 
 
 def effnet_lite0(arg: str = "", output: str | None = None) -> EffNetLite:
