@@ -7,6 +7,7 @@ import pytest
 from helpers import colour_folder
 
 from zeroshift.cli.main import main
+from zeroshift.errors import ZeroshiftError
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -79,6 +80,18 @@ def test_quickstart_teacher_only_writes_report_plot_config(home, folder, tmp_pat
     assert "teacher tiny-clip:seed=0" in report and (out / "quickstart.png").stat().st_size > 1000
     assert json.loads((out / "config.json").read_text())["teacher"] == "tiny-clip:seed=0"
     assert "quickstart finished" in capsys.readouterr().out
+
+
+def test_quickstart_fit_data_joins_several_sources_of_one_domain(home, folder, tmp_path):
+    from zeroshift.quickstart import QuickstartConfig, _shrink_config, fit_specs
+
+    assert fit_specs("tuxpaint[0::2] + openclipart[::16]") == ("tuxpaint[0::2]", "openclipart[::16]")
+    assert fit_specs("folder:a+b") == ("folder:a+b",)  # a '+' inside a spec is part of it
+    scfg = _shrink_config(QuickstartConfig(), "tiny-clip:seed=0", f"folder:{folder} + folder:{folder}[::2]",
+                          f"folder:{folder}", (), tmp_path)
+    assert scfg.data == (f"folder:{folder}", f"folder:{folder}[::2]")
+    with pytest.raises(ZeroshiftError, match="--fit-data"):
+        fit_specs("tuxpaint[0::2] + ")
 
 
 def test_quickstart_shrinks_on_each_domain_and_into_an_aligned_vlm(home, folder, tmp_path, capsys):

@@ -16,6 +16,17 @@ from .shrinking.config import TRUNK_STUDENT, ShrinkConfig
 from .version import __version__
 
 
+JOIN = " + "  # joins the data specs of one domain's fit images: "tuxpaint[0::2] + openclipart[::16]"
+
+
+def fit_specs(entry: str) -> tuple[str, ...]:
+    """One domain's --fit-data entry -> its data specs, in order."""
+    specs = tuple(s.strip() for s in entry.split(JOIN))
+    if not all(specs):
+        raise ZeroshiftError(f"--fit-data {entry!r}: name one data spec, or several joined by '{JOIN.strip()}'")
+    return specs
+
+
 @dataclass(frozen=True)
 class QuickstartConfig:
     out: str = field(default="runs/quickstart", metadata={"help": "run folder for the report"})
@@ -25,7 +36,8 @@ class QuickstartConfig:
     data: tuple[str, ...] = field(default=("fashion-mnist:test[::10]", "tuxpaint[1::2]"), metadata={
         "help": "one labelled evaluation set per domain (its classes are the labels)", "aliases": ("--datasets",)})
     fit_data: tuple[str, ...] = field(default=("fashion-mnist:train[:1000]", "tuxpaint[0::2]"), metadata={
-        "help": "the unlabelled images of each domain, one per --data, that shrink splits into fit and held-out"})
+        "help": f"the unlabelled images of each domain, one per --data, that shrink splits into fit and held-out "
+                f"('A{JOIN}B': both sources)"})
     # the student starts from pretrained blocks: a randomly initialised one learns too little from so few images
     candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "transfer:open-nsfw", TRUNK_STUDENT),
                                         metadata={"help": "shrink's candidates on every domain ('none': teacher only)"})
@@ -62,7 +74,7 @@ def _shrink_config(cfg: QuickstartConfig, teacher: str, fit: str, data: str, can
     classes = dataset(data).classes
     if not classes:
         raise ZeroshiftError(f"--data {data!r} has no class labels for the quickstart to classify into")
-    return ShrinkConfig(teacher=teacher, data=(fit,), labels="\n".join(classes), out=str(out), eval_data=(data,),
+    return ShrinkConfig(teacher=teacher, data=fit_specs(fit), labels="\n".join(classes), out=str(out), eval_data=(data,),
                         candidates=candidates or (NONE,), transfer=cfg.transfer, distill=cfg.distill, budget_ms=cfg.budget_ms,
                         threads=cfg.threads, int8=cfg.int8, runtime=cfg.runtime, overwrite=True)
 

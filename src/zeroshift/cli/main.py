@@ -9,7 +9,7 @@ import warnings
 
 # (sub-command, module, one-line help)
 COMMANDS = [
-    ("quickstart", "quickstart", "evaluate the offline teacher on the offline catalogue and write a report"),
+    ("quickstart", "quickstart", "the main job: shrink the offline teacher on each offline domain and write a report"),
     ("embed", "embed", "embed a data source with a model into a feature cache"),
     ("eval", "evaluate", "zero-shot evaluation in CLIP_benchmark's format"),
     ("predict", "predict", "classify images with free-text labels"),
