@@ -149,7 +149,7 @@ def make_loss(cfg: DistillConfig, teacher: VLM, texts: list[str], prompts: Calla
     if labels is None:
         return loss, record
     term = KLLoss(labels, cfg.tau, cfg.label_weight, "kl-labels")
-    return Terms(loss, term), {**record, "labels": {"count": len(labels), "weight": cfg.label_weight, "tau": cfg.tau,
+    return Terms([loss, term]), {**record, "labels": {"count": len(labels), "weight": cfg.label_weight, "tau": cfg.tau,
                                                     "templates": cfg.templates or "default"}}
 
 

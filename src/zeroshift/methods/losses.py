@@ -3,7 +3,7 @@ nn.Module returning named terms, summed by the training loop. Losses over a batc
 OTTER's soft targets) score this rank's rows against the global batch under torchrun
 (distributed.gather_rows), so DDP's gradient average equals one process at the global batch.
 
-- transfer (Zoom-shot): MSELoss, CycleLoss, PGKDLoss, on a batch of Views.
+- transfer (Zoom-shot): MSELoss, CycleLoss, PGKDLoss, on a batch of Views, summed side by side by Terms.
 - distill: L2Loss, CosineLoss, KLLoss, ContrastiveTextLoss, ContrastiveFeatureLoss, on (student, batch);
   Terms puts one beside the KL over the user's labels.
 - align (OTTER): AlignLoss, symmetric cross-entropy against identity, smoothed, kd or ot soft targets.
@@ -152,17 +152,14 @@ class KLLoss(nn.Module):
         return {self.name: self.weight * prompt_kl(student, teacher)}
 
 
-class Terms(nn.Module):
-    """Several losses on the same (student, batch), their named terms side by side (the loop sums them)."""
+class Terms(nn.ModuleList):
+    """Several losses on the same inputs, their named terms side by side (the loop sums them): transfer's
+    Zoom-shot terms on (bridge, views), a distill loss beside the KL over the user's labels on (student, batch)."""
 
-    def __init__(self, *losses: nn.Module) -> None:
-        super().__init__()
-        self.losses = nn.ModuleList(losses)
-
-    def forward(self, s: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, *inputs) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
-        for loss in self.losses:
-            terms.update(loss(s, batch))
+        for loss in self:
+            terms.update(loss(*inputs))
         return terms
 
 

@@ -34,7 +34,7 @@ from .common import Run
 from .config import METHODS, PGKD, TransferConfig  # noqa: F401  (TransferConfig, METHODS, PGKD: re-exported)
 from .config import TRANSFER_LOSSES as LOSSES
 from .holdout import split_images
-from .losses import CycleLoss, MSELoss, PGKDLoss, Views
+from .losses import CycleLoss, MSELoss, PGKDLoss, Terms, Views
 from .selection import card_lines, choose_ridge, record
 
 
@@ -81,7 +81,7 @@ class BridgeTask(nn.Module):
 
     def __init__(self, bridge: Bridge, losses: list[nn.Module], prompts: Prompts | None, paired: bool) -> None:
         super().__init__()
-        self.bridge, self.losses, self.paired = bridge, nn.ModuleList(losses), paired
+        self.bridge, self.losses, self.paired = bridge, Terms(losses), paired
         text = prompts.embeddings if prompts is not None else torch.zeros(0, bridge.teacher_dim)
         self.register_buffer("text", text.float())  # [P, d] raw teacher text embeddings
 
@@ -90,10 +90,7 @@ class BridgeTask(nn.Module):
         zs, zc = batch["source"], batch["teacher"]  # [B, m], [B', d] raw
         us = b.to_source(zs)
         views = Views(us=us, uc=b.to_teacher(zc), hs=b.h(us), ut=b.to_teacher(self.text[batch["text"]]), zc=zc)
-        terms: dict[str, torch.Tensor] = {}
-        for loss in self.losses:
-            terms.update(loss(b, views))
-        return terms, {}
+        return self.losses(b, views), {}
 
 
 def make_losses(cfg: TransferConfig, prompts: Prompts | None) -> list[nn.Module]:
