@@ -36,7 +36,7 @@ class QuickstartConfig:
     data: tuple[str, ...] = field(default=("fashion-mnist:test[::10]", "tuxpaint[1::2]"), metadata={
         "help": "one labelled evaluation set per domain (its classes are the labels)", "aliases": ("--datasets",)})
     fit_data: tuple[str, ...] = field(default=("fashion-mnist:train[:1000]", "tuxpaint[0::2]"), metadata={
-        "help": f"the unlabelled images of each domain, one per --data, that shrink splits into fit and held-out "
+        "help": "the unlabelled images of each domain, one per --data, that shrink splits into fit and held-out "
                 f"('A{JOIN}B': both sources)"})
     # the student starts from pretrained blocks: a randomly initialised one learns too little from so few images
     candidates: tuple[str, ...] = field(default=("transfer:effnet-lite0", "transfer:open-nsfw", TRUNK_STUDENT),
