@@ -111,8 +111,9 @@ def trunk_rows(args) -> list[dict]:
 
 
 def many_images_rows(args, student: str) -> list[dict]:
-    """K=1 on many more fit images at the long rows' compute: `--many` x the Fashion-MNIST images, and all of
-    `--clipart-all` beside Tux Paint's even half. Data instead of views and epochs, at equal student steps."""
+    """Many more fit images at the long rows' compute: `--many` x the Fashion-MNIST images (K=1), and all of
+    `--clipart-all` beside Tux Paint's even half (K=1 and K views). Data against views and epochs, at equal
+    student steps."""
     e, k = args.epochs, args.views
     plain_epochs = max(1, e // k) * args.long * k  # the long rows' student steps, in epochs of the plain images
     fmnist = args.many * args.fmnist
@@ -121,9 +122,9 @@ def many_images_rows(args, student: str) -> list[dict]:
     return [{"row": f"consistent K=1, {fmnist} fit images, {student}", "domain": "fmnist", "views": 1,
              "student": student, "epochs": max(1, round(plain_epochs / args.many)),
              "fit": (f"fashion-mnist:train[:{fmnist}]",)},
-            {"row": f"consistent K=1, {args.clipart_all} ({large} fit images), {student}", "domain": "tux",
-             "views": 1, "student": student, "epochs": max(1, round(plain_epochs * small / large)),
-             "fit": ("tuxpaint[0::2]", args.clipart_all)}]
+            *({"row": f"consistent K={v}, {args.clipart_all} ({large} fit images), {student}", "domain": "tux",
+               "views": v, "student": student, "epochs": max(1, round(plain_epochs * small / large / v)),
+               "fit": ("tuxpaint[0::2]", args.clipart_all)} for v in (1, k))]
 
 
 def class_names(spec: str) -> str:
