@@ -57,6 +57,19 @@ def test_int8_calibrates_on_the_runs_fit_data_and_records_it(tmp_path, fit_run):
     assert all(len(r["ranking"]) == 3 for r in results)
 
 
+def test_the_calibration_batch_does_not_change_the_int8_graph(tmp_path, fit_run, monkeypatch):
+    """MinMax ranges merge across batches: the batch is a memory setting only, never a change of graph."""
+    graphs = {}
+    for batch in (1, 5, 16):
+        monkeypatch.setattr(quantize, "CALIBRATION_BATCH", batch)
+        out = tmp_path / f"b{batch}.onnx"
+        export(fit_run, LABELS, out, int8=Int8(images=16, check_images=8, min_agreement=0.0))
+        graphs[batch] = onnx.load(str(out)).graph
+    scales = {b: sorted((t.name, onnx.numpy_helper.to_array(t).tobytes()) for t in g.initializer if "scale" in t.name)
+              for b, g in graphs.items()}
+    assert scales[1] and scales[1] == scales[5] == scales[16]
+
+
 def test_int8_below_the_threshold_is_refused_and_keep_float_still_writes_float(tmp_path, fit_run, monkeypatch):
     monkeypatch.setattr(quantize, "agreement", lambda want, got: 0.9)
     out = tmp_path / "clf.onnx"
