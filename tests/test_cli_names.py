@@ -90,19 +90,25 @@ def _start(argv: list[str], tmp_path: Path) -> subprocess.Popen:
 
 
 def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
-    """stderr lines up to and including the first that holds `text`."""
-    lines, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 1.0)
-        if ready:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            if text in line:
+    """stderr lines up to and including the first that holds `text`; what came after it in the same read waits
+    in proc.pending for _interrupt. Raw reads of the pipe: a buffered readline() can take several lines at once
+    and leave the rest where select() no longer sees them."""
+    fd, deadline = proc.stderr.fileno(), time.monotonic() + timeout
+    lines, pending = [], getattr(proc, "pending", b"")
+    while True:
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            lines.append(line.decode() + "\n")
+            if text in lines[-1]:
+                proc.pending = pending
                 return lines
+        ready, _, _ = select.select([fd], [], [], 1.0) if time.monotonic() < deadline else ([], [], [])
+        chunk = os.read(fd, 65536) if ready else b""
+        if not chunk and (ready or time.monotonic() >= deadline):  # end of the pipe, or out of time
+            break
+        pending += chunk
     proc.kill()
-    raise AssertionError(f"never printed {text!r}: {''.join(lines)}")
+    raise AssertionError(f"never printed {text!r}: {''.join(lines)}{pending.decode(errors='replace')}")
 
 
 def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
@@ -112,7 +118,7 @@ def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
-    return proc.returncode, rest
+    return proc.returncode, getattr(proc, "pending", b"").decode() + rest
 
 
 def test_ctrl_c_at_start_up_and_while_serving_is_one_line_and_130(tmp_path):
