@@ -9,10 +9,10 @@ classes, accuracy against the teacher's, mean cosine to the teacher's embedding.
 (student-side crops of the plain image) against consistent (cached views), K = 1 / 4 / 16 views at equal
 student steps, a long schedule, three student widths, the teacher tower's first pretrained blocks as a
 student, synthetic-only students under l2 and both contrastive losses, and bridges (linear, mlp) with and
-without views. Every finished row is kept in the work folder, so a rerun with the same options continues
-where it stopped.
+without views, on many more fit images, from other source encoders and with the class names as prompts.
+Every finished row is kept in the work folder, so a rerun with the same options continues where it stopped.
 
-    python bench/teaching.py [--quick] [--work DIR] [--only distill|labels|trunk|extra|synthetic|transfer|aligned]
+    python bench/teaching.py [--quick] [--work DIR] [--only distill|labels|trunk|extra|synthetic|transfer|aligned|bridges]
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from common import EvalSet, features, in_turns, write_results
 from speed import model_only_rate
+from teaching_rows import CONSE, STUDENT, bridge_rows, distill_rows, domains, extra_rows, labels_rows, trunk_rows
 
 import zeroshift
 from zeroshift.compose import build_student
@@ -37,99 +38,18 @@ from zeroshift.specs import dataset
 from zeroshift.zeroshot.prompts import encode_prompts, vocabulary
 
 HERE = Path(__file__).parent
-CONSE = "conse:effnet-lite2+minilm"
-STUDENT = "student-cnn"
-WIDTHS = ("student-cnn:width=16", "student-cnn", "student-cnn:width=64")
-TRUNK = "effnet-lite2:blocks=11,size=64"  # the teacher tower's first 11 pretrained blocks: 7% of its parameters
-TRUNK_LRS = (1e-3, 1e-2, 3e-2)  # learning rates beside distill's 3e-3, compared by the held-out score
-
-
-def domains(args) -> dict[str, dict]:
-    """Fit images (unlabelled) and the test set of each domain."""
-    return {"fmnist": {"fit": (f"fashion-mnist:train[:{args.fmnist}]",), "test": args.fmnist_test},
-            "tux": {"fit": ("tuxpaint[0::2]", args.clipart), "test": "tuxpaint[1::2]"}}
-
-
-def distill_rows(args) -> list[dict]:
-    """(name, domain, options) of every student row; steps are equal within the short rows."""
-    e, k = args.epochs, args.views
-    rows = []
-    for d in ("fmnist", "tux"):
-        rows += [
-            {"row": "inconsistent K=1 (student crops)", "domain": d, "views": 1, "student_augment": "light", "epochs": e},
-            {"row": "consistent K=1", "domain": d, "views": 1, "epochs": e},
-            {"row": f"consistent K={k}", "domain": d, "views": k, "epochs": max(1, e // k)},
-            {"row": f"consistent K={k}, long ({args.long}x)", "domain": d, "views": k, "epochs": max(1, e // k) * args.long},
-        ]
-    return rows
-
-
-def more_images_row(args, student: str | None = None) -> dict:
-    """Fashion-MNIST at K=1 on 4x the fit images for the short rows' epochs: the long row's compute."""
-    more = 4 * args.fmnist
-    row = {"row": f"consistent K=1, {more} fit images" + (f", {student}" if student else ""), "domain": "fmnist",
-           "views": 1, "epochs": args.epochs, "fit": (f"fashion-mnist:train[:{more}]",)}
-    return {**row, "student": student} if student else row
-
-
-def extra_rows(args) -> list[dict]:
-    """More views and the other student widths on Fashion-MNIST at the short rows' steps; more fit images
-    (Fashion-MNIST: 4x the images at the long row's steps, so data and views compete at equal compute) and
-    synthetic renders added to the few Tux Paint images (Popp et al.: diversity)."""
-    e, k = args.epochs, args.views
-    rows = [{"row": "consistent K=16", "domain": "fmnist", "views": 16, "epochs": max(1, e // 16)}]
-    rows += [{"row": f"consistent K={k}, {spec}", "domain": "fmnist", "views": k, "student": spec,
-              "epochs": max(1, e // k)} for spec in (WIDTHS[0], WIDTHS[2])]
-    rows.append(more_images_row(args))
-    renders = f"synthetic:classes=tuxpaint,n={args.synthetic},size=96"
-    rows.append({"row": f"consistent K={k}, + {args.synthetic} synthetic renders", "domain": "tux", "views": k,
-                 "epochs": max(1, e // k), "fit": (*domains(args)["tux"]["fit"], renders)})
-    return rows
-
-
-def labels_rows(args) -> list[dict]:
-    """The short and long consistent rows again with the KL over the test set's class names beside l2
-    (`distill --labels`: the names a user states, never an image's label)."""
-    e, k = args.epochs, args.views
-    short = [{"row": "consistent K=1, l2 + kl over the labels", "domain": d, "views": 1, "epochs": e, "labels": True}
-             for d in ("fmnist", "tux")]
-    return short + [{"row": f"consistent K={k}, long ({args.long}x), l2 + kl over the labels", "domain": d, "views": k,
-                     "epochs": max(1, e // k) * args.long, "labels": True} for d in ("fmnist", "tux")]
-
-
-def trunk_rows(args) -> list[dict]:
-    """The pretrained student (TRUNK) in the consistent rows of both domains, short and long, and on more fit
-    images: what starting from ImageNet features instead of random weights buys, and what data adds to it."""
-    e, k = args.epochs, args.views
-    rows = [{"row": f"consistent K={k}, {TRUNK}", "domain": d, "views": k, "student": TRUNK, "epochs": max(1, e // k)}
-            for d in ("fmnist", "tux")]
-    rows += [{"row": f"consistent K={k}, long ({args.long}x), {TRUNK}", "domain": d, "views": k, "student": TRUNK,
-              "epochs": max(1, e // k) * args.long} for d in ("fmnist", "tux")]
-    rows += [{"row": f"consistent K={k}, lr {lr:g}, {TRUNK}", "domain": "fmnist", "views": k, "student": TRUNK,
-              "epochs": max(1, e // k), "lr": lr} for lr in TRUNK_LRS]
-    return rows + [more_images_row(args, TRUNK)] + many_images_rows(args, TRUNK)
-
-
-def many_images_rows(args, student: str) -> list[dict]:
-    """Many more fit images at the long rows' compute: `--many` x the Fashion-MNIST images (K=1), and all of
-    `--clipart-all` beside Tux Paint's even half (K=1 and K views). Data against views and epochs, at equal
-    student steps."""
-    e, k = args.epochs, args.views
-    plain_epochs = max(1, e // k) * args.long * k  # the long rows' student steps, in epochs of the plain images
-    fmnist = args.many * args.fmnist
-    small, large = (sum(len(dataset(s)) for s in fit) for fit in (domains(args)["tux"]["fit"],
-                                                                   ("tuxpaint[0::2]", args.clipart_all)))
-    return [{"row": f"consistent K=1, {fmnist} fit images, {student}", "domain": "fmnist", "views": 1,
-             "student": student, "epochs": max(1, round(plain_epochs / args.many)),
-             "fit": (f"fashion-mnist:train[:{fmnist}]",)},
-            *({"row": f"consistent K={v}, {args.clipart_all} ({large} fit images), {student}", "domain": "tux",
-               "views": v, "student": student, "epochs": max(1, round(plain_epochs * small / large / v)),
-               "fit": ("tuxpaint[0::2]", args.clipart_all)} for v in (1, k))]
 
 
 def class_names(spec: str) -> str:
     """The test set's class names, one per line (the `--labels` a user of that domain would give)."""
     return "\n".join(dataset(spec).classes)
+
+
+def class_prompts(bench: "Bench", spec: str) -> str:
+    """A transfer `--prompts` file of the test set's class names, one 'a photo of a {name}.' per class."""
+    path = bench.work / f"prompts-{spec.replace('/', '-')}.txt"
+    path.write_text("".join(f"a photo of a {name}.\n" for name in dataset(spec).classes))
+    return str(path)
 
 
 class Bench:
@@ -193,8 +113,8 @@ class Bench:
         out = self.work / "runs" / key.replace(" ", "_").replace("/", "-").replace(",", "")
 
         def make() -> dict:
-            cfg = TransferConfig(teacher=teacher, encoder=self.args.encoder, data=domain["fit"], out=str(out),
-                                 overwrite=True, quiet=True, **options)
+            cfg = TransferConfig(teacher=teacher, data=domain["fit"], out=str(out), overwrite=True, quiet=True,
+                                 **{"encoder": self.args.encoder, **options})
             vlm = zeroshift.transfer(config=cfg)
             config = json.loads((out / "config.json").read_text())
             return {**self.score(vlm, teacher, domain["test"]), "params": None,
@@ -278,15 +198,24 @@ def run(args) -> dict:
                     for k in (1, args.views):
                         add(bench.bridged(spec, f"{name} {d} bridge {bridge} K={k}", doms[d], bridge=bridge, views=k),
                             teacher=name, kind="bridge", row=f"{args.encoder} {bridge} bridge, K={k}", domain=d)
-    teacher_rows = {d: {"conse": bench.eval_set(CONSE, dom["test"]).score(bench.eval_set(CONSE, dom["test"]).t)}
-                    for d, dom in doms.items()}
-    if not args.no_mirror:
-        for d, dom in doms.items():
-            teacher_rows[d]["conse"]["mirrored"] = mirrored(CONSE, bench.eval_set(CONSE, dom["test"]))
-    if any(r["teacher"] == "aligned" for r in rows):
+    if args.only in (None, "bridges"):
         aligned = aligned_teacher(bench)
+        for r in bridge_rows(args):
+            opts = {k: v for k, v in r.items() if k not in ("row", "domain", "fit", "prompts", "check")}
+            if r.get("prompts"):
+                opts["prompts"] = class_prompts(bench, doms[r["domain"]]["test"])
+            dom = {**doms[r["domain"]], **({"fit": r["fit"]} if "fit" in r else {})}
+            add(bench.bridged(aligned, f"aligned {r['domain']} {r['row']}", dom, **opts), teacher="aligned",
+                kind="bridge", **{k: v for k, v in r.items() if k not in ("fit", "prompts")})
+    used = {r["teacher"] for r in rows} or {"conse"}
+    specs = {"conse": CONSE, **({"aligned": aligned_teacher(bench)} if "aligned" in used else {})}
+    teacher_rows: dict[str, dict] = {d: {} for d in doms}
+    for name in (n for n in ("conse", "aligned") if n in used):
         for d, dom in doms.items():
-            teacher_rows[d]["aligned"] = bench.eval_set(aligned, dom["test"]).score(bench.eval_set(aligned, dom["test"]).t)
+            ev = bench.eval_set(specs[name], dom["test"])
+            teacher_rows[d][name] = ev.score(ev.t)
+            if not args.no_mirror:
+                teacher_rows[d][name]["mirrored"] = mirrored(specs[name], ev)
     students = [r["run"] for r in rows if r["kind"] == "student"]
     rates = {}  # the naive model-only training rate of each student spec (default layout), as the loop's yardstick
     if not args.no_speed:
@@ -314,15 +243,17 @@ def write(result: dict, out: Path) -> None:
              "against the student's naive model-only forward+backward+step rate on ready tensors at the same batch, "
              "bench/speed.py, measured at the end of the run; training ran beside other jobs, see the load below); "
              "held out = the label-free score that kept the student's epoch: top-1 agreement with the teacher over "
-             "the 1000 ImageNet names on the held-out fit images, the only score any choice here is made on.", ""]
+             "the 1000 ImageNet names (or a bridge's prompts) on the held-out fit images, the only score any choice here is "
+             "made on.", ""]
     for d in ("fmnist", "tux"):
         accs = ", ".join(f"{name} teacher acc1 {v['acc1']:.3f} [{v['acc1_lo']:.3f}, {v['acc1_hi']:.3f}]"
                          for name, v in result["teachers"][d].items())
-        mirror = result["teachers"][d]["conse"].get("mirrored")
         lines += [f"## {d}: {accs}", ""]
-        if mirror:
-            lines += [f"Yardstick: the conse teacher on the same test images mirrored left-right agrees with itself on "
-                      f"{mirror['agree']:.3f} of them (cos {mirror['cosine']:.3f} to its own embeddings).", ""]
+        for name, v in result["teachers"][d].items():
+            if v.get("mirrored"):
+                m = v["mirrored"]
+                lines += [f"Yardstick: the {name} teacher on the same test images mirrored left-right agrees with "
+                          f"itself on {m['agree']:.3f} of them (cos {m['cosine']:.3f} to its own embeddings).", ""]
         lines += ["| teacher | row | params | img/s vs teacher | agree | held out | acc1 [95%] | acc / teacher | cos "
                   "| train img/s | train s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["domain"] == d):
@@ -334,7 +265,7 @@ def write(result: dict, out: Path) -> None:
             tis = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "-"
             rate = result.get("model_only_rates", {}).get(r.get("student", STUDENT)) if r["kind"] != "bridge" else None
             tis += f" ({r['train_images_per_s'] / rate:.2f}x)" if rate and r.get("train_images_per_s") else ""
-            held = f"{r['kept']['kept_score']:.3f}" if (r.get("kept") or {}).get("kept_score") is not None else "-"
+            held = f"{held_score(r):.3f}" if held_score(r) is not None else "-"
             lines.append(f"| {r['teacher']} | {r['row']} | {params} | {ratio} | {r['agree']:.3f} | {held} | {r['acc1']:.3f} "
                          f"[{r['acc1_lo']:.3f}, {r['acc1_hi']:.3f}] | {keep} | {r['cosine']:.3f} | {tis} | {r['train_s']:.0f} |")
         lines.append("")
@@ -342,6 +273,14 @@ def write(result: dict, out: Path) -> None:
         lines += ["Not run in this invocation (no finished row in the work folder): " + "; ".join(result["missing"]), ""]
     lines += targets(result)
     write_results(out, opts.get("name", "teaching"), "\n".join(lines) + "\n", result)
+
+
+def held_score(row: dict) -> float | None:
+    """The label-free held-out agreement that kept a student's epoch or a bridge's fit (None: no split)."""
+    if row["kind"] != "bridge":
+        return (row.get("kept") or {}).get("kept_score")
+    sel = row.get("selection") or {}
+    return (sel.get("kept") or sel.get("closed_form") or {}).get("agreement")
 
 
 def targets(result: dict) -> list[str]:
@@ -379,7 +318,8 @@ def targets(result: dict) -> list[str]:
             out.append(f"- {d}: synthetic-only l2 at least 2x the agreement of both contrastive losses: "
                        f"{'met' if l2['agree'] >= 2 * worst else 'not met'} (l2 {l2['agree']:.3f}, best contrastive {worst:.3f})")
     for d in ("fmnist", "tux"):
-        br = [r for r in rows if r["kind"] == "bridge" and r["teacher"] == "aligned" and r["domain"] == d]
+        br = [r for r in rows if r["kind"] == "bridge" and r["teacher"] == "aligned" and r["domain"] == d
+              and not r.get("check")]
         if br:
             best = max(br, key=lambda r: r["agree"])
             out.append(f"- {d}: a bridge into the aligned teacher agrees on >= 0.9: "
@@ -401,7 +341,8 @@ def main() -> None:
     p.add_argument("--long", type=int, default=4, help="the long schedule, as a multiple of the short one")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--encoder", default="effnet-lite0", help="the bridges' source encoder")
-    p.add_argument("--only", choices=("distill", "labels", "trunk", "extra", "synthetic", "transfer", "aligned"))
+    p.add_argument("--only", choices=("distill", "labels", "trunk", "extra", "synthetic", "transfer", "aligned",
+                                             "bridges"))
     p.add_argument("--report", action="store_true", help="train nothing: write the rows the work folder holds")
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--no-mirror", action="store_true", help="skip the teacher-on-mirrored-images reference")
