@@ -94,7 +94,7 @@ class Bench:
 
         def make() -> dict:
             cfg = DistillConfig(teacher=teacher, data=domain["fit"], out=str(out), overwrite=True, seed=0,
-                                batch_size=self.args.batch_size, quiet=True, **{"student": STUDENT, **options})
+                                quiet=True, **{"student": STUDENT, "batch_size": self.args.batch_size, **options})
             vlm = zeroshift.distill(config=cfg)
             config = json.loads((out / "config.json").read_text())
             steps_images = config["rows"] * config["train"]["epochs"]

@@ -66,7 +66,8 @@ def labels_rows(args) -> list[dict]:
 
 def trunk_rows(args) -> list[dict]:
     """The pretrained student (TRUNK) in the consistent rows of both domains, short and long, and on more fit
-    images: what starting from ImageNet features instead of random weights buys, and what data adds to it."""
+    images: what starting from ImageNet features instead of random weights buys, and what data adds to it.
+    Also other learning rates, and Tux Paint's long row at batch 32 (four times the steps on the same images)."""
     e, k = args.epochs, args.views
     rows = [{"row": f"consistent K={k}, {TRUNK}", "domain": d, "views": k, "student": TRUNK, "epochs": max(1, e // k)}
             for d in ("fmnist", "tux")]
@@ -74,6 +75,8 @@ def trunk_rows(args) -> list[dict]:
               "epochs": max(1, e // k) * args.long} for d in ("fmnist", "tux")]
     rows += [{"row": f"consistent K={k}, lr {lr:g}, {TRUNK}", "domain": "fmnist", "views": k, "student": TRUNK,
               "epochs": max(1, e // k), "lr": lr} for lr in TRUNK_LRS]
+    rows.append({"row": f"consistent K={k}, long ({args.long}x), batch 32, {TRUNK}", "domain": "tux", "views": k,
+                 "student": TRUNK, "epochs": max(1, e // k) * args.long, "batch_size": 32})  # 4x the steps
     return rows + [more_images_row(args, TRUNK)] + many_images_rows(args, TRUNK)
 
 
