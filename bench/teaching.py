@@ -48,7 +48,7 @@ def class_names(spec: str) -> str:
 def class_prompts(bench: "Bench", spec: str) -> str:
     """A transfer `--prompts` file of the test set's class names, one 'a photo of a {name}.' per class."""
     path = bench.work / f"prompts-{spec.replace('/', '-')}.txt"
-    path.write_text("".join(f"a photo of a {name}.\n" for name in dataset(spec).classes))
+    path.write_text("".join(f"a photo of a {name}.\n" for name in class_names(spec).splitlines()))
     return str(path)
 
 
@@ -265,7 +265,7 @@ def write(result: dict, out: Path) -> None:
             tis = f"{r['train_images_per_s']:.0f}" if r.get("train_images_per_s") else "-"
             rate = result.get("model_only_rates", {}).get(r.get("student", STUDENT)) if r["kind"] != "bridge" else None
             tis += f" ({r['train_images_per_s'] / rate:.2f}x)" if rate and r.get("train_images_per_s") else ""
-            held = f"{held_score(r):.3f}" if held_score(r) is not None else "-"
+            held = "-" if (h := held_score(r)) is None else f"{h:.3f}"
             lines.append(f"| {r['teacher']} | {r['row']} | {params} | {ratio} | {r['agree']:.3f} | {held} | {r['acc1']:.3f} "
                          f"[{r['acc1_lo']:.3f}, {r['acc1_hi']:.3f}] | {keep} | {r['cosine']:.3f} | {tis} | {r['train_s']:.0f} |")
         lines.append("")
