@@ -7,6 +7,7 @@ CONSE = "conse:effnet-lite2+minilm"
 STUDENT = "student-cnn"
 WIDTHS = ("student-cnn:width=16", "student-cnn", "student-cnn:width=64")
 TRUNK = "effnet-lite2:blocks=11,size=64"  # the teacher tower's first 11 pretrained blocks: 7% of its parameters
+MIX = "mix=0.5"  # the mixed-view rows' recipe: half the views blended with another fit image
 TRUNK_LRS = (1e-3, 1e-2, 3e-2)  # learning rates beside distill's 3e-3, compared by the held-out score
 BRIDGE_ENCODERS = ("effnet-lite1", "effnet-lite2")  # sources beside --encoder; the last is the aligned teacher's tower
 
@@ -67,7 +68,8 @@ def labels_rows(args) -> list[dict]:
 def trunk_rows(args) -> list[dict]:
     """The pretrained student (TRUNK) in the consistent rows of both domains, short and long, and on more fit
     images: what starting from ImageNet features instead of random weights buys, and what data adds to it.
-    Also other learning rates, and Tux Paint's long row at batch 32 (four times the steps on the same images)."""
+    Also other learning rates, Tux Paint's long row at batch 32 (four times the steps on the same images), and
+    the long rows on mixed views (function matching with cached targets)."""
     e, k = args.epochs, args.views
     rows = [{"row": f"consistent K={k}, {TRUNK}", "domain": d, "views": k, "student": TRUNK, "epochs": max(1, e // k)}
             for d in ("fmnist", "tux")]
@@ -77,6 +79,8 @@ def trunk_rows(args) -> list[dict]:
               "epochs": max(1, e // k), "lr": lr} for lr in TRUNK_LRS]
     rows.append({"row": f"consistent K={k}, long ({args.long}x), batch 32, {TRUNK}", "domain": "tux", "views": k,
                  "student": TRUNK, "epochs": max(1, e // k) * args.long, "batch_size": 32})  # 4x the steps
+    rows += [{"row": f"consistent K={k}, long ({args.long}x), {MIX}, {TRUNK}", "domain": d, "views": k, "student": TRUNK,
+              "epochs": max(1, e // k) * args.long, "augment": MIX} for d in ("fmnist", "tux")]  # cached mixup
     return rows + [more_images_row(args, TRUNK)] + many_images_rows(args, TRUNK)
 
 

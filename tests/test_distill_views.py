@@ -13,6 +13,7 @@ from helpers import colour_folder
 from zeroshift.data.augment import ViewSource, parse_augment
 from zeroshift.errors import SpecError, ZeroshiftError, DataError
 from zeroshift.methods.distill import DistillConfig, build_rows, distill
+from zeroshift.methods.holdout import Split
 from zeroshift.models.pixels import pixel_pipeline
 from zeroshift.specs import dataset, load
 
@@ -108,6 +109,26 @@ def test_distill_splits_once_and_build_rows_uses_that_very_split(tmp_path, monke
     with pytest.raises(ZeroDivisionError):  # stopped right after the rows would be built
         distill(cfg, progress=False)
     assert len(made) == 1 and passed[0] is made[0]
+
+
+def test_mixed_views_train_on_their_blends_and_never_show_a_held_out_image(tmp_path):
+    cfg = _cfg(tmp_path)
+    teacher, source = load(TEACHER, runtime="torch"), dataset(cfg.data[0])
+    pixel_encoder, _ = pixel_pipeline(load(STUDENT, runtime="torch").image_transform)
+    recipe = parse_augment(RECIPE + ",mix=1")
+    split = Split(fit=np.arange(3, 12), held=np.arange(3))
+    prep = build_rows(teacher, pixel_encoder, [source], False, "torch", False, 3, recipe, 0.25, 0, splits=[split])
+    views = ViewSource(source, 3, recipe)
+    rows = prep.rows.pixels.caches[0].index[prep.rows.index]  # view rows that train
+    partners = views.partner(rows)
+    assert not np.isin(partners, split.held).any() and (partners[rows % 3 > 0] >= 0).all()
+    everything = split.view_rows(3)[0]
+    dropped = everything[np.isin(views.partner(everything), split.held)]
+    assert len(dropped) and len(rows) == len(everything) - len(dropped)  # only the views blending a held image
+    for i in np.flatnonzero(rows % 3 > 0)[:3]:  # a blend's target is the teacher's embedding of that blend
+        with torch.no_grad():
+            want = teacher.encode_image(teacher.image_transform(views.load_image(int(rows[i])))[None]).float()[0]
+        assert torch.allclose(prep.rows.targets[i], want, atol=1e-4)
 
 
 def test_other_view_settings_never_mix_into_a_cache(tmp_path):

@@ -40,6 +40,18 @@ def test_view_rows_of_an_image_stay_together_and_held_images_score_on_their_plai
         fit(_cfg(method="lstsq", views=2, augment="flip=0"), src, tch, progress=False)
 
 
+def test_no_fit_view_of_a_bridge_blends_in_a_held_out_image(module_home):
+    source, teacher = linear_pair()
+    views = views_of(ArraySource(linear_images(20), "test:few"), 3, "crop=0.5-1,mix=1")
+    src, tch = embed(source, views, progress=False), embed(teacher, views, progress=False)
+    rows = FitRows(src, tch, paired=True, views=3, holdout=0.25, seed=0)
+    fit_rows, held_images = src.index[rows.ps], src.index[rows.held[0]] // 3
+    partners = views.partner(fit_rows)
+    assert not np.isin(partners, held_images).any() and (partners[fit_rows % 3 > 0] >= 0).all()
+    assert 15 <= len(fit_rows) < 15 * 3 and rows.images == 15  # every fit image's plain view, fewer blends
+    assert (tch.index[rows.pc] == fit_rows).all()
+
+
 def test_ridge_is_chosen_on_the_held_out_images_or_fixed(linear_case):
     src, tch, prompts, _ = linear_case
     weights = prompts.class_weights()

@@ -50,13 +50,17 @@ def test_recipe_parses_partial_specs_into_one_canonical_string():
     assert parse_augment(recipe.canonical()) == recipe  # canonical text round-trips
     assert Augment().canonical() == "crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,seed=0"
     assert parse_augment("none").identity and not Augment().identity
+    mixed = parse_augment("mix=0.5")
+    assert mixed.canonical() == Augment().canonical() + ",mix=0.5"  # only when on: older caches keep their names
+    assert parse_augment(mixed.canonical()) == mixed
+    assert not parse_augment("crop=1,flip=0,jitter=0,bg=white,mix=0.5").identity  # a blend is not the plain image
 
 
 @pytest.mark.parametrize("spec, words", [
     ("blur=2", "unknown augmentation 'blur'"), ("crop=0-1", "0 < A <= B <= 1"), ("crop=0.8-0.5", "0 < A <= B <= 1"),
     ("flip=1.5", "a probability"), ("jitter=1", "a strength"), ("bg=blue", "bg=blue: one of random, white"),
     ("size=8", "canvas side"), ("seed=-1", "seed=-1"), ("flip=x", "not a number"), ("jitter", "needs a value"),
-    ("light", "--student-augment light"),
+    ("light", "--student-augment light"), ("mix=1.5", "a share of views in [0, 1]"), ("mix=nan", "not a finite"),
 ])
 def test_bad_recipes_are_one_line_errors(spec, words):
     with pytest.raises(SpecError) as e:
@@ -81,6 +85,24 @@ def test_views_are_seeded_and_the_same_whatever_decode_side_asks(folder):
     assert not np.array_equal(np.asarray(other_seed.load_image(1)), first[1])  # ... and so do other seeds
     assert views.fingerprint() != other_seed.fingerprint() != source.fingerprint()
     assert views_of(source, 1, "crop=0.5-1") is source  # one view: the images as they are
+
+
+def test_mixed_views_blend_another_image_and_leave_the_others_as_they_were(folder):
+    source = dataset(f"folder:{folder}")
+    plain, mixed = (ViewSource(source, 4, parse_augment(f"size=32{extra}")) for extra in ("", ",mix=0.5"))
+    rows = np.arange(len(mixed))
+    partners = mixed.partner(rows)
+    assert (partners[rows % 4 == 0] == -1).all()  # the plain view is never mixed
+    assert 0 < (partners >= 0).sum() < len(rows) - len(source)  # about half of the others are
+    assert (partners != rows // 4).all() and partners.max() < len(source)  # another image of the source
+    again = ViewSource(dataset(f"folder:{folder}"), 4, parse_augment("size=32,mix=0.5"))
+    assert np.array_equal(again.partner(rows[::-1]), partners[::-1])  # a function of the row alone
+    for r in rows[:12]:
+        a, b = np.asarray(mixed.load_image(int(r))), np.asarray(plain.load_image(int(r)))
+        assert np.array_equal(a, np.asarray(again.load_image(int(r))))  # seeded
+        assert np.array_equal(a, b) == (partners[r] == -1), r  # unmixed views: as without mix
+    assert mixed.fingerprint() != plain.fingerprint()
+    assert (ViewSource(source, 4, parse_augment("size=32,mix=1")).partner(rows)[rows % 4 > 0] >= 0).all()
 
 
 def test_transparent_images_are_put_on_varied_backgrounds(tmp_path):

@@ -26,8 +26,9 @@ class EmbedConfig:
         "help": "cache K seeded augmented views of every image instead of the images (view 0 is the image itself; "
                 "see docs/teaching.md)"})
     augment: str | None = field(default=None, metadata={
-        "help": "the views' recipe, name=value,...: crop (area range), flip, jitter, bg (random|white), size, seed "
-                "(default: crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,seed=0; none: every view plain)"})
+        "help": "the views' recipe, name=value,...: crop (area range), flip, jitter, bg (random|white), size, seed, "
+                "mix (share blended with another image) (default: crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,"
+                "seed=0, mix=0; none: every view plain)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a cache made by another model or data"})
     quiet: bool = field(default=False, metadata={"help": "no progress bar (for logs); the table is still printed"})
 

@@ -14,6 +14,10 @@ to the canvas): the unaugmented view, which held-out scoring uses. Views 1..K-1 
 contrast and saturation each scaled by a factor in [1 - jitter, 1 + jitter] in a random order; an image
 with an alpha channel (Tux Paint cut-outs, clip art) is first composited on a random background (a
 plain colour, a two-colour gradient or coarse noise) when `bg=random`, on white when `bg=white`.
+With `mix=P` a share P of those views is blended with a view of another image of the source, the image
+itself weighted in [0.5, 1]: mixup (Beyer et al.'s function matching) with a cached target, since the
+teacher embeds the very blend. The partner is a function of (recipe, i, v) too (`ViewSource.partner`),
+so a held-out split can drop the fit views that would show a held-out image.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from .base import DataSource, Subset, load_row
 
 BACKGROUNDS = ("random", "white")
 RATIO = (3 / 4, 4 / 3)  # aspect ratios of a random crop, as torchvision's RandomResizedCrop
-EXAMPLE = "crop=0.35-1,flip=0.5,jitter=0.4,bg=random"
+EXAMPLE = "crop=0.35-1,flip=0.5,jitter=0.4,bg=random,mix=0.5"
 OLD_MODES = {"flip", "light"}  # distill's student-side --augment values before view recipes
 
 
@@ -36,7 +40,8 @@ OLD_MODES = {"flip", "light"}  # distill's student-side --augment values before 
 class Augment:
     """A view recipe. `crop`: area fraction range of the random crop; `flip`: probability of a horizontal
     flip; `jitter`: strength of the colour jitter; `bg`: background under transparent pixels; `size`: the
-    side of the square canvas every view is drawn at; `seed`: the views' seed."""
+    side of the square canvas every view is drawn at; `seed`: the views' seed; `mix`: the share of views
+    blended with a view of another image (0: none)."""
 
     crop: tuple[float, float] = (0.35, 1.0)
     flip: float = 0.5
@@ -44,6 +49,7 @@ class Augment:
     bg: str = "random"
     size: int = 256
     seed: int = 0
+    mix: float = 0.0
 
     def __post_init__(self) -> None:
         lo, hi = self.crop
@@ -54,20 +60,22 @@ class Augment:
             (self.bg not in BACKGROUNDS, f"bg={self.bg}: one of {', '.join(BACKGROUNDS)}"),
             (not 16 <= self.size <= 1024, f"size={self.size}: a canvas side from 16 to 1024 pixels"),
             (self.seed < 0, f"seed={self.seed}: a whole number of 0 or more"),
+            (not 0 <= self.mix <= 1, f"mix={_num(self.mix)}: a share of views in [0, 1]"),
         ]
         for bad, what in problems:
             if bad:
                 raise SpecError(f"augmentation value out of range, {what}")
 
     def canonical(self) -> str:
-        """Every setting, in a fixed order and spelling: what fingerprints and manifests record."""
+        """Every setting, in a fixed order and spelling: what fingerprints and manifests record (`mix` only
+        when on, so the caches made before it existed keep their names)."""
         return (f"crop={_num(self.crop[0])}-{_num(self.crop[1])},flip={_num(self.flip)},jitter={_num(self.jitter)},"
-                f"bg={self.bg},size={self.size},seed={self.seed}")
+                f"bg={self.bg},size={self.size},seed={self.seed}" + (f",mix={_num(self.mix)}" if self.mix else ""))
 
     @property
     def identity(self) -> bool:
         """True when every view equals the plain view (no crop, flip or jitter, white backgrounds)."""
-        return self.crop == (1.0, 1.0) and self.flip == 0 and self.jitter == 0 and self.bg == "white"
+        return self.crop == (1.0, 1.0) and self.flip == 0 and self.jitter == 0 and self.bg == "white" and not self.mix
 
 
 def _num(x: float) -> str:
@@ -111,7 +119,7 @@ def parse_augment(spec: str | Augment | None, option: str = "--augment") -> Augm
                 values[name] = float(value)
         except ValueError:
             raise SpecError(f"{option} {text!r}: {name}={value} is not a number") from None
-        if name in ("flip", "jitter") and not math.isfinite(values[name]):
+        if name in ("flip", "jitter", "mix") and not math.isfinite(values[name]):
             raise SpecError(f"{option} {text!r}: {name}={value} is not a finite number")
     try:
         return replace(Augment(), **values)
@@ -186,6 +194,34 @@ def make_view(image: Image.Image, recipe: Augment, rng: np.random.Generator) -> 
     return view
 
 
+# ---------------------------------------------------------------- mixed views
+def _mix_draw(recipe: Augment, images: int, image_row: int, v: int) -> tuple[int, float, np.random.Generator] | None:
+    """(partner image, the image's own weight, the partner view's generator) of view v of image_row among
+    `images`, None when it is not mixed: a stream of its own, so `mix` leaves unmixed views as they were."""
+    if v == 0 or not recipe.mix or images < 2:
+        return None
+    rng = np.random.default_rng([recipe.seed, image_row, v, 1])
+    if rng.random() >= recipe.mix:
+        return None
+    partner = int(rng.integers(images - 1))
+    return partner + (partner >= image_row), float(rng.uniform(0.5, 1.0)), rng
+
+
+def mix_partners(recipe: Augment, images: int, views: int, rows: np.ndarray) -> np.ndarray:
+    """The image blended into each view row of `rows` (`views` adjacent rows per image, of `images`), -1
+    for the views shown on their own: computed from the recipe alone, no image is read. [len(rows)]"""
+    draws = (_mix_draw(recipe, images, *divmod(int(r), views)) for r in np.asarray(rows).reshape(-1))
+    return np.array([-1 if d is None else d[0] for d in draws], dtype=np.int64)
+
+
+def drop_mixed_with(rows: np.ndarray, held: np.ndarray, recipe: Augment, images: int, views: int) -> np.ndarray:
+    """View rows `rows` less the views that blend in one of the images `held` (a held-out split's), so that
+    no fit view shows a held-out image; `rows` as they are when the recipe mixes nothing."""
+    if not recipe.mix or views < 2 or len(held) == 0:
+        return rows
+    return rows[~np.isin(mix_partners(recipe, images, views, rows), held)]
+
+
 # ---------------------------------------------------------------- the source
 def load_with_alpha(source: DataSource, i: int, max_side: int) -> Image.Image:
     """Row i of `source` decoded within `max_side`, RGBA where a file has transparency (files and row
@@ -203,7 +239,8 @@ def load_with_alpha(source: DataSource, i: int, max_side: int) -> Image.Image:
 
 class ViewSource(DataSource):
     """The K views of every image of `source`: row r is view r % K of image r // K (the views of an image
-    are adjacent rows), keyed `KEY#v`, with the image's label and caption. View 0 is the plain view."""
+    are adjacent rows), keyed `KEY#v`, with the image's label and caption (a mixed view keeps its own
+    image's). View 0 is the plain view."""
 
     def __init__(self, source: DataSource, views: int, recipe: Augment) -> None:
         if views < 1:
@@ -224,16 +261,27 @@ class ViewSource(DataSource):
         """The view number of view rows `rows` (0: the plain view)."""
         return rows % self.views
 
+    def partner(self, rows: np.ndarray) -> np.ndarray:
+        """The image blended into each view row of `rows`, -1 for the views shown on their own. [len(rows)]"""
+        return mix_partners(self.recipe, len(self.source), self.views, rows)
+
     def load_image(self, i: int, max_side: int | None = None) -> Image.Image:
         """View i at the recipe's canvas; `max_side` is ignored: every caller gets the same pixels."""
         image_row, v = divmod(int(i), self.views)
+        bound = 2 * self.recipe.size
         if self._last is None or self._last[0] != image_row:
             self._last = None  # a bad image raises below and is not kept
-            self._last = (image_row, load_with_alpha(self.source, image_row, 2 * self.recipe.size))
+            self._last = (image_row, load_with_alpha(self.source, image_row, bound))
         image = self._last[1]
         if v == 0:
             return plain_view(image, self.recipe.size)
-        return make_view(image, self.recipe, np.random.default_rng([self.recipe.seed, image_row, v]))
+        view = make_view(image, self.recipe, np.random.default_rng([self.recipe.seed, image_row, v]))
+        mix = _mix_draw(self.recipe, len(self.source), image_row, v)
+        if mix is None:
+            return view
+        partner, weight, rng = mix
+        other = make_view(load_with_alpha(self.source, partner, bound), self.recipe, rng)
+        return Image.blend(other, view, weight)  # weight x the view + (1 - weight) x the partner's
 
     def _content_token(self) -> str:
         return self.source.fingerprint()

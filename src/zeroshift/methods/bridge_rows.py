@@ -10,6 +10,8 @@ import torch
 
 from .. import distributed as dist
 from ..cache import Features
+from ..cache.views import views_in
+from ..data.augment import drop_mixed_with, parse_augment
 from ..errors import CacheError, CacheMismatch, DataError, ZeroshiftError
 from ..models.bridge import Moments
 from ..train.batches import Epoch
@@ -118,6 +120,10 @@ class FitRows:
         spec = getattr(source, "manifest", {}).get("data_spec") if named else None  # named among several
         split = split_images(len(images), holdout, seed, what=spec or "the fit data")
         fit_rows, held_rows = Split(images[split.fit], images[split.held]).view_rows(views)
+        drawn = views_in(getattr(source, "manifest", {}).get("data_spec"))  # the views' recipe, from the cache
+        if drawn is not None:  # no fit view shows a held image
+            fit_rows = drop_mixed_with(fit_rows, images[split.held], parse_augment(drawn[2]),
+                                       source.manifest["rows"] // views, views)
         keep, held = np.isin(common, fit_rows), np.isin(common, held_rows)  # [N] masks
         self.splits.append((len(split.fit), len(split.held)))
         return ps[keep], pc[keep], (ps[held], pc[held])

@@ -135,8 +135,9 @@ class TransferConfig(RunConfig):
         "help": "fit on K seeded augmented views of every fit image (view 0 is the image itself; 1: the images, "
                 "sharing the plain caches); the encoder's and the teacher's view caches hold the same views"})
     augment: str = field(default="default", metadata={
-        "help": "the views' recipe, name=value,...: crop, flip, jitter, bg, size, seed (default: "
-                "crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,seed=0; none: every view plain)"})
+        "help": "the views' recipe, name=value,...: crop, flip, jitter, bg, size, seed, mix (default: "
+                "crop=0.35-1,flip=0.5,jitter=0.4,bg=random,size=256,seed=0, mix=0; mix=P blends a share P of "
+                "the views with another image; none: every view plain)"})
     holdout: float = field(default=0.1, metadata={
         "help": "share of the fit images held out (paired only; labels are never read): it chooses the ridge "
                 "and the epoch kept by agreement with the teacher on them; 0 turns selection off"})
@@ -220,7 +221,8 @@ class DistillConfig(RunConfig):
         "help": "augmented views per image whose teacher embeddings are cached once (a view cache); the "
                 "student learns each view's own target (1: the plain images)"})
     augment: str = field(default="default", metadata={
-        "help": "view recipe, e.g. crop=0.35-1,flip=0.5,jitter=0.4,bg=random (default), or none"})
+        "help": "view recipe, e.g. crop=0.35-1,flip=0.5,jitter=0.4,bg=random (default), or none; mix=P blends "
+                "a share P of the views with another fit image, the teacher's target cached for the blend"})
     student_augment: str = field(default="none", metadata={
         "help": "extra student-side augmentation after the views: none; flip or light (flip + random crop) "
                 "give the student pixels its target was not computed on (inconsistent; for comparison only)",

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cache import Features, embed
-from ..data.augment import Augment, views_of
+from ..data.augment import Augment, drop_mixed_with, views_of
 from ..data.base import DataSource
 from ..errors import CacheMismatch, DataError
 from ..models.pixels import PixelRows
@@ -154,6 +154,7 @@ def build_rows(teacher: VLM, pixel_encoder, sources: list[DataSource], want_text
                          shard_rows=PIXEL_SHARD_ROWS // 16, progress=progress, role="teacher pixels")
             valid = np.intersect1d(valid, tpix.index)
         fit_rows, held_rows = split.view_rows(views)
+        fit_rows = drop_mixed_with(fit_rows, split.held, recipe or Augment(), len(source), views)  # none shows a held image
         common, held = np.intersect1d(valid, fit_rows), np.intersect1d(valid, held_rows)
         if len(common) < 2:
             raise DataError(f"{source.spec!r} has {len(common)} usable fit image view(s); distillation needs at least 2")
