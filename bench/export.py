@@ -28,14 +28,13 @@ import torch
 from common import in_turns, machine, timed, write_results
 
 import zeroshift
-from zeroshift.export.timing import timing_session  # idle threads sleep: timed in turns with PyTorch
 from zeroshift.data.base import BadImage, load_row
 from zeroshift.data.templates import get_templates
 from zeroshift.export import onnx as exporter
 from zeroshift.export import preprocess, quantize
-from zeroshift.export.run import session
 from zeroshift.export.towers import ImageEmbeddings
 from zeroshift.models.transforms import recipe as transform_recipe
+from zeroshift.ort import session
 from zeroshift.zeroshot.classifier import zeroshot_weights
 
 HERE = Path(__file__).parent
@@ -113,7 +112,7 @@ def speeds(vlm, files: dict, pixels: np.ndarray, quick: bool) -> dict:
     out: dict = {}
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        sessions = {k: timing_session(files[k], threads) for k in ("float", "int8")}
+        sessions = {k: session(files[k], threads, spin=False) for k in ("float", "int8")}
         for batch, repeats in ((1, 5 if quick else 20), (32, 2 if quick else 3)):
             calls = {"torch": lambda b=batch: vlm.encode_image(tensors[:b]),
                      "float": lambda b=batch: sessions["float"].run(["embeddings"], {"images": pixels[:b]}),

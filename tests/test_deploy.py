@@ -21,7 +21,7 @@ from zeroshift.data.images import decode_image
 from zeroshift.errors import ZeroshiftError
 from zeroshift.export import export, preprocess
 from zeroshift.export.onnx import export_classifier
-from zeroshift.models.onnx_encoder import session
+from zeroshift.ort import session
 from zeroshift.models.transforms import ArrayTransform, decode_side, recipe, resize_crop, split_batchable
 from zeroshift.models.vlm import ImageEncoder, TowersVLM
 from zeroshift.zeroshot.classifier import classify, zeroshot_weights

@@ -155,3 +155,25 @@ def test_image_cost_cache_is_used_for_stable_specs_only(monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert len(measured) == 4
+
+
+def test_every_session_is_made_one_way_and_a_bad_graph_is_one_line(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from zeroshift.ort import session
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "relu.onnx")
+    sess = session(tmp_path / "relu.onnx", threads=1, spin=False)
+    options = sess.get_session_options()
+    assert not options.enable_mem_pattern and options.intra_op_num_threads == 1  # no activations kept per shape
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    out = sess.run(["y"], {"x": np.array([[-1.0, 0.0, 2.0]], np.float32)})[0]
+    assert out.tolist() == [[0.0, 0.0, 2.0]]
+    (tmp_path / "bad.onnx").write_bytes(b"not a graph")
+    with pytest.raises(ZeroshiftError, match="onnxruntime cannot load") as e:
+        session(tmp_path / "bad.onnx")
+    assert "\n" not in one_line(e) and "bad.onnx" in str(e.value)

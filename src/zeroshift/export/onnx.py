@@ -139,7 +139,7 @@ def image_graph(vlm: VLM, module_for: Callable[[nn.Module, nn.Module | None], nn
 
 def run_graph(path: Path, feed: np.ndarray, output: str = OUTPUT, threads: int | None = None) -> np.ndarray:
     """The file run by onnxruntime on `feed` (in chunks where its batch axis is fixed)."""
-    from ..models.onnx_encoder import session
+    from ..ort import session
 
     sess = session(path, threads)
     fixed = sess.get_inputs()[0].shape[0]

@@ -209,7 +209,7 @@ def quantize(float_file: Path, out: Path, method: str, input_name: str, calibrat
 
 def run(path: Path, inputs: dict[str, np.ndarray], output: str, batch: int = 32) -> np.ndarray:
     """`output` of the graph at `path` on `inputs`, in batches."""
-    from .run import session
+    from ..ort import session
 
     sess = session(path)
     n = len(next(iter(inputs.values())))

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ZeroshiftError
+from ..ort import session
 from . import preprocess
 
 INPUT = "images"
@@ -49,21 +50,6 @@ def check_labels(labels: Sequence[str]) -> list[str]:
             raise ZeroshiftError(f"duplicate label {label!r} (labels {seen[label.casefold()]} and {i}); labels must differ")
         seen[label.casefold()] = i
     return labels
-
-
-def session(path: Path, threads: int | None = None):
-    """An onnxruntime CPU session (`threads` intra-op threads; default: onnxruntime's choice)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidGraph classes
-        raise ZeroshiftError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def _verified(path: Path) -> dict:

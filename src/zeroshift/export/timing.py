@@ -21,25 +21,13 @@ import numpy as np
 
 from ..errors import ZeroshiftError
 from ..models.vlm import VLM
+from ..ort import session
 from .onnx import export_classifier, float_path
 from .preprocess import read_sidecar, sidecar_path
 from .quantize import Int8, Refused
 
 BIG_BATCH = 32
 WARMUP_B1, WARMUP_B32 = 2, 1  # untimed calls first: onnxruntime allocates and picks kernels on the first runs
-
-
-def timing_session(path: str | os.PathLike, threads: int):
-    """An onnxruntime CPU session on `threads` intra-op threads that sleep when idle (no spinning)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads, options.log_severity_level = threads, 1, 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own Fail / InvalidGraph classes
-        raise ZeroshiftError(f"onnxruntime cannot load {path}: {str(e).splitlines()[0][:200]}") from None
 
 
 def sample_input(path: str | os.PathLike, n: int = BIG_BATCH, seed: int = 0) -> np.ndarray:
@@ -74,7 +62,7 @@ def time_graph(path: str | os.PathLike, threads: int, batch1_calls: int = 20, ba
     if pixels is not None and (not isinstance(pixels, np.ndarray) or pixels.ndim < 2 or len(pixels) == 0):
         raise ZeroshiftError("pixels must be a non-empty array of graph inputs [N, ...]")
     feed = sample_input(path) if pixels is None else _batch_of(pixels, BIG_BATCH)
-    sess = timing_session(path, threads)
+    sess = session(path, threads, spin=False)  # idle threads sleep: one model timed at a time
     name = sess.get_inputs()[0].name
     fixed = sess.get_inputs()[0].shape[0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else None  # None: any batch size

@@ -15,22 +15,12 @@ import torch
 from torch import nn
 
 from ..errors import MissingWeights, SpecError
+from ..ort import session
 from .transforms import NORMS, probe_batch, resize_crop
 from .vlm import ImageEncoder, ImageTransform
 from ..paths import user_path
 
 _OPTIONS = {"size", "norm", "crop", "layout"}
-
-
-def session(path: str | os.PathLike, threads: int | None = None):
-    """An onnxruntime CPU session with `threads` intra-op threads (default torch.get_num_threads())."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 # Rows per onnxruntime call. Its memory arena keeps the largest activations it has seen: a CNN tower at
@@ -49,7 +39,7 @@ class OnnxImageEncoder(ImageEncoder):
                  output: str | None = None, layout: str | None = None, dim: int | None = None) -> None:
         super().__init__()
         self.path = Path(path)
-        self.session = session(self.path)
+        self.session = session(self.path, torch.get_num_threads())
         inp = self.session.get_inputs()[0]
         self.input_name, input_shape = inp.name, list(inp.shape)
         outputs = [o.name for o in self.session.get_outputs()]
