@@ -10,9 +10,9 @@ from .errors import ZeroshiftError
 def session(path: str | os.PathLike, threads: int | None = None, spin: bool = True):
     """An onnxruntime CPU session on `threads` intra-op threads (None: onnxruntime's choice) and one
     inter-op thread; with `spin` False idle threads sleep instead of spinning (timing one model at a
-    time). Memory patterns are off: they keep every activation of each batch shape run, 0.15-0.3 GB on
-    a CNN tower at 260 px, at a speed we could not tell apart. A graph onnxruntime refuses is a one-line
-    ZeroshiftError."""
+    time). Memory patterns are off: they keep every activation of each batch shape run, hundreds of MB
+    for a CNN tower, for no speed we could measure (docs/shrink.md). A graph onnxruntime refuses is a
+    one-line ZeroshiftError."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

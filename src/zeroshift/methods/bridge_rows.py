@@ -117,10 +117,11 @@ class FitRows:
             return ps, pc, None
         common = source.index[ps]  # [N] source rows valid in both caches
         images = np.unique(common // views)  # [n] images with at least one such row
-        spec = getattr(source, "manifest", {}).get("data_spec") if named else None  # named among several
-        split = split_images(len(images), holdout, seed, what=spec or "the fit data")
+        data_spec = getattr(source, "manifest", {}).get("data_spec")
+        what = (data_spec if named else None) or "the fit data"  # a source is named among several
+        split = split_images(len(images), holdout, seed, what=what)
         fit_rows, held_rows = Split(images[split.fit], images[split.held]).view_rows(views)
-        drawn = views_in(getattr(source, "manifest", {}).get("data_spec"))  # the views' recipe, from the cache
+        drawn = views_in(data_spec)  # the views' recipe, from the cache
         if drawn is not None:  # no fit view shows a held image
             fit_rows = drop_mixed_with(fit_rows, images[split.held], parse_augment(drawn[2]),
                                        source.manifest["rows"] // views, views)
